@@ -1,0 +1,53 @@
+"""The project's exception types.
+
+Every message names the file (or URL), what was expected, what was found, and what to do next.
+The CLI turns any ``CxrDatasetError`` into one readable line and a non-zero exit code.
+"""
+
+
+class CxrDatasetError(Exception):
+    """Base class of every error the package raises on purpose."""
+
+
+class ManifestError(CxrDatasetError):
+    """A manifest (or a file it names) is missing, malformed or inconsistent."""
+
+
+class DownloadError(CxrDatasetError):
+    """A file could not be fetched after the allowed retries."""
+
+
+class ChecksumMismatch(DownloadError):
+    """Downloaded bytes differ from the pinned checksum; nothing entered the cache."""
+
+
+class OfflineMissing(DownloadError):
+    """``--offline`` was asked for but files are not in the cache."""
+
+    def __init__(self, message: str, missing: list[str]):
+        super().__init__(message)
+        self.missing = missing
+
+
+class ArchiveError(CxrDatasetError):
+    """An archive is not a valid zip or holds unsafe entries."""
+
+
+class CredentialsError(CxrDatasetError):
+    """A source needs credentials or a manual download that was not given."""
+
+
+class ConversionError(CxrDatasetError):
+    """An image could not be decoded or normalized; ``reason`` is a reason code for the report."""
+
+    def __init__(self, message: str, reason: str = "undecodable"):
+        super().__init__(message)
+        self.reason = reason
+
+
+class CountMismatch(CxrDatasetError):
+    """The built dataset's counts differ from the counts the manifest expects."""
+
+
+class VerificationError(CxrDatasetError):
+    """A built release differs from its build report."""

@@ -1,0 +1,131 @@
+"""The dataset card's Markdown body, generated from the manifest, the build report and the kept rows.
+
+The YAML header (the contract with ``load_dataset``) comes from ``publish.card_yaml``; this module
+writes what a person reads: counts, curation, risks, licenses and citations. Nothing is typed by
+hand, so the card always describes the data beside it.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+
+from . import CLASS_NAMES
+from .manifest import Manifest
+from .records import REASONS
+
+
+
+def license_table(kept: pd.DataFrame) -> list[tuple[str, str, int]]:
+    """(source, license, images) for the kept rows, most images first."""
+    counts = kept.assign(license=kept["license"].str.strip().replace("", "not stated")).groupby(["source", "license"]).size()
+    return sorted(((s, lic, int(n)) for (s, lic), n in counts.items()), key=lambda row: (row[0], -row[2], row[1]))
+
+
+_RESTRICTIVE = re.compile(r"(?:^|[-\s])(?:NC|ND)(?:[-\s]|$)")
+
+
+def is_restrictive(license_text: str) -> bool:
+    """True for Creative Commons NonCommercial or NoDerivatives terms (``CC BY-NC-SA 4.0``...)."""
+    return bool(_RESTRICTIVE.search(license_text))
+
+
+def restrictive_count(kept: pd.DataFrame) -> int:
+    return int(kept["license"].map(is_restrictive).sum())
+
+
+def all_citations(manifest: Manifest) -> list[dict]:
+    """The release's own references, then each source's, without repeats (by key)."""
+    seen, out = set(), []
+    for citation in manifest.data.get("citations", []) + [c for s in manifest.sources for c in s.get("citations", [])]:
+        if citation["key"] not in seen:
+            seen.add(citation["key"])
+            out.append(citation)
+    return out
+
+
+def card_body(manifest: Manifest, report: dict, kept: pd.DataFrame) -> str:
+    counts = report["counts"]
+    lines = [
+        f"# {manifest.data['title']}",
+        "",
+        f"Release **{manifest.version}** of `{manifest.name}`, built by covid19-cxr-dataset {report['package_version']}.",
+        "",
+        manifest.data.get("description", "").strip(),
+        "",
+        "```python",
+        "import datasets",
+        'dataset = datasets.load_dataset("path/to/this/folder")  # DatasetDict with train and test',
+        "```",
+        "",
+        "## Contents",
+        "",
+        "| split | " + " | ".join(CLASS_NAMES) + " | total |",
+        "|---|" + "---:|" * (len(CLASS_NAMES) + 1),
+    ]
+    for split_name, per_class in counts.items():
+        row = [per_class.get(c, 0) for c in CLASS_NAMES]
+        lines.append(f"| {split_name} | " + " | ".join(f"{n:,}" for n in row) + f" | {sum(row):,} |")
+    lines += ["", "Images per source and class:", "", "| split | source | class | images |", "|---|---|---|---:|"]
+    for split_name, per_source in report["source_label_counts"].items():
+        for source, per_label in sorted(per_source.items()):
+            for label, n in per_label.items():
+                lines.append(f"| {split_name} | {source} | {label} | {n:,} |")
+    lines += [
+        "",
+        "Columns: `image` (8-bit grayscale JPEG), `label` (ClassLabel: " + ", ".join(f"{i} = {c}" for i, c in enumerate(CLASS_NAMES)) + "), "
+        "`source`, `source_path` (path in the source at the pinned version), `patient_id` (normalized across sources), "
+        "`view`, `finding` (the source's own text), `license` (as the source states it), `sha256` (of the source file).",
+        "",
+        "## Sources",
+        "",
+    ]
+    for source in manifest.sources:
+        pin = f"`{source['repository']}` at commit `{source['commit']}`" if source["kind"] == "github" else \
+            f"`{source.get('dataset', source['name'])}` version {source.get('dataset_version', '-')}"
+        lines.append(f"- **{source['name']}** — {source.get('description', '')}: {pin}. License: {source['license']}.")
+    lines += ["", "## Curation", "", manifest.data.get("release_notes", "").strip(), "",
+              f"{report['candidates']:,} candidate files were considered; exclusions by reason:", "",
+              "| reason | files | meaning |", "|---|---:|---|"]
+    for reason, n in report["exclusions_by_reason"].items():
+        lines.append(f"| `{reason}` | {n:,} | {REASONS.get(reason, '')} |")
+    checks = report["checks"]
+    lines += [
+        "",
+        f"Checks: counts match the manifest: **{checks['counts_match_manifest']}**; patients in both splits: "
+        f"**{len(checks['patients_in_both_splits'])}**; near-duplicate pairs across splits: "
+        f"**{len(checks['near_duplicate_pairs_across_splits'])}**; files without a pinned checksum: **{checks['unverified_files']}**.",
+        "Every exclusion is listed in `build_report.json` with its reason.",
+        "",
+        "## Known risks: shortcuts",
+        "",
+        "The Normal and Pneumonia images (Kermany et al.) are paediatric radiographs from one hospital in "
+        "Guangzhou; the COVID-19 images are adults from many other hospitals and publications. A model can "
+        "separate the classes by age, hospital, equipment or text on the film instead of by disease. "
+        "DeGrave et al. (2021) showed that models trained on such composite datasets do exactly that. Treat "
+        "accuracy on this dataset as a benchmark figure, not as evidence of clinical usefulness.",
+        "",
+        "## Licenses",
+        "",
+        "Each image keeps its source's license (column `license`). The code that builds this dataset is MIT "
+        "licensed; that does not relicense the images.",
+        "",
+        "| source | license | images |",
+        "|---|---|---:|",
+    ]
+    for source, license_text, n in license_table(kept):
+        lines.append(f"| {source} | {license_text} | {n:,} |")
+    restricted = restrictive_count(kept)
+    if restricted:
+        lines += ["", f"**Warning:** {restricted:,} image(s) carry a NonCommercial (NC) or NoDerivatives (ND) "
+                  "license: they may not be used commercially, and ND images may not be redistributed in modified form. "
+                  "Filter on the `license` column if your use requires it."]
+    lines += ["", "## Provenance", "",
+              f"- manifest sha256: `{report['manifest_sha256']}`",
+              f"- fingerprint (decoded pixels and labels): `{report['fingerprint']}`",
+              "- verify this folder with `cxr-dataset verify <folder>`", "",
+              "## Citation", "", "Please cite the works this dataset is built from:", "", "```bibtex"]
+    lines += [c["bibtex"].strip() + "\n" for c in all_citations(manifest)]
+    lines += ["```", ""]
+    return "\n".join(lines)

@@ -1,0 +1,181 @@
+"""The ``cxr-dataset`` command line. It parses arguments and calls the library, nothing more."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import CxrDatasetError
+
+
+def _fail_cleanly(command):
+    """Turn the project's own errors into one readable line and exit code 1 (no traceback)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except CxrDatasetError as error:
+            click.echo(f"error: {error}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted: nothing was written to the output folder; the download cache keeps verified files", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _manifest(version: str | None, manifest_path: Path | None, name: str):
+    from . import manifest
+
+    if manifest_path is not None:
+        return manifest.load(manifest_path)
+    if version is None:
+        releases = manifest.available()
+        if not releases:
+            raise CxrDatasetError("no manifests found; pass --manifest PATH")
+        version = [v for n, v, _ in releases if n == name][-1]
+    return manifest.load(manifest.find(version, name))
+
+
+def _options(cache_dir, mirror, offline, workers, quiet, kaggle_archive=None, overwrite=False):
+    from .build import Options
+
+    return Options(
+        cache_dir=cache_dir, mirror=mirror, offline=offline, workers=workers or (os.cpu_count() or 1),
+        progress=not quiet, kaggle_archive=kaggle_archive, overwrite=overwrite,
+    )
+
+
+def _release_options(command):
+    """The options every command that reads a manifest and its sources shares."""
+    decorators = [
+        click.option("--version", "version", metavar="VERSION", help="Release to use (see `cxr-dataset manifests`); default: the newest."),
+        click.option("--manifest", "manifest_path", type=click.Path(exists=True, path_type=Path),
+                     help="A manifest folder (or its manifest.yaml) instead of a bundled release: for your own variants."),
+        click.option("--name", default="covid19-cxr", show_default=True, help="Dataset name under builder_manifests/."),
+        click.option("--cache-dir", type=click.Path(path_type=Path), envvar="COVID19_CXR_CACHE",
+                     help="Download cache. [default: $COVID19_CXR_CACHE or ~/.cache/covid19-cxr-dataset]"),
+        click.option("--mirror", metavar="URL", help="Base URL replacing https://raw.githubusercontent.com (institutional mirror; same <owner>/<repo>/<commit>/<path> layout)."),
+        click.option("--offline", is_flag=True, help="Use only the cache; fail listing every file that is missing."),
+        click.option("--workers", type=click.IntRange(1, 256), help="Parallel workers for download and conversion. [default: all cores]"),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
+    ]
+    for decorator in reversed(decorators):
+        command = decorator(command)
+    return command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="cxr-dataset")
+def main():
+    """Rebuild, check and cite the COVID-19 chest X-ray dataset of Zhong (arXiv 2007.09695).
+
+    \b
+    Typical use:
+      cxr-dataset manifests                        # releases you can build
+      cxr-dataset plan --version 1.0.0             # counts and exclusions, no image downloads
+      cxr-dataset build --version 1.0.0 --out ./covid19-cxr-1.0.0 --kaggle-archive archive.zip
+      python -c "import datasets; print(datasets.load_dataset('./covid19-cxr-1.0.0'))"
+    """
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+
+@main.command()
+@_fail_cleanly
+def manifests():
+    """List the releases this package can build."""
+    from . import manifest
+
+    for name, version, folder in manifest.available():
+        loaded = manifest.load(folder)
+        counts = loaded.data["expected_counts"]
+        total = {split: sum(per_class.values()) for split, per_class in counts.items()}
+        click.echo(f"{name} {version}\t{loaded.data['title']}\t" + ", ".join(f"{s} {n:,}" for s, n in total.items()))
+
+
+@main.command()
+@_release_options
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder (created only when the build succeeds).")
+@click.option("--kaggle-archive", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The Kaggle chest-xray-pneumonia zip, downloaded by hand (otherwise the Kaggle API with KAGGLE_USERNAME/KAGGLE_KEY or ~/.kaggle/kaggle.json).")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists (only after the new build succeeded).")
+@_fail_cleanly
+def build(version, manifest_path, name, cache_dir, mirror, offline, workers, quiet, out, kaggle_archive, overwrite):
+    """Build a release into a Hugging Face dataset folder (parquet shards + card + build report).
+
+    Downloads every pinned file (cached and verified), filters, converts each image to one
+    normalized grayscale JPEG, splits, and checks the counts the manifest expects. The output
+    folder appears only when everything succeeded; a failed build leaves nothing behind.
+    """
+    from .build import build as run_build
+
+    manifest = _manifest(version, manifest_path, name)
+    options = _options(cache_dir, mirror, offline, workers, quiet, kaggle_archive, overwrite)
+    result = run_build(manifest, out, options)
+    click.echo(_summary(result))
+    click.echo(f"wrote {out}  (load it with datasets.load_dataset({str(out)!r}))")
+
+
+def _summary(result: dict) -> str:
+    lines = [f"{result['dataset']} {result['version']}: fingerprint {result['fingerprint'][:16]}…"]
+    for split, per_class in result["counts"].items():
+        lines.append(f"  {split:5s} " + "  ".join(f"{label} {n:,}" for label, n in per_class.items()) + f"  (total {sum(per_class.values()):,})")
+    lines.append("  excluded: " + ", ".join(f"{reason} {n:,}" for reason, n in result["exclusions_by_reason"].items()))
+    checks = result["checks"]
+    lines.append(
+        f"  checks: patients in both splits {len(checks['patients_in_both_splits'])}, near-duplicate pairs across splits "
+        f"{len(checks['near_duplicate_pairs_across_splits'])}, unverified files {checks['unverified_files']}"
+    )
+    return "\n".join(lines)
+
+
+@main.command()
+@_release_options
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write every candidate file with its source, path, label and split or exclusion reason.")
+@_fail_cleanly
+def plan(version, manifest_path, name, cache_dir, mirror, offline, workers, quiet, json_path):
+    """Resolve a release from metadata and pinned lists alone (no image downloads).
+
+    Prints the per-split, per-class and per-source counts and the exclusions by reason, and says
+    whether they match the counts the manifest expects.
+    """
+    from . import report
+    from .build import check_counts, plan as run_plan
+
+    manifest = _manifest(version, manifest_path, name)
+    resolution = run_plan(manifest, _options(cache_dir, mirror, offline, workers, quiet))
+    kept, excluded = resolution.kept, resolution.excluded
+    click.echo(f"{manifest.name} {manifest.version}: {len(resolution.candidates):,} candidate files, {len(kept):,} kept")
+    for split, per_class in report.count_table(kept).items():
+        click.echo(f"  {split:5s} " + "  ".join(f"{label} {n:,}" for label, n in per_class.items()) + f"  (total {sum(per_class.values()):,})")
+    click.echo("  by source:")
+    for split, per_source in report.source_label_table(kept).items():
+        for source, per_label in sorted(per_source.items()):
+            click.echo(f"    {split:5s} {source:10s} " + "  ".join(f"{label} {n:,}" for label, n in per_label.items()))
+    click.echo("  excluded by reason:")
+    for reason, n in report.exclusion_summary(excluded).items():
+        click.echo(f"    {reason:24s} {n:,}")
+    problems = check_counts(manifest, kept)
+    click.echo("  counts match the manifest" if not problems else "  COUNTS DIFFER: " + "; ".join(problems))
+    if json_path:
+        rows = [
+            {"source": r.source, "source_path": r.source_path, "label": r.label, "patient_id": r.patient_id, "split": r.split, "excluded": ""}
+            for r in kept.itertuples()
+        ] + [
+            {"source": r.source, "source_path": r.source_path, "label": r.label, "patient_id": r.patient_id, "split": "",
+             "excluded": r.reason, "detail": r.detail}
+            for r in excluded.itertuples()
+        ]
+        json_path.write_text(json.dumps({"dataset": manifest.name, "version": manifest.version, "files": rows}, indent=1) + "\n", encoding="utf-8")
+        click.echo(f"wrote {json_path} ({len(rows):,} files)")
+    if problems:
+        sys.exit(2)

@@ -1,0 +1,81 @@
+"""Maintainer tools that write a release's pins (lock files); never run during a build.
+
+* ``github_lock_rows`` — from a repository's tree listing (``path, git_blob_sha1, size``, e.g. from
+  ``git ls-tree -r -l <commit>``) and its metadata, the pins of every file a manifest needs: the
+  metadata table itself and the image of every row whose finding maps to a class.
+* ``record_kaggle_checksums`` — once a maintainer holds the Kaggle archive, add the sha256 of each
+  listed file to the file list so later builds verify them.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import ManifestError
+from .manifest import Manifest
+from .sources import github_records, read_kaggle_files, read_metadata_csv
+
+
+def read_tree(path: Path) -> dict[str, tuple[str, str]]:
+    """A tree listing (``path<TAB>git_blob_sha1<TAB>size``, header line first) as {path: (blob, size)}."""
+    with open(path, encoding="utf-8", newline="") as handle:
+        rows = list(csv.reader(handle, delimiter="\t"))
+    return {row[0]: (row[1], row[2] if len(row) > 2 else "") for row in rows[1:] if row}
+
+
+def github_lock_rows(manifest: Manifest, source: dict, tree_tsv: Path, metadata_csv: Path) -> list[tuple[str, str, str]]:
+    tree = read_tree(tree_tsv)
+    metadata_path = source["metadata"]["path"]
+    if metadata_path not in tree:
+        raise ManifestError(f"{tree_tsv}: the tree has no {metadata_path!r}; is it the listing of {source['repository']}?")
+    metadata = read_metadata_csv(metadata_csv, source["metadata"].get("encoding", "utf-8"))
+    # Parse against the whole tree so every referenced path resolves, then pin the labelled ones.
+    records = github_records(manifest, source, metadata, lock={path: (blob, -1) for path, (blob, _) in tree.items()})
+    wanted = sorted(set(records.loc[records["label"].ne(""), "source_path"]) & set(tree))
+    rows = [(metadata_path, *tree[metadata_path])] + [(path, *tree[path]) for path in wanted]
+    return [(path, blob, size if size.isdigit() else "") for path, blob, size in rows]
+
+
+def write_github_lock(path: Path, rows: list[tuple[str, str, str]]) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(["path", "git_blob_sha1", "size"])
+        writer.writerows(rows)
+
+
+def record_kaggle_checksums(manifest: Manifest, source: dict, archive: Path) -> tuple[int, list[str]]:
+    """Fill the sha256 column of the Kaggle file list from ``archive``; returns (recorded, missing)."""
+    files_path = manifest.file(source["files"])
+    files = read_kaggle_files(files_path)
+    root = source["archive_root"].strip("/")
+    wanted = {f"{root}/{r.split}/{r['class']}/{r.filename}": i for i, r in files.iterrows()}
+    found = {}
+    try:
+        with zipfile.ZipFile(archive) as handle:
+            for info in handle.infolist():
+                if info.filename in wanted:
+                    digest = hashlib.sha256()
+                    with handle.open(info) as member:
+                        while block := member.read(1 << 20):
+                            digest.update(block)
+                    found[info.filename] = digest.hexdigest()
+    except zipfile.BadZipFile:
+        raise ManifestError(f"{archive} is not a zip archive; download the Kaggle archive again") from None
+    for name, index in wanted.items():
+        if name in found:
+            files.at[index, "sha256"] = found[name]
+    files.to_csv(files_path, index=False, lineterminator="\n")
+    return len(found), sorted(set(wanted) - set(found))
+
+
+def kaggle_files_from_listing(listing: Path) -> pd.DataFrame:
+    """A Kaggle file list (split,class,filename,subtype,sha256) from a public file listing."""
+    table = pd.read_csv(listing, dtype=str, keep_default_na=False)
+    if "sha256" not in table.columns:
+        table["sha256"] = ""
+    return table[["split", "class", "filename", "subtype", "sha256"]]

@@ -1,0 +1,112 @@
+"""The record table: one row per candidate image, the only thing the stages pass to each other.
+
+Sources create rows (``new_record_table``); download fills ``local_path`` and ``sha256``; filters
+split the table into kept and excluded rows (``exclude``); convert reads ``local_path``; split
+fills ``split``; publish writes the kept rows. Columns:
+
+=================  ==========================================================================
+record_id          ``"<source>:<source_path>"``, unique in a build
+source             source name from the manifest (``cohen``, ``figure1``, ``actualmed``, ``kaggle``)
+source_path        path of the file inside the source (repository path or archive path)
+patient_id         ``"<source>:<id>"``, normalized so that one patient has one id (see sources)
+finding            the source's own finding text, unchanged
+label              class name from ``CLASS_NAMES``, or "" when the manifest maps no class
+view               the source's view (``PA``, ``AP``, ``AP Supine``, ``L``, ``Axial``...), or ""
+modality           ``X-ray``, ``CT``...
+license            license of this image as its source states it ("" when unstated)
+upstream_split     the source's own split (Kaggle ``train``/``val``/``test``), else ""
+download_url       where the file is fetched from
+git_blob_sha1      pinned git blob id (GitHub sources), else ""
+sha256_expected    pinned sha256, else ""
+size               pinned size in bytes, or -1 when unknown
+local_path         cached file after download, else ""
+sha256             sha256 of the downloaded source file, else ""
+split              ``train`` / ``test`` after the split stage, else ""
+=================  ==========================================================================
+
+Excluded rows carry three more columns: ``stage`` (the module that dropped the row), ``reason``
+(a reason code, listed in ``REASONS``) and ``detail`` (free text for the report).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+RECORD_COLUMNS = (
+    "record_id",
+    "source",
+    "source_path",
+    "patient_id",
+    "finding",
+    "label",
+    "view",
+    "modality",
+    "license",
+    "upstream_split",
+    "download_url",
+    "git_blob_sha1",
+    "sha256_expected",
+    "size",
+    "local_path",
+    "sha256",
+    "split",
+)
+EXCLUSION_COLUMNS = RECORD_COLUMNS + ("stage", "reason", "detail")
+
+REASONS = {
+    "label-unmapped": "finding is not one of the release's classes",
+    "label-inconclusive": "the source marks the finding as inconclusive",
+    "not-in-upstream-files": "metadata names a file the pinned tree does not hold",
+    "modality-not-xray": "not a radiograph (CT slice or volume, ultrasound...)",
+    "view-lateral": "lateral view",
+    "view-not-frontal": "view is neither PA nor AP (or reviewed as not frontal)",
+    "annotation-arrow": "drawn arrow on the film",
+    "annotation-circle": "drawn circle or ellipse on the film",
+    "annotation-box": "drawn box on the film",
+    "annotation-text": "lesion text or label drawn on the film",
+    "annotation-other": "other drawn lesion mark",
+    "not-a-radiograph": "figure, photo or composite, not a single radiograph",
+    "duplicate-exact": "byte-identical to a kept image",
+    "duplicate-near": "same radiograph as a kept image (cropped, rescaled or re-encoded)",
+    "manual-exclusion": "excluded by an explicit manifest decision",
+    "undecodable": "the image cannot be decoded",
+    "dicom-multiframe": "multi-frame DICOM: a release holds single radiographs",
+    "dicom-undecodable": "DICOM pixel data cannot be decoded (transfer syntax named in detail)",
+    "image-too-large": "image exceeds the decompression-bomb limit",
+    "over-quota": "beyond the class count the release keeps (deterministic rule in the manifest)",
+}
+
+STRING_COLUMNS = tuple(c for c in RECORD_COLUMNS if c != "size")
+
+
+def new_record_table(rows: list[dict]) -> pd.DataFrame:
+    """Build a record table from row dicts, filling absent columns with "" (size with -1)."""
+    table = pd.DataFrame(rows, columns=list(RECORD_COLUMNS))
+    for column in STRING_COLUMNS:
+        table[column] = table[column].fillna("").astype(str)
+    table["size"] = table["size"].fillna(-1).astype("int64")
+    return table
+
+
+def empty_exclusions() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="int64" if c == "size" else "object") for c in EXCLUSION_COLUMNS})
+
+
+def exclude(
+    table: pd.DataFrame, mask: pd.Series, *, stage: str, reason: str | pd.Series, detail: str | pd.Series = ""
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split ``table`` by ``mask``: return (kept rows, excluded rows with stage/reason/detail).
+
+    ``reason`` and ``detail`` may be a constant or a Series aligned with ``table``.
+    """
+    if isinstance(reason, str) and reason not in REASONS:
+        raise ValueError(f"unknown reason code {reason!r}; add it to records.REASONS")
+    mask = mask.astype(bool)
+    dropped = table[mask].copy()
+    dropped["stage"] = stage
+    dropped["reason"] = reason if isinstance(reason, str) else reason[mask]
+    dropped["detail"] = detail if isinstance(detail, str) else detail[mask]
+    unknown = set(dropped["reason"]) - set(REASONS)
+    if unknown:
+        raise ValueError(f"unknown reason codes {sorted(unknown)}; add them to records.REASONS")
+    return table[~mask].copy(), dropped[list(EXCLUSION_COLUMNS)]

@@ -1,0 +1,125 @@
+"""Report stage: ``build_report.json`` and the fingerprint that proves what a release holds.
+
+The fingerprint is computed over DECODED pixels and labels, so it identifies the content a model
+sees, whatever the parquet layout. Each row contributes
+``sha256(split, source, source_path, label name, width, height, 8-bit pixels)``; the fingerprint is
+the sha256 of the sorted row digests, so it does not depend on shard boundaries or row order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+from PIL import Image
+
+from . import CLASS_NAMES
+from .publish import iter_rows, sha256_file, shard_paths
+
+REPORT_NAME = "build_report.json"
+REPORT_SCHEMA_VERSION = 1
+
+
+def row_digest(split: str, source: str, source_path: str, label: str, jpeg: bytes) -> str:
+    with Image.open(io.BytesIO(jpeg)) as image:
+        image = image.convert("L") if image.mode != "L" else image
+        width, height = image.size
+        pixels = image.tobytes()
+    header = f"{split}\0{source}\0{source_path}\0{label}\0{width}x{height}\0".encode()
+    return hashlib.sha256(header + pixels).hexdigest()
+
+
+def combine_digests(digests: Iterable[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()
+
+
+def fingerprint(out_dir: Path, *, workers: int = 1) -> str:
+    """Recompute a release's fingerprint from its shards (``<out_dir>/data``)."""
+    def digest(item: tuple[str, dict]) -> str:
+        split, row = item
+        return row_digest(split, row["source"], row["source_path"], CLASS_NAMES[row["label"]], row["image"]["bytes"])
+
+    rows = iter_rows(Path(out_dir) / "data")
+    if workers <= 1:
+        return combine_digests(map(digest, rows))
+    with ThreadPoolExecutor(workers) as pool:  # Pillow releases the GIL while decoding
+        return combine_digests(pool.map(digest, rows, chunksize=16))
+
+
+def shard_hashes(out_dir: Path) -> dict[str, dict[str, Any]]:
+    out_dir = Path(out_dir)
+    return {
+        str(path.relative_to(out_dir)): {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        for path in shard_paths(out_dir / "data")
+    }
+
+
+def count_table(kept: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """{split: {class: n}} with every class present (zeros included)."""
+    counts: dict[str, dict[str, int]] = {}
+    for split in sorted(set(kept["split"])):
+        part = kept[kept["split"] == split]
+        counts[split] = {name: int((part["label"] == name).sum()) for name in CLASS_NAMES}
+    return counts
+
+
+def source_label_table(kept: pd.DataFrame) -> dict[str, dict[str, dict[str, int]]]:
+    """{split: {source: {class: n}}} — the source x label table the card shows."""
+    table: dict[str, dict[str, dict[str, int]]] = {}
+    for (split, source, label), group in kept.groupby(["split", "source", "label"]):
+        table.setdefault(split, {}).setdefault(source, {})[label] = int(len(group))
+    return table
+
+
+def exclusion_list(excluded: pd.DataFrame) -> list[dict[str, str]]:
+    columns = ["source", "source_path", "label", "stage", "reason", "detail"]
+    rows = excluded[columns].sort_values(["source", "source_path", "stage"]).to_dict("records")
+    return [{k: str(v) for k, v in row.items()} for row in rows]
+
+
+def exclusion_summary(excluded: pd.DataFrame) -> dict[str, int]:
+    return {str(k): int(v) for k, v in excluded["reason"].value_counts().sort_index().items()}
+
+
+def patients_in_both_splits(kept: pd.DataFrame) -> list[str]:
+    sides = kept.groupby("patient_group")["split"].nunique() if "patient_group" in kept else \
+        kept.groupby("patient_id")["split"].nunique()
+    return sorted(sides[sides > 1].index.astype(str))
+
+
+def write_report(out_dir: Path, report: dict[str, Any]) -> Path:
+    path = Path(out_dir) / REPORT_NAME
+    path.write_text(json.dumps(report, indent=2, sort_keys=False, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def read_report(out_dir: Path) -> dict[str, Any]:
+    path = Path(out_dir) / REPORT_NAME
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def cross_split_near_duplicates(kept: pd.DataFrame, *, workers: int = 1, threshold: float | None = None) -> list[dict]:
+    """Near-duplicate pairs (near_duplicates.find_pairs) whose two images sit in different splits.
+
+    Runs over the converted JPEGs of the kept rows (``converted_path``); the release promises none.
+    """
+    from . import near_duplicates
+
+    if "converted_path" not in kept.columns or len(kept) < 2:
+        return []
+    paths = dict(zip(kept["record_id"], kept["converted_path"]))
+    side = dict(zip(kept["record_id"], kept["split"]))
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        signatures = dict(zip(paths, pool.map(near_duplicates.image_signature, paths.values())))
+    kwargs = {} if threshold is None else {"threshold": threshold}
+    pairs = near_duplicates.find_pairs(signatures, **kwargs)
+    return [
+        {"a": a, "b": b, "distance": float(d), "splits": [side[a], side[b]]}
+        for a, b, d in pairs
+        if side[a] != side[b]
+    ]

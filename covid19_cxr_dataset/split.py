@@ -1,0 +1,109 @@
+"""Split stage: assign every kept record to ``train`` or ``test``, deterministically.
+
+Rules come from the manifest and apply in order to the rows they select (by ``source`` and/or
+``label``) that no earlier rule assigned:
+
+* ``upstream`` — keep the source's own split through ``map`` (Kaggle train -> train, val/test -> test).
+* ``patient-hash`` — order patient groups by sha256(seed, group) and move whole groups to test
+  until exactly ``test_images`` images (or ``test_fraction`` of them) are there; a group that would
+  overshoot is skipped, so the count is exact whenever single-image patients remain.
+
+A patient group joins every patient id linked by a recorded duplicate (the same radiograph under
+two sources' ids is the same person), so no person ends up on both sides. Nothing depends on file
+system or download order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pandas as pd
+
+from .errors import CxrDatasetError
+
+
+def patient_groups(table: pd.DataFrame, links: list[tuple[str, str]] = ()) -> pd.Series:
+    """A group key per row: the smallest patient id of its connected component (union-find)."""
+    parent: dict[str, str] = {}
+
+    def root(node: str) -> str:
+        parent.setdefault(node, node)
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for patient in table["patient_id"]:
+        root(patient)
+    for a, b in links:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return table["patient_id"].map(root)
+
+
+def duplicate_patient_links(duplicates: pd.DataFrame, candidates: pd.DataFrame) -> list[tuple[str, str]]:
+    """Patient-id pairs joined by the manifest's duplicate decisions (dropped row, kept twin)."""
+    if duplicates.empty:
+        return []
+    patient_of = dict(zip(candidates["record_id"], candidates["patient_id"]))
+    pairs = zip(duplicates["record_id"], duplicates["duplicate_of_source"] + ":" + duplicates["duplicate_of_path"])
+    return [(patient_of[a], patient_of[b]) for a, b in pairs if a in patient_of and b in patient_of]
+
+
+def _hash(seed: str, key: str) -> str:
+    return hashlib.sha256(f"{seed}\0{key}".encode()).hexdigest()
+
+
+def assign_splits(table: pd.DataFrame, rules: list[dict], seed: str, links: list[tuple[str, str]] = ()) -> pd.DataFrame:
+    """Return ``table`` with ``split`` and ``patient_group`` filled; raise if a row stays unassigned."""
+    table = table.copy()
+    table["patient_group"] = patient_groups(table, links)
+    table["split"] = ""
+    for number, rule in enumerate(rules, start=1):
+        selected = table["split"].eq("")
+        if "source" in rule:
+            selected &= table["source"].eq(rule["source"])
+        if "label" in rule:
+            selected &= table["label"].eq(rule["label"])
+        if rule["method"] == "upstream":
+            mapped = table.loc[selected, "upstream_split"].map(rule["map"])
+            unmapped = mapped[mapped.isna()]
+            if len(unmapped):
+                upstream = table.loc[unmapped.index[0], "upstream_split"]
+                raise CxrDatasetError(f"split rule {number}: upstream split {upstream!r} has no entry in its map {rule['map']}")
+            table.loc[selected, "split"] = mapped
+        else:
+            table.loc[selected, "split"] = _patient_hash_split(table[selected], rule, seed, table)
+    unassigned = table[table["split"].eq("")]
+    if len(unassigned):
+        raise CxrDatasetError(
+            f"{len(unassigned)} record(s) match no split rule, e.g. {unassigned.iloc[0]['record_id']}; "
+            "add a rule for their source or label to the manifest's split.rules"
+        )
+    return table
+
+
+def _patient_hash_split(rows: pd.DataFrame, rule: dict, seed: str, table: pd.DataFrame) -> pd.Series:
+    # A group already placed by an earlier rule keeps that side for all its rows.
+    placed = table[table["split"].ne("")].groupby("patient_group")["split"].first()
+    target = rule.get("test_images")
+    if target is None:
+        target = round(len(rows) * rule.get("test_fraction", 0.0))
+    sizes = rows.groupby("patient_group").size()
+    side = {group: placed[group] for group in sizes.index if group in placed.index}
+    in_test = sum(sizes[g] for g, s in side.items() if s == "test")
+    for group in sorted(sizes.index, key=lambda g: _hash(seed, g)):
+        if group in side:
+            continue
+        if in_test + sizes[group] <= target:
+            side[group] = "test"
+            in_test += sizes[group]
+        else:
+            side[group] = "train"
+    return rows["patient_group"].map(side)
+
+
+def patients_in_both(table: pd.DataFrame) -> list[str]:
+    sides = table.groupby("patient_group")["split"].nunique()
+    return sorted(sides[sides > 1].index)

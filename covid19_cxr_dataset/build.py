@@ -111,7 +111,7 @@ def finish_selection(resolution: Resolution) -> Resolution:
     """Quota and split: the last steps, run by plan on metadata and by build after conversion."""
     manifest = resolution.manifest
     kept, dropped = filters.apply_quota(manifest, resolution.kept)
-    links = split.duplicate_patient_links(resolution.decisions.duplicates, resolution.candidates)
+    links = split.duplicate_patient_links(resolution.excluded, resolution.candidates)
     kept = split.assign_splits(kept, manifest.data["split"]["rules"], manifest.data["split"]["seed"], links)
     kept = kept.sort_values(["split", "label", "source", "source_path"], key=_split_order).reset_index(drop=True)
     excluded = pd.concat([resolution.excluded, dropped], ignore_index=True) if len(dropped) else resolution.excluded
@@ -337,6 +337,12 @@ def build(manifest: Manifest, out: Path, options: Options) -> dict:
         raise CountMismatch(
             f"{manifest.path}: the build does not give the expected counts: {'; '.join(problems)}. "
             f"Exclusions by reason: {report.exclusion_summary(resolution.excluded)}. Nothing was written to {out}."
+        )
+    crossing = split.patients_in_both(resolution.kept)
+    if crossing:
+        raise CxrDatasetError(
+            f"{manifest.path}: {len(crossing)} patient group(s) would sit in both splits, e.g. {crossing[:3]}; "
+            "an 'upstream' split rule keeps a source's own split, so fix the patient ids or the rules. Nothing was written."
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))

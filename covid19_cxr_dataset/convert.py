@@ -63,7 +63,7 @@ from typing import BinaryIO
 
 import numpy as np
 import pydicom
-from PIL import Image, ImageChops
+from PIL import Image
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_windowing, get_decoder
 
@@ -273,8 +273,11 @@ def pil_to_l(img: Image.Image) -> Image.Image:
     if has_alpha:
         luma_alpha = img if mode == "LA" else img.convert("RGBA").convert("LA")
         luma, alpha = luma_alpha.split()
-        # MULDIV255 in Pillow: exactly round(L * A / 255) for 8-bit values.
-        return ImageChops.multiply(luma, alpha)
+        # Pasting through a mask blends with Pillow's DIV255: exactly round(L * A / 255).
+        # (ImageChops.multiply would truncate instead.)
+        composited = Image.new("L", img.size, 0)
+        composited.paste(luma, mask=alpha)
+        return composited
     if mode in ("RGB", "P"):
         return img.convert("L")
     return img.convert("RGB").convert("L")

@@ -556,9 +556,14 @@ class Downloader:
         log.info("verified %s (%d bytes, sha256 %s)", spec.cache_key, hashes.size, hashes.sha256)
 
     def _transfer(self, spec: FileSpec, part: Path, cancel, on_bytes) -> bool:
-        """Stream ``spec.url`` into ``part`` until the body is complete; True if it took several responses."""
+        """Stream ``spec.url`` into ``part`` until the body is complete.
+
+        Returns True when the result is stitched together (a leftover ``.part`` or several responses),
+        so that a failed verification is worth one more clean attempt.
+        """
         failures = 0
         responses = 0
+        leftover = part.exists() and part.stat().st_size > 0
         while True:
             if cancel is not None and cancel.is_set():
                 raise _Cancelled()
@@ -567,7 +572,7 @@ class Downloader:
                 part.unlink()
                 offset = 0
             if spec.size > 0 and offset == spec.size:
-                return responses > 1  # A leftover .part that is already whole: verification decides.
+                return leftover or responses > 1  # A leftover .part that is already whole: verification decides.
             response = self._open(spec.url, offset)
             responses += 1
             try:
@@ -575,7 +580,7 @@ class Downloader:
                 if response.status_code == 416:
                     total = _content_range(response.headers.get("Content-Range", ""))[2]
                     if total == offset and offset > 0:
-                        return responses > 1
+                        return leftover or responses > 1
                     log.info("%s: range %d- not satisfiable; restarting", redact_url(spec.url), offset)
                     part.unlink(missing_ok=True)
                     failures += 1
@@ -607,7 +612,7 @@ class Downloader:
                 received = offset
                 try:
                     with open(part, "ab" if offset else "wb") as handle:
-                        for chunk in response.iter_content(NETWORK_CHUNK):
+                        for chunk in _body_chunks(response):
                             if cancel is not None and cancel.is_set():
                                 raise _Cancelled()
                             received += len(chunk)
@@ -641,7 +646,7 @@ class Downloader:
                         failures += 1
                         self._give_up_if(failures, spec, part, f"the body stopped at byte {received} of {total}")
                     continue
-                return responses > 1
+                return leftover or responses > 1
             finally:
                 response.close()
 
@@ -776,6 +781,19 @@ class _Held:
 
     def __exit__(self, *exc_info) -> None:
         self._lock.release()
+
+
+def _body_chunks(response: requests.Response) -> Iterable[bytes]:
+    """The body as it arrives; decoded only when the server insisted on a content encoding.
+
+    ``read1`` hands over whatever has arrived: urllib3's ``read(amt)`` (behind ``iter_content``) keeps
+    filling its buffer and drops the bytes of a short last read when the connection breaks, and those
+    bytes would then be fetched again by the resume.
+    """
+    raw = response.raw
+    read = raw.read1 if hasattr(raw, "read1") else raw.read
+    while chunk := read(NETWORK_CHUNK, decode_content=True):
+        yield chunk
 
 
 def _content_range(value: str) -> tuple[int | None, int | None, int | None]:

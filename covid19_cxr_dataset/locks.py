@@ -2,7 +2,7 @@
 
 * ``github_lock_rows`` — from a repository's tree listing (``path, git_blob_sha1, size``, e.g. from
   ``git ls-tree -r -l <commit>``) and its metadata, the pins of every file a manifest needs: the
-  metadata table itself and the image of every row whose finding maps to a class.
+  metadata table itself and every image its rows name.
 * ``record_kaggle_checksums`` — once a maintainer holds the Kaggle archive, add the sha256 of each
   listed file to the file list so later builds verify them.
 """
@@ -34,9 +34,11 @@ def github_lock_rows(manifest: Manifest, source: dict, tree_tsv: Path, metadata_
     if metadata_path not in tree:
         raise ManifestError(f"{tree_tsv}: the tree has no {metadata_path!r}; is it the listing of {source['repository']}?")
     metadata = read_metadata_csv(metadata_csv, source["metadata"].get("encoding", "utf-8"))
-    # Parse against the whole tree so every referenced path resolves, then pin the labelled ones.
+    # Parse against the whole tree so every referenced path resolves.
     records = github_records(manifest, source, metadata, lock={path: (blob, -1) for path, (blob, _) in tree.items()})
-    wanted = sorted(set(records.loc[records["label"].ne(""), "source_path"]) & set(tree))
+    # Every image the metadata names, labelled or not, so that each row's path resolves exactly
+    # (a Figure1 row without a finding still needs its file's extension) and variants can reuse it.
+    wanted = sorted(set(records["source_path"]) & set(tree))
     rows = [(metadata_path, *tree[metadata_path])] + [(path, *tree[path]) for path in wanted]
     return [(path, blob, size if size.isdigit() else "") for path, blob, size in rows]
 

@@ -46,8 +46,8 @@ REFINE_SIDE = 48    # stage 3: band-pass NCC after registering the crops, the re
 CROP_FRACTIONS = (1.0, 0.85, 0.7)
 CROP_ANCHORS = (0.0, 0.5, 1.0)
 DEFAULT_THRESHOLD = 0.10
-DEFAULT_LOW_PREFILTER = 0.10
-DEFAULT_BAND_PREFILTER = 0.55
+DEFAULT_LOW_PREFILTER = 0.12
+DEFAULT_BAND_PREFILTER = 0.25
 
 
 def _axis_crops() -> list[tuple[float, float]]:
@@ -215,17 +215,10 @@ def _refined_score(ta: np.ndarray, ra, tb: np.ndarray, rb) -> float:
     return float(_unit(a) @ _unit(b))
 
 
-def pair_distance(a: Signature, b: Signature) -> float:
-    """1 - band-pass NCC of the two images after registering B's crop onto A's best view.
-
-    Starts from the best pair of crop views, then moves B's crop rectangle (x0, y0, w, h) by a
-    pattern search with steps of 4, 2 and 1 % of the side. 0 means identical detail; different
-    radiographs score far above ``DEFAULT_THRESHOLD``.
-    """
-    _, view_a, view_b = _band_best(a, b)
-    ta, tb = a.thumb.astype(np.float32), b.thumb.astype(np.float32)
-    ra, rb = _view_rect(view_a), list(_view_rect(view_b))
+def _register(ta: np.ndarray, ra, tb: np.ndarray, rb) -> float:
+    """Best refined score moving B's crop rectangle from ``rb`` by a pattern search (4, 2, 1 % steps)."""
     best = _refined_score(ta, ra, tb, rb)
+    rb = list(rb)
     for step in (0.04, 0.02, 0.01):
         improved = True
         while improved:
@@ -240,6 +233,35 @@ def pair_distance(a: Signature, b: Signature) -> float:
                     score = _refined_score(ta, ra, tb, trial)
                     if score > best + 1e-4:
                         best, rb, improved = score, trial, True
+    return best
+
+
+def _centre_view(fraction: float) -> int:
+    half = (0.5 * (1.0 - fraction), fraction)
+    return VIEWS.index((half, half))
+
+
+# Where registration starts on the first image: the full frame, then central crops, which stay
+# comparable when the other copy is rotated a little or carries a border the trim missed.
+_START_VIEWS = (0, _centre_view(CROP_FRACTIONS[1]), _centre_view(CROP_FRACTIONS[2]))
+
+
+def pair_distance(a: Signature, b: Signature) -> float:
+    """1 - band-pass NCC of the two images after registering one crop onto the other.
+
+    For each image in turn as the reference and each of ``_START_VIEWS`` as its crop, the other
+    image starts from its best low-pass matching crop view and its crop rectangle (x0, y0, w, h) is
+    moved by a pattern search. 0 means identical detail; different radiographs score far above
+    ``DEFAULT_THRESHOLD``.
+    """
+    ta, tb = a.thumb.astype(np.float32), b.thumb.astype(np.float32)
+    best = -1.0
+    for first, second, t1, t2 in ((a, b, ta, tb), (b, a, tb, ta)):
+        for view_1 in _START_VIEWS:
+            view_2 = int((second.low @ first.low[view_1]).argmax())
+            best = max(best, _register(t1, _view_rect(view_1), t2, _view_rect(view_2)))
+            if best >= 0.95:  # unmistakable; no need to search further
+                return max(0.0, 1.0 - best)
     return max(0.0, 1.0 - best)
 
 

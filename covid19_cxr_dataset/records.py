@@ -83,7 +83,7 @@ def new_record_table(rows: list[dict]) -> pd.DataFrame:
     """Build a record table from row dicts, filling absent columns with "" (size with -1)."""
     table = pd.DataFrame(rows, columns=list(RECORD_COLUMNS))
     for column in STRING_COLUMNS:
-        table[column] = table[column].fillna("").astype(str)
+        table[column] = table[column].astype(object).fillna("").astype(str)
     table["size"] = table["size"].fillna(-1).astype("int64")
     return table
 

@@ -42,12 +42,16 @@ def patient_groups(table: pd.DataFrame, links: list[tuple[str, str]] = ()) -> pd
     return table["patient_id"].map(root)
 
 
-def duplicate_patient_links(duplicates: pd.DataFrame, candidates: pd.DataFrame) -> list[tuple[str, str]]:
-    """Patient-id pairs joined by the manifest's duplicate decisions (dropped row, kept twin)."""
-    if duplicates.empty:
+def duplicate_patient_links(excluded: pd.DataFrame, candidates: pd.DataFrame) -> list[tuple[str, str]]:
+    """Patient-id pairs joined by duplicates (exact or near): the dropped row's patient and its twin's.
+
+    ``filters`` writes the twin's record id at the end of ``detail`` ("... as <record_id>").
+    """
+    if excluded.empty:
         return []
     patient_of = dict(zip(candidates["record_id"], candidates["patient_id"]))
-    pairs = zip(duplicates["record_id"], duplicates["duplicate_of_source"] + ":" + duplicates["duplicate_of_path"])
+    rows = excluded[excluded["reason"].isin(["duplicate-exact", "duplicate-near"])]
+    pairs = [(rid, detail.rsplit(" as ", 1)[-1]) for rid, detail in zip(rows["record_id"], rows["detail"])]
     return [(patient_of[a], patient_of[b]) for a, b in pairs if a in patient_of and b in patient_of]
 
 

@@ -1,0 +1,224 @@
+"""Read a release for training: verify it, decode every image once, feed tf.data from memory.
+
+The release is ~6k grayscale JPEGs of up to a few thousand pixels a side. Decoding and resizing them
+dominates any per-epoch pipeline, so it happens once: the shards are read one row group at a time
+(pyarrow), decoded and resized in a parallel tf.data map, and kept as uint8 arrays (train at
+``data.train_resize``, test at ``model.input_size``; 6k x 96 x 96 x 3 bytes is ~170 MB). Each epoch
+then only gathers, augments and batches in memory, with parallel maps and prefetching, which keeps
+a GPU fed.
+
+Augmentation uses stateless random ops seeded by ``(seed, epoch * n + position)``, and each epoch's
+order comes from ``numpy.random.default_rng([seed, epoch])``: the same seed gives the same batches
+whatever the number of parallel calls or threads.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from .. import CLASS_NAMES
+from ..errors import VerificationError
+from ..publish import SPLITS, shard_paths
+from ..report import REPORT_NAME, fingerprint, read_report
+from ._backend import import_tensorflow
+
+DECODE_BATCH = 64
+
+
+@dataclass(frozen=True)
+class SplitArrays:
+    """One split decoded once: images (n, size, size, 3) uint8, labels (n,) int64, and row identity."""
+
+    split: str
+    images: np.ndarray
+    labels: np.ndarray
+    sources: tuple[str, ...]
+    source_paths: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def counts(self) -> dict[str, int]:
+        return {name: int((self.labels == index).sum()) for index, name in enumerate(CLASS_NAMES)}
+
+
+# --- the release ---------------------------------------------------------------------------------
+
+
+def read_release_report(data_dir: Path) -> dict[str, Any]:
+    path = Path(data_dir) / REPORT_NAME
+    if not path.is_file():
+        raise VerificationError(f"{path}: not found; expected a release folder written by `cxr-dataset build`")
+    report = read_report(data_dir)
+    for key in ("fingerprint", "counts"):
+        if key not in report:
+            raise VerificationError(f"{path}: no '{key}' key; the release's build report is incomplete, rebuild it")
+    return report
+
+
+def verify_fingerprint(data_dir: Path, report: dict[str, Any], *, workers: int | None = None) -> str:
+    """Recompute the release's fingerprint and refuse it if it differs from its build report."""
+    actual = fingerprint(data_dir, workers=workers or os.cpu_count() or 1)
+    expected = report["fingerprint"]
+    if actual != expected:
+        raise VerificationError(
+            f"{Path(data_dir) / REPORT_NAME}: fingerprint {expected}, but the shards in "
+            f"{Path(data_dir) / 'data'} give {actual}; images or labels changed after the build. "
+            "Rebuild the release or fetch it again (or pass verify_fingerprint=False to train on it anyway)"
+        )
+    return actual
+
+
+def verify_counts(data_dir: Path, report: dict[str, Any], arrays: dict[str, SplitArrays]) -> None:
+    """The decoded splits must hold the counts the build report states (cheap; no fingerprint needed)."""
+    for split, split_arrays in arrays.items():
+        expected = {name: int(n) for name, n in report["counts"].get(split, {}).items()}
+        actual = split_arrays.counts()
+        if {k: v for k, v in expected.items() if v} != {k: v for k, v in actual.items() if v}:
+            raise VerificationError(
+                f"{Path(data_dir) / REPORT_NAME}: {split} counts {expected}, but the shards hold {actual}; "
+                "rebuild the release or fetch it again"
+            )
+
+
+def iter_image_rows(data_dir: Path, split: str) -> Iterator[tuple[bytes, int, str, str]]:
+    """(jpeg bytes, label, source, source_path) of a split, one parquet row group in memory at a time."""
+    paths = shard_paths(Path(data_dir) / "data", split)
+    if not paths:
+        raise VerificationError(f"{Path(data_dir) / 'data'}: no {split}-*.parquet shards; is this a release folder?")
+    for path in paths:
+        parquet = pq.ParquetFile(path)
+        for group in range(parquet.num_row_groups):
+            table = parquet.read_row_group(group, columns=["image", "label", "source", "source_path"])
+            images = table.column("image").combine_chunks()
+            image_bytes = images.field("bytes").to_pylist()
+            labels = table.column("label").to_pylist()
+            sources = table.column("source").to_pylist()
+            source_paths = table.column("source_path").to_pylist()
+            yield from zip(image_bytes, labels, sources, source_paths)
+
+
+def decode_split(
+    data_dir: Path, split: str, *, size: int, method: str = "bilinear", antialias: bool = False
+) -> SplitArrays:
+    """Decode every image of ``split`` once into (n, size, size, 3) uint8, grayscale repeated to RGB.
+
+    The resize is ``tf.image.resize`` on the decoded image, as the reference code does it (bilinear,
+    no antialiasing, aspect ratio not kept); the result is rounded to uint8 for the cache.
+    """
+    tf = import_tensorflow()
+    labels: list[int] = []
+    sources: list[str] = []
+    source_paths: list[str] = []
+
+    def image_bytes() -> Iterator[bytes]:
+        for jpeg, label, source, source_path in iter_image_rows(data_dir, split):
+            labels.append(int(label))
+            sources.append(source)
+            source_paths.append(source_path)
+            yield jpeg
+
+    def decode(jpeg: Any) -> Any:
+        image = tf.io.decode_image(jpeg, channels=3, expand_animations=False)  # gray -> 3 equal channels
+        image = tf.image.resize(image, (size, size), method=method, antialias=antialias)
+        return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+    dataset = (
+        tf.data.Dataset.from_generator(image_bytes, output_signature=tf.TensorSpec((), tf.string))
+        .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .batch(DECODE_BATCH)
+        .prefetch(2)
+    )
+    batches = [batch.numpy() for batch in dataset]
+    images = np.concatenate(batches) if batches else np.zeros((0, size, size, 3), np.uint8)
+    return SplitArrays(split, images, np.asarray(labels, np.int64), tuple(sources), tuple(source_paths))
+
+
+def load_release(data_dir: Path, recipe: Any) -> dict[str, SplitArrays]:
+    """Both splits decoded: train at ``data.train_resize`` (for the random crop), test at the model input."""
+    data = recipe["data"]
+    sizes = {"train": data["train_resize"], "test": recipe["model"]["input_size"]}
+    return {
+        split: decode_split(data_dir, split, size=sizes[split], method=data["resize_method"], antialias=data["antialias"])
+        for split in SPLITS
+    }
+
+
+# --- tf.data pipelines ---------------------------------------------------------------------------
+
+
+def make_augment(recipe: Any) -> Callable[[Any, Any], Any]:
+    """The training augmentation: (uint8 image at train_resize, seed) -> float32 [0, 1] crop of model.input_size.
+
+    The paper's order: flip, brightness, contrast, saturation on the resized image, then a random
+    crop. Like the reference code, values are not clipped back to [0, 1] after brightness/contrast.
+    """
+    tf = import_tensorflow()  # here, not in the traced function: AutoGraph would try to convert it
+    aug = recipe["augmentation"]
+    size = recipe["model"]["input_size"]
+
+    def augment(image: Any, seed: Any) -> Any:
+        seeds = tf.random.experimental.stateless_split(seed, num=5)
+        image = tf.cast(image, tf.float32) / 255.0
+        if aug["horizontal_flip"]:
+            image = tf.image.stateless_random_flip_left_right(image, seeds[0])
+        if aug["brightness_max_delta"] > 0:
+            image = tf.image.stateless_random_brightness(image, aug["brightness_max_delta"], seeds[1])
+        image = tf.image.stateless_random_contrast(image, *aug["contrast_range"], seeds[2])
+        image = tf.image.stateless_random_saturation(image, *aug["saturation_range"], seeds[3])
+        return tf.image.stateless_random_crop(image, (size, size, 3), seeds[4])
+
+    return augment
+
+
+class Pipelines:
+    """tf.data pipelines over decoded splits; each epoch's training order and augmentation is seeded."""
+
+    def __init__(self, arrays: dict[str, SplitArrays], recipe: Any, *, seed: int):
+        tf = import_tensorflow()
+        self.recipe = recipe
+        self.seed = int(seed)
+        self.batch_size = int(recipe["training"]["batch_size"])
+        self.train, self.test = arrays["train"], arrays["test"]
+        # one copy of each split as a tensor; the per-epoch datasets gather from it by index
+        self._train_images = tf.constant(self.train.images)
+        self._train_onehot = tf.one_hot(self.train.labels, len(CLASS_NAMES))
+        self._test_images = tf.constant(self.test.images)
+        self._test_onehot = tf.one_hot(self.test.labels, len(CLASS_NAMES))
+        self._augment = make_augment(recipe)
+
+    def train_epoch(self, epoch: int) -> Any:
+        """Batches of (augmented float32 images, one-hot labels) for 0-based ``epoch``."""
+        tf = import_tensorflow()
+        n = len(self.train)
+        order = np.random.default_rng([self.seed, epoch]).permutation(n)
+        element_seeds = np.stack([np.full(n, self.seed, np.int64), epoch * n + np.arange(n, dtype=np.int64)], axis=1)
+        images, onehot, augment = self._train_images, self._train_onehot, self._augment
+
+        def load(index: Any, seed: Any) -> tuple[Any, Any]:
+            return augment(tf.gather(images, index), seed), tf.gather(onehot, index)
+
+        return (
+            tf.data.Dataset.from_tensor_slices((order, element_seeds))
+            .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .batch(self.batch_size)
+            .prefetch(tf.data.AUTOTUNE)
+        )
+
+    def test_batches(self, *, with_labels: bool = True) -> Any:
+        """Batches of the test split as float32 [0, 1] (already at the model's input size)."""
+        tf = import_tensorflow()
+        indices = tf.data.Dataset.range(len(self.test)).batch(self.batch_size)
+        images, onehot = self._test_images, self._test_onehot
+
+        def load(index: Any) -> Any:
+            batch = tf.cast(tf.gather(images, index), tf.float32) / 255.0
+            return (batch, tf.gather(onehot, index)) if with_labels else batch
+
+        return indices.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,162 @@
+"""Write small, valid release folders (docs/ARCHITECTURE.md "Release format") for tests.
+
+    from release_factory import make_release
+    release = make_release(tmp_path / "release", per_class={"train": 8, "test": 4})
+
+The release is written with the project's own writers (publish.SplitShardWriter, publish.card_yaml,
+report.write_report), so its shards, card and build report are exactly what `build` would write for
+the same rows, and ``report.fingerprint(release) == build_report["fingerprint"]``.
+
+Images come from ``image_fn(label, split, index, size) -> image``: ``label`` is the class index
+(``CLASS_NAMES``), ``index`` the image's number within its split and class, ``size`` (width, height);
+it returns a PIL image or a uint8 array (H, W) or (H, W, 3). The default makes the class visible as
+brightness (dark COVID-19, mid Normal, bright Pneumonia) with seeded noise, so a classifier can
+learn it. Every image is stored as an 8-bit grayscale JPEG, like convert.py's output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from covid19_cxr_dataset import CLASS_NAMES, __version__
+from covid19_cxr_dataset import publish, report
+
+ImageFn = Callable[[int, str, int, tuple[int, int]], Any]
+
+DATASET_NAME = "covid19-cxr-test"
+CLASS_LEVELS = (60, 128, 196)  # mean gray level per class in the default images
+
+
+def brightness_image(label: int, split: str, index: int, size: tuple[int, int]) -> np.ndarray:
+    """The default image: the class's gray level plus seeded noise and a soft vertical gradient."""
+    width, height = size
+    rng = np.random.default_rng([label, index, 0 if split == "train" else 1])
+    gradient = np.linspace(-12, 12, height)[:, None]
+    noise = rng.normal(0, 18, (height, width))
+    return np.clip(CLASS_LEVELS[label] + gradient + noise, 0, 255).astype(np.uint8)
+
+
+def shape_image(label: int, split: str, index: int, size: tuple[int, int]) -> np.ndarray:
+    """Same brightness for every class; the class is a shape: disc, horizontal bar, vertical bar."""
+    width, height = size
+    rng = np.random.default_rng([label, index, 2 if split == "train" else 3])
+    image = rng.normal(110, 20, (height, width))
+    yy, xx = np.mgrid[0:height, 0:width]
+    cy, cx = height / 2 + rng.uniform(-4, 4), width / 2 + rng.uniform(-4, 4)
+    if label == 0:
+        mask = (yy - cy) ** 2 + (xx - cx) ** 2 < (min(size) / 4) ** 2
+    elif label == 1:
+        mask = (abs(yy - cy) < height / 10) & (abs(xx - cx) < width / 3)
+    else:
+        mask = (abs(xx - cx) < width / 10) & (abs(yy - cy) < height / 3)
+    image[mask] += 90
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def jpeg_bytes(image: Any) -> bytes:
+    """An 8-bit grayscale JPEG (quality 95, no metadata) from a PIL image or uint8 array."""
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    buffer = io.BytesIO()
+    image.convert("L").save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def make_release(
+    out_dir: Path,
+    *,
+    per_class: dict[str, int] | None = None,
+    size: tuple[int, int] = (96, 96),
+    image_fn: ImageFn | None = None,
+    version: str = "0.0.0-test",
+    max_shard_bytes: int = publish.DEFAULT_MAX_SHARD_BYTES,
+) -> Path:
+    """Write a release with ``per_class[split]`` images of every class in each split; returns ``out_dir``.
+
+    A small ``max_shard_bytes`` (e.g. 20_000) gives several shards per split once a split has more
+    than ``publish.ROW_GROUP_ROWS`` rows (the writer starts a new shard only between row groups).
+    """
+    per_class = {"train": 8, "test": 4} if per_class is None else per_class
+    image_fn = image_fn or brightness_image
+    out_dir = Path(out_dir)
+    data_dir = out_dir / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+
+    counts: dict[str, dict[str, int]] = {}
+    split_sizes: dict[str, tuple[int, int]] = {}
+    for split, n in per_class.items():
+        writer = publish.SplitShardWriter(data_dir, split, max_shard_bytes=max_shard_bytes)
+        for index in range(n):
+            for label, name in enumerate(CLASS_NAMES):  # interleaved, so every shard holds every class
+                jpeg = jpeg_bytes(image_fn(label, split, index, size))
+                writer.add(publish.publish_row(_record(split, label, name, index, jpeg), jpeg))
+        writer.close()
+        counts[split] = {name: n for name in CLASS_NAMES}
+        split_sizes[split] = (writer.num_rows, writer.num_bytes)
+
+    header = publish.card_yaml(split_sizes=split_sizes, license_id="cc0-1.0",
+                               pretty_name="COVID-19 CXR (synthetic test release)", version=version)
+    publish.write_card(out_dir, header_yaml=header,
+                       body_markdown="# Synthetic test release\n\nGenerated by tests/release_factory.py.")
+    report.write_report(out_dir, {
+        "report_schema_version": report.REPORT_SCHEMA_VERSION,
+        "dataset": DATASET_NAME,
+        "version": version,
+        "package_version": __version__,
+        "counts": counts,
+        "exclusions": [],
+        "exclusion_summary": {},
+        "shards": report.shard_hashes(out_dir),
+        "fingerprint": report.fingerprint(out_dir),
+    })
+    return out_dir
+
+
+def _record(split: str, label: int, name: str, index: int, jpeg: bytes) -> dict[str, str]:
+    return {
+        "source": "synthetic",
+        "source_path": f"{split}/{name}/{index:05d}.png",
+        "patient_id": f"synthetic:{split}-{label}-{index:05d}",
+        "view": "PA",
+        "finding": name,
+        "label": name,
+        "license": "CC0-1.0",
+        "sha256": hashlib.sha256(jpeg).hexdigest(),
+    }
+
+
+# --- tampering, for tests that a modified release is refused ------------------------------------
+
+
+def rewrite_first_shard(out_dir: Path, split: str, change: Callable[[list[dict]], None]) -> Path:
+    """Apply ``change`` to the rows (dicts) of the first ``split`` shard and write it back in place."""
+    path = publish.shard_paths(Path(out_dir) / "data", split)[0]
+    table = pq.read_table(path)
+    rows = table.to_pylist()
+    change(rows)
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path, compression="none")
+    return path
+
+
+def tamper_label(out_dir: Path, split: str = "test", row: int = 0) -> Path:
+    """Move one row to the next class, leaving build_report.json as it was."""
+    def change(rows: list[dict]) -> None:
+        rows[row]["label"] = (rows[row]["label"] + 1) % len(CLASS_NAMES)
+    return rewrite_first_shard(out_dir, split, change)
+
+
+def tamper_image(out_dir: Path, split: str = "test", row: int = 0) -> Path:
+    """Replace one row's image with a different one of the same size."""
+    def change(rows: list[dict]) -> None:
+        with Image.open(io.BytesIO(rows[row]["image"]["bytes"])) as image:
+            inverted = 255 - np.asarray(image.convert("L"))
+        rows[row]["image"] = {"bytes": jpeg_bytes(inverted), "path": rows[row]["image"]["path"]}
+    return rewrite_first_shard(out_dir, split, change)

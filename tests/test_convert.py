@@ -1,0 +1,828 @@
+"""convert.py: every input kind -> the release's 8-bit grayscale JPEG.
+
+Pixel checks compare the normalized 8-bit array (``normalize_bytes``/``normalize_file``, before
+JPEG encoding) with an expectation computed here from first principles, exactly; the JPEG round
+trip is checked separately with a tolerance.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import warnings
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image, ImageOps
+from pydicom.uid import (
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+    UID,
+)
+
+from covid19_cxr_dataset import records
+from covid19_cxr_dataset.convert import (
+    MAX_PIXELS,
+    ConvertSettings,
+    convert_bytes,
+    convert_file,
+    encode_jpeg,
+    normalize_bytes,
+    normalize_file,
+    pil_to_l,
+    probe,
+    target_size,
+)
+from covid19_cxr_dataset.errors import ConversionError
+
+from dicom_factory import (
+    compress_jpeg_baseline_with_pillow,
+    compress_with_gdcm,
+    compress_with_pydicom,
+    encapsulate_frame,
+    gdcm_available,
+    make_dataset,
+    to_bytes,
+)
+
+_real_env = os.environ.get("COVID19_CXR_REAL_FIXTURES", "")
+REAL = Path(_real_env) if _real_env else None
+HAVE_REAL = REAL is not None and REAL.is_dir()
+requires_real = pytest.mark.skipif(not HAVE_REAL, reason="COVID19_CXR_REAL_FIXTURES unset or missing")
+requires_gdcm = pytest.mark.skipif(not gdcm_available(), reason="python-gdcm (test-only JPEG-LS/lossless encoder) missing")
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers: expectations from first principles
+
+
+def gray_of(normalized) -> np.ndarray:
+    assert normalized.image.mode == "L"
+    return np.asarray(normalized.image)
+
+
+def normalized_array(data: bytes, settings: ConvertSettings = ConvertSettings()) -> np.ndarray:
+    return gray_of(normalize_bytes(data, settings))
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601-2 luma in Pillow's fixed point: (19595 R + 38470 G + 7471 B + 2^15) >> 16."""
+    rgb = rgb.astype(np.int64)
+    return ((rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16).astype(np.uint8)
+
+
+def over_black(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """round(L * A / 255); never a tie since 255 is odd."""
+    return np.rint(gray.astype(np.float64) * alpha.astype(np.float64) / 255.0).astype(np.uint8)
+
+
+def round_half_up(values: np.ndarray) -> np.ndarray:
+    return np.clip(np.floor(values + 0.5), 0, 255).astype(np.uint8)
+
+
+def linear_window(x: np.ndarray, center: float, width: float) -> np.ndarray:
+    """DICOM PS3.3 C.11.2.1.2.1 (LINEAR) onto 0..255."""
+    x = x.astype(np.float64)
+    low_edge = center - 0.5 - (width - 1) / 2
+    high_edge = center - 0.5 + (width - 1) / 2
+    y = ((x - (center - 0.5)) / (width - 1) + 0.5) * 255
+    y = np.where(x <= low_edge, 0.0, np.where(x > high_edge, 255.0, y))
+    return round_half_up(y)
+
+
+def percentile_stretch(x: np.ndarray) -> np.ndarray:
+    low, high = np.percentile(x.astype(np.float64), [0.5, 99.5])
+    return round_half_up((np.clip(x, low, high) - low) * 255.0 / (high - low))
+
+
+def png_bytes(image: Image.Image, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **params)
+    return buffer.getvalue()
+
+
+def encoded(image: Image.Image, fmt: str, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+def jpeg_markers(data: bytes) -> list[int]:
+    """Marker codes of a JPEG up to and including SOS."""
+    assert data[:2] == b"\xff\xd8"
+    markers, offset = [], 2
+    while offset < len(data):
+        assert data[offset] == 0xFF
+        marker = data[offset + 1]
+        markers.append(marker)
+        if marker == 0xDA:
+            return markers
+        (length,) = struct.unpack(">H", data[offset + 2 : offset + 4])
+        offset += 2 + length
+    raise AssertionError("no SOS marker")
+
+
+def smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth 8-bit picture (gradients + blobs): JPEG error on it stays small."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    rng = np.random.default_rng(seed)
+    picture = 40 + 150 * xx / width + 40 * np.sin(yy / 9.0)
+    for _ in range(4):
+        cy, cx, radius = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(5, 15)
+        picture += 30 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius**2))
+    return np.clip(picture, 0, 255).astype(np.uint8)
+
+
+RNG = np.random.default_rng(20200605)
+STORED_12 = RNG.integers(0, 4096, (48, 64)).astype(np.uint16)
+STORED_16 = RNG.integers(0, 65536, (40, 56)).astype(np.uint16)
+SIGNED_12 = RNG.integers(-2048, 2048, (48, 64)).astype(np.int16)
+
+
+# ---------------------------------------------------------------------------------------------
+# DICOM: values of interest
+
+
+def test_dicom_window_monochrome2_12_bit():
+    ds = make_dataset(STORED_12, bits_stored=12, window=(2000, 1025))
+    result = normalize_bytes(to_bytes(ds))
+    assert (result.input_format, result.input_mode) == ("DICOM", "MONOCHROME2")
+    np.testing.assert_array_equal(gray_of(result), linear_window(STORED_12, 2000, 1025))
+
+
+def test_dicom_monochrome1_is_inverted_so_bone_is_bright():
+    ds = make_dataset(STORED_12, bits_stored=12, window=(2000, 1025), photometric="MONOCHROME1")
+    result = normalize_bytes(to_bytes(ds))
+    assert result.input_mode == "MONOCHROME1"
+    np.testing.assert_array_equal(gray_of(result), 255 - linear_window(STORED_12, 2000, 1025))
+
+
+def test_dicom_monochrome2_with_inverse_presentation_lut_shape_is_inverted():
+    ds = make_dataset(STORED_12, bits_stored=12, window=(2000, 1025))
+    ds.PresentationLUTShape = "INVERSE"
+    np.testing.assert_array_equal(normalized_array(to_bytes(ds)), 255 - linear_window(STORED_12, 2000, 1025))
+
+
+def test_dicom_first_of_several_windows_is_used():
+    ds = make_dataset(STORED_12, bits_stored=12, window=([2000, 500], [1025, 100]))
+    np.testing.assert_array_equal(normalized_array(to_bytes(ds)), linear_window(STORED_12, 2000, 1025))
+
+
+def test_dicom_sigmoid_window():
+    ds = make_dataset(STORED_12, bits_stored=12, window=(2000, 1000), voi_function="SIGMOID")
+    expected = round_half_up(255.0 / (1 + np.exp(-4 * (STORED_12.astype(np.float64) - 2000) / 1000)))
+    np.testing.assert_array_equal(normalized_array(to_bytes(ds)), expected)
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+@pytest.mark.parametrize("stored, bits", [(STORED_12, 12), (STORED_16, 16)], ids=["12-bit", "16-bit"])
+def test_dicom_without_voi_uses_the_percentile_range(stored, bits, photometric):
+    ds = make_dataset(stored, bits_stored=bits, photometric=photometric)
+    expected = percentile_stretch(stored)
+    if photometric == "MONOCHROME1":
+        expected = 255 - expected
+    np.testing.assert_array_equal(normalized_array(to_bytes(ds)), expected)
+
+
+def test_dicom_12_bit_uses_the_full_output_range():
+    ds = make_dataset(STORED_12 // 2, bits_stored=12)  # values 0..2047 only
+    gray = normalized_array(to_bytes(ds))
+    assert gray.min() == 0 and gray.max() == 255
+
+
+def test_dicom_rescale_slope_intercept_before_window():
+    ds = make_dataset(STORED_12, bits_stored=12, rescale=(2, -1024), window=(1000, 2049))
+    modality = STORED_12.astype(np.float64) * 2 - 1024
+    np.testing.assert_array_equal(normalized_array(to_bytes(ds)), linear_window(modality, 1000, 2049))
+
+
+def test_dicom_rescale_without_window_uses_percentiles_of_modality_values():
+    ds = make_dataset(STORED_12, bits_stored=12, rescale=(-1.5, 3000))  # negative slope flips
+    modality = STORED_12.astype(np.float64) * -1.5 + 3000
+    np.testing.assert_array_equal(normalized_array(to_bytes(ds)), percentile_stretch(modality))
+
+
+def test_dicom_signed_pixels_are_sign_extended_from_bits_stored():
+    # 12-bit two's complement stored without sign extension in 16-bit words, as devices write it.
+    raw = (SIGNED_12.astype(np.int32) & 0x0FFF).astype("<u2").tobytes()
+    ds = make_dataset(SIGNED_12, bits_stored=12, signed=True, window=(0, 4097), raw_pixel_bytes=raw)
+    np.testing.assert_array_equal(normalized_array(to_bytes(ds)), linear_window(SIGNED_12, 0, 4097))
+
+
+def test_dicom_signed_pixels_without_window():
+    ds = make_dataset(SIGNED_12, bits_stored=12, signed=True)
+    np.testing.assert_array_equal(normalized_array(to_bytes(ds)), percentile_stretch(SIGNED_12))
+
+
+@pytest.mark.parametrize("vr", ["US", "OW"])
+def test_dicom_voi_lut_sequence_with_8_bit_entries_and_4096_inputs(vr):
+    # pydicom 3.0's apply_voi indexes with the LUT's uint8 dtype and wraps for > 256 entries.
+    # A window is present too: the LUT wins.
+    lut = np.floor(np.sqrt(np.arange(4096) / 4095) * 255).astype(int)
+    ds = make_dataset(STORED_12, bits_stored=12, voi_lut=([4096, 0, 8], lut.tolist()), voi_lut_vr=vr, window=(10, 10))
+    np.testing.assert_array_equal(normalized_array(to_bytes(ds)), lut[STORED_12].astype(np.uint8))
+
+
+def test_dicom_voi_lut_declared_16_bit_with_12_bit_entries_and_first_mapped():
+    lut = 4095 - np.arange(2048) * 2  # inverting ramp over inputs 1024..3071
+    ds = make_dataset(STORED_12, bits_stored=12, voi_lut=([2048, 1024, 16], lut.tolist()))
+    index = np.clip(STORED_12.astype(int) - 1024, 0, 2047)
+    expected = round_half_up(lut[index] * 255.0 / 4095)
+    np.testing.assert_array_equal(normalized_array(to_bytes(ds)), expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# DICOM: transfer syntaxes
+
+NATIVE_CASES = {
+    "12-bit window": dict(pixels=STORED_12, bits_stored=12, window=(2000, 1025)),
+    "16-bit MONOCHROME1 percentiles": dict(pixels=STORED_16, bits_stored=16, photometric="MONOCHROME1"),
+    "signed rescaled": dict(pixels=SIGNED_12, bits_stored=12, signed=True, rescale=(1, -100)),
+}
+
+
+def _native(case: str):
+    params = dict(NATIVE_CASES[case])
+    ds = make_dataset(params.pop("pixels"), **params)
+    return ds, normalized_array(to_bytes(ds))
+
+
+@pytest.mark.parametrize("case", sorted(NATIVE_CASES))
+@pytest.mark.parametrize("uid", [RLELossless, JPEG2000Lossless], ids=lambda u: UID(u).name)
+def test_dicom_lossless_pydicom_encoded_matches_native(uid, case):
+    ds, expected = _native(case)
+    compressed = to_bytes(compress_with_pydicom(ds, uid))
+    assert pydicom.dcmread(io.BytesIO(compressed)).file_meta.TransferSyntaxUID == uid
+    np.testing.assert_array_equal(normalized_array(compressed), expected)
+
+
+@requires_gdcm
+@pytest.mark.parametrize("case", sorted(NATIVE_CASES))
+@pytest.mark.parametrize("uid", [JPEGLSLossless, JPEGLosslessSV1, JPEGLossless], ids=lambda u: UID(u).name)
+def test_dicom_lossless_gdcm_encoded_matches_native(uid, case):
+    ds, expected = _native(case)
+    compressed = compress_with_gdcm(ds, uid)
+    assert pydicom.dcmread(io.BytesIO(compressed)).file_meta.TransferSyntaxUID == uid
+    np.testing.assert_array_equal(normalized_array(compressed), expected)
+
+
+def _decoded_stored_values(data: bytes) -> np.ndarray:
+    # convert.py pins pylibjpeg (lossy decoders differ in their last bit); decode the same way.
+    return pydicom.pixels.pixel_array(io.BytesIO(data), decoding_plugin="pylibjpeg")
+
+
+def _lossy_case(compressed: bytes, uid: str, center: float, width: float, native_expected: np.ndarray):
+    assert pydicom.dcmread(io.BytesIO(compressed)).file_meta.TransferSyntaxUID == uid
+    gray = normalized_array(compressed)
+    np.testing.assert_array_equal(gray, linear_window(_decoded_stored_values(compressed), center, width))
+    assert np.abs(gray.astype(int) - native_expected.astype(int)).mean() < 2
+
+
+def test_dicom_jpeg2000_lossy():
+    stored = smooth_image(64, 80).astype(np.uint16) * 16
+    ds = make_dataset(stored, bits_stored=12, window=(2048, 4097))
+    compressed = to_bytes(compress_with_pydicom(ds, JPEG2000, j2k_cr=[8]))
+    _lossy_case(compressed, JPEG2000, 2048, 4097, linear_window(stored, 2048, 4097))
+
+
+@requires_gdcm
+def test_dicom_jpeg_ls_near_lossless():
+    ds = make_dataset(STORED_12, bits_stored=12, window=(2048, 4097))
+    compressed = compress_with_gdcm(ds, JPEGLSNearLossless, near_lossless_error=3)
+    decoded = _decoded_stored_values(compressed)
+    assert 0 < np.abs(decoded.astype(int) - STORED_12).max() <= 3  # genuinely near-lossless
+    _lossy_case(compressed, JPEGLSNearLossless, 2048, 4097, linear_window(STORED_12, 2048, 4097))
+
+
+def test_dicom_jpeg_baseline_grayscale():
+    stored = smooth_image(64, 80)
+    ds = make_dataset(stored, window=(128, 257))
+    compressed = to_bytes(compress_jpeg_baseline_with_pillow(ds, stored))
+    _lossy_case(compressed, JPEGBaseline8Bit, 128, 257, linear_window(stored, 128, 257))
+
+
+def test_dicom_rgb_is_reduced_to_luma():
+    rgb = RNG.integers(0, 256, (24, 32, 3)).astype(np.uint8)
+    result = normalize_bytes(to_bytes(make_dataset(rgb, photometric="RGB")))
+    assert result.input_mode == "RGB"
+    np.testing.assert_array_equal(gray_of(result), luma(rgb))
+
+
+def test_dicom_ybr_jpeg_baseline_is_reduced_to_luma():
+    rgb = np.stack([smooth_image(64, 80, seed=s) for s in (1, 2, 3)], axis=-1)
+    ds = compress_jpeg_baseline_with_pillow(make_dataset(rgb, photometric="RGB"), rgb, quality=95)
+    compressed = to_bytes(ds)
+    result = normalize_bytes(compressed)
+    assert result.input_mode == "YBR_FULL_422"
+    np.testing.assert_array_equal(gray_of(result), luma(_decoded_stored_values(compressed)))
+    assert np.abs(gray_of(result).astype(int) - luma(rgb).astype(int)).max() <= 6
+
+
+def test_dicom_corrupt_codestream_is_dicom_undecodable():
+    ds = encapsulate_frame(make_dataset(STORED_12.astype(np.uint8)), b"\xff\xd8\xff\xdb" + bytes(64), JPEGBaseline8Bit)
+    with pytest.raises(ConversionError) as raised:
+        convert_bytes(to_bytes(ds), name="corrupt.dcm")
+    assert raised.value.reason == "dicom-undecodable"
+    message = str(raised.value)
+    assert "corrupt.dcm" in message and JPEGBaseline8Bit in message and "JPEG Baseline" in message
+
+
+def test_dicom_transfer_syntax_without_decoder_is_dicom_undecodable():
+    mpeg2 = "1.2.840.10008.1.2.4.100"
+    ds = encapsulate_frame(make_dataset(STORED_12.astype(np.uint8)), bytes(64), mpeg2)
+    with pytest.raises(ConversionError) as raised:
+        convert_bytes(to_bytes(ds))
+    assert raised.value.reason == "dicom-undecodable"
+    assert mpeg2 in str(raised.value) and "MPEG2" in str(raised.value)
+
+
+def test_dicom_multiframe_is_refused():
+    frames = np.stack([STORED_12] * 3)
+    with pytest.raises(ConversionError) as raised:
+        convert_bytes(to_bytes(make_dataset(frames, bits_stored=12, frames=3)), name="cine.dcm")
+    assert raised.value.reason == "dicom-multiframe"
+    assert "cine.dcm" in str(raised.value) and "3 frames" in str(raised.value)
+
+
+def test_dicom_single_frame_with_number_of_frames_1_converts():
+    ds = make_dataset(STORED_12, bits_stored=12, window=(2000, 1025))
+    ds.NumberOfFrames = 1
+    np.testing.assert_array_equal(normalized_array(to_bytes(ds)), linear_window(STORED_12, 2000, 1025))
+
+
+def test_dicom_truncated_pixel_data_is_refused():
+    data = to_bytes(make_dataset(STORED_12, bits_stored=12))
+    with pytest.raises(ConversionError) as raised:
+        convert_bytes(data[: len(data) - 1000])
+    assert raised.value.reason in ("undecodable", "dicom-undecodable")
+
+
+def test_dicom_is_detected_by_preamble_not_extension(tmp_path):
+    ds = make_dataset(STORED_12, bits_stored=12, window=(2000, 1025))
+    disguised = tmp_path / "radiograph.png"
+    disguised.write_bytes(to_bytes(ds))
+    assert convert_file(disguised).input_format == "DICOM"
+    png_named_dcm = tmp_path / "image.dcm"
+    png_named_dcm.write_bytes(png_bytes(Image.fromarray(smooth_image(20, 30))))
+    assert convert_file(png_named_dcm).input_format == "PNG"
+
+
+def test_dicom_over_the_pixel_limit_is_refused_before_decoding():
+    ds = make_dataset(STORED_12, bits_stored=12)
+    with pytest.raises(ConversionError) as raised:
+        convert_bytes(to_bytes(ds), ConvertSettings(max_pixels=48 * 64 - 1))
+    assert raised.value.reason == "image-too-large"
+
+
+def test_dicom_max_side():
+    ds = make_dataset(STORED_12, bits_stored=12, window=(2000, 1025))
+    result = convert_bytes(to_bytes(ds), ConvertSettings(max_side=32))
+    assert (result.width, result.height) == (32, 24)
+    assert Image.open(io.BytesIO(result.jpeg)).size == (32, 24)
+
+
+# ---------------------------------------------------------------------------------------------
+# PNG / JPEG / TIFF modes
+
+GRAY = RNG.integers(0, 256, (32, 48)).astype(np.uint8)
+RGB = RNG.integers(0, 256, (32, 48, 3)).astype(np.uint8)
+
+
+def test_png_l_is_unchanged():
+    result = normalize_bytes(png_bytes(Image.fromarray(GRAY)))
+    assert (result.input_format, result.input_mode) == ("PNG", "L")
+    np.testing.assert_array_equal(gray_of(result), GRAY)
+
+
+def test_png_1_bit():
+    bits = GRAY > 128
+    image = Image.fromarray(bits.astype(np.uint8) * 255).convert("1")
+    data = png_bytes(image)
+    assert Image.open(io.BytesIO(data)).mode == "1"
+    np.testing.assert_array_equal(normalized_array(data), np.where(bits, 255, 0).astype(np.uint8))
+
+
+def test_png_la_is_composited_onto_black_for_every_value_pair():
+    gray, alpha = np.meshgrid(np.arange(256, dtype=np.uint8), np.arange(256, dtype=np.uint8))
+    data = png_bytes(Image.fromarray(np.stack([gray, alpha], axis=-1), mode="LA"))
+    np.testing.assert_array_equal(normalized_array(data), over_black(gray, alpha))
+
+
+@pytest.mark.parametrize("maximum", [4095, 65535, 1023], ids=["12-bit", "16-bit", "10-bit"])
+def test_png_16_bit_stretches_the_stored_range(maximum):
+    values = RNG.integers(37, maximum + 1, (32, 48)).astype(np.uint16)
+    values[0, 0], values[0, 1] = 37, maximum  # known range 37..maximum
+    data = png_bytes(Image.fromarray(values))
+    assert Image.open(io.BytesIO(data)).mode == "I;16"
+    span = maximum - 37
+    expected = ((values.astype(np.int64) - 37) * 510 + span) // (2 * span)
+    np.testing.assert_array_equal(normalized_array(data), expected.astype(np.uint8))
+
+
+def test_tiff_16_bit_big_endian_and_32_bit_modes():
+    values = RNG.integers(100, 4001, (32, 48)).astype(np.uint16)
+    low, span = int(values.min()), int(values.max()) - int(values.min())
+    expected = (((values.astype(np.int64) - low) * 510 + span) // (2 * span)).astype(np.uint8)
+    big_endian = Image.frombytes("I;16B", (48, 32), values.astype(">u2").tobytes())
+    data = encoded(big_endian, "TIFF")
+    assert Image.open(io.BytesIO(data)).mode == "I;16B"
+    np.testing.assert_array_equal(normalized_array(data), expected)
+    data = encoded(Image.fromarray(values.astype(np.int32)), "TIFF")
+    assert Image.open(io.BytesIO(data)).mode == "I"
+    np.testing.assert_array_equal(normalized_array(data), expected)
+
+
+def test_constant_16_bit_image_becomes_black():
+    data = png_bytes(Image.fromarray(np.full((8, 8), 3000, dtype=np.uint16)))
+    np.testing.assert_array_equal(normalized_array(data), np.zeros((8, 8), np.uint8))
+
+
+def test_png_palette():
+    palette = RNG.integers(0, 256, (256, 3)).astype(np.uint8)
+    image = Image.fromarray(GRAY, mode="L").convert("P")
+    image.putpalette(palette.flatten().tolist())
+    data = png_bytes(image)
+    assert Image.open(io.BytesIO(data)).mode == "P"
+    np.testing.assert_array_equal(normalized_array(data), luma(palette[GRAY]))
+
+
+def test_png_palette_with_transparency():
+    palette = RNG.integers(0, 256, (256, 3)).astype(np.uint8)
+    alpha = RNG.integers(0, 256, 256).astype(np.uint8)
+    image = Image.fromarray(GRAY, mode="L").convert("P")
+    image.putpalette(palette.flatten().tolist())
+    data = png_bytes(image, transparency=alpha.tobytes())
+    reopened = Image.open(io.BytesIO(data))
+    assert reopened.mode == "P" and "transparency" in reopened.info
+    np.testing.assert_array_equal(normalized_array(data), over_black(luma(palette[GRAY]), alpha[GRAY]))
+
+
+def test_png_l_with_transparent_gray_value():
+    data = png_bytes(Image.fromarray(GRAY), transparency=int(GRAY[0, 0]))
+    expected = np.where(GRAY == GRAY[0, 0], 0, GRAY).astype(np.uint8)
+    np.testing.assert_array_equal(normalized_array(data), expected)
+
+
+def test_png_rgb_is_itu_601_luma():
+    result = normalize_bytes(png_bytes(Image.fromarray(RGB)))
+    assert result.input_mode == "RGB"
+    np.testing.assert_array_equal(gray_of(result), luma(RGB))
+
+
+def test_png_rgba_luma_composited_onto_black():
+    alpha = RNG.integers(0, 256, (32, 48)).astype(np.uint8)
+    data = png_bytes(Image.fromarray(np.dstack([RGB, alpha]), mode="RGBA"))
+    np.testing.assert_array_equal(normalized_array(data), over_black(luma(RGB), alpha))
+
+
+def test_colour_cast_film_photo_becomes_luminance_preserving_order():
+    film = smooth_image(32, 48).astype(np.float64)
+    tint = np.array([0.85, 0.55, 1.0])  # purple cast, as in Cohen's tpmd200203f2-a.png
+    tinted = np.clip(film[..., None] * tint, 0, 255).astype(np.uint8)
+    gray = normalized_array(png_bytes(Image.fromarray(tinted)))
+    np.testing.assert_array_equal(gray, luma(tinted))
+    order = np.argsort(film.ravel(), kind="stable")
+    assert np.all(np.diff(gray.ravel()[order].astype(int)) >= -1)  # monotone up to rounding
+
+
+def test_cmyk_jpeg_with_adobe_marker():
+    cmyk = np.stack([smooth_image(32, 48, seed=s) // 2 for s in range(4)], axis=-1).astype(np.uint8)
+    data = encoded(Image.fromarray(cmyk, mode="CMYK"), "JPEG", quality=100)
+    opened = Image.open(io.BytesIO(data))
+    assert opened.mode == "CMYK" and "adobe" in opened.info  # Pillow writes inverted Adobe CMYK
+    result = normalize_bytes(data)
+    assert result.input_mode == "CMYK"
+    c, m, y, k = (cmyk[..., i].astype(np.float64) for i in range(4))
+    rgb = np.stack([(255 - c) * (255 - k) / 255, (255 - m) * (255 - k) / 255, (255 - y) * (255 - k) / 255], axis=-1)
+    assert np.abs(gray_of(result).astype(int) - luma(np.rint(rgb)).astype(int)).max() <= 4
+
+
+def test_rgb_jpeg_luminance_is_within_one_level_of_decoded_rgb_luma():
+    rgb = np.stack([smooth_image(40, 56, seed=s) for s in (4, 5, 6)], axis=-1)
+    data = encoded(Image.fromarray(rgb), "JPEG", quality=90)
+    gray = normalized_array(data)
+    reference = np.asarray(Image.open(io.BytesIO(data)).convert("L"))
+    assert np.abs(gray.astype(int) - reference.astype(int)).max() <= 1
+
+
+# An asymmetric picture: each EXIF orientation must come out as this, whatever is stored.
+UPRIGHT = np.zeros((24, 40), dtype=np.uint8)
+UPRIGHT[:8, :10] = 250  # bright top-left corner
+UPRIGHT[:, 30:] = 120
+
+
+def _stored_for_orientation(orientation: int) -> Image.Image:
+    """The pixels a camera stores so that ``orientation`` displays UPRIGHT."""
+    inverse = {
+        1: None,
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_90,
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_270,
+    }[orientation]
+    image = Image.fromarray(UPRIGHT)
+    return image if inverse is None else image.transpose(inverse)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied(orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encoded(_stored_for_orientation(orientation), "JPEG", quality=100, exif=exif.tobytes())
+    gray = normalized_array(data)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("L"))
+    np.testing.assert_array_equal(gray, expected)
+    assert gray.shape == UPRIGHT.shape
+    assert np.abs(gray.astype(int) - UPRIGHT.astype(int)).mean() < 3
+    output = Image.open(io.BytesIO(convert_bytes(data).jpeg))
+    assert 0x0112 not in output.getexif()
+
+
+def test_exif_orientation_with_max_side_keeps_displayed_shape():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encoded(_stored_for_orientation(6), "JPEG", quality=100, exif=exif.tobytes())
+    result = convert_bytes(data, ConvertSettings(max_side=20))
+    assert (result.width, result.height) == (20, 12)
+
+
+def test_pil_to_l_returns_plain_l_without_copy():
+    image = Image.fromarray(GRAY)
+    assert pil_to_l(image) is image
+
+
+# ---------------------------------------------------------------------------------------------
+# Size policy
+
+
+@pytest.mark.parametrize(
+    "size, max_side, expected",
+    [
+        ((100, 50), None, (100, 50)),
+        ((100, 50), 100, (100, 50)),
+        ((100, 50), 200, (100, 50)),  # never enlarged
+        ((100, 50), 40, (40, 20)),
+        ((50, 100), 40, (20, 40)),
+        ((1000, 333), 100, (100, 33)),  # 33.3 -> 33
+        ((1000, 335), 100, (100, 34)),  # 33.5 -> 34 (half up)
+        ((335, 1000), 100, (34, 100)),
+        ((5000, 3), 100, (100, 1)),  # never below 1
+        ((64, 64), 32, (32, 32)),
+    ],
+)
+def test_target_size(size, max_side, expected):
+    assert target_size(*size, max_side) == expected
+
+
+def test_png_downscale_is_lanczos_of_the_grayscale_image():
+    picture = smooth_image(90, 120)
+    gray = normalized_array(png_bytes(Image.fromarray(picture)), ConvertSettings(max_side=50))
+    expected = np.asarray(Image.fromarray(picture).resize((50, 38), Image.Resampling.LANCZOS))
+    np.testing.assert_array_equal(gray, expected)
+
+
+@pytest.mark.parametrize("max_side", [500, 260, 130, 64])
+def test_jpeg_downscale_with_draft_stays_close_to_full_decode(max_side):
+    picture = np.asarray(Image.fromarray(smooth_image(300, 400)).resize((1040, 780)))
+    data = encoded(Image.fromarray(picture), "JPEG", quality=95)
+    gray = normalized_array(data, ConvertSettings(max_side=max_side))
+    size = target_size(1040, 780, max_side)
+    assert gray.shape == (size[1], size[0])
+    full = Image.open(io.BytesIO(data))
+    full.load()
+    reference = np.asarray(full.resize(size, Image.Resampling.LANCZOS))
+    difference = np.abs(gray.astype(int) - reference.astype(int))
+    assert difference.mean() < 1.0 and difference.max() <= 6
+
+
+# ---------------------------------------------------------------------------------------------
+# Output JPEG
+
+ALLOWED_MARKERS = {0xE0, 0xDB, 0xC0, 0xC4, 0xDA}  # APP0 JFIF, DQT, SOF0 baseline, DHT, SOS
+
+
+def _metadata_heavy_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[0x010F] = "Scanner maker"
+    icc = b"\x00" * 128
+    return encoded(Image.fromarray(smooth_image(48, 64)), "JPEG", quality=90, exif=exif.tobytes(),
+                   icc_profile=icc, comment=b"patient name", dpi=(300, 300))
+
+
+def test_output_is_baseline_grayscale_jpeg_without_metadata():
+    result = convert_bytes(_metadata_heavy_jpeg())
+    assert set(jpeg_markers(result.jpeg)) <= ALLOWED_MARKERS
+    assert result.jpeg.endswith(b"\xff\xd9")
+    output = Image.open(io.BytesIO(result.jpeg))
+    assert output.format == "JPEG" and output.mode == "L" and output.size == (64, 48)
+    assert not {"exif", "icc_profile", "comment", "progressive", "dpi"} & set(output.info)
+    assert output.info["jfif_density"] == (1, 1) and output.info["jfif_unit"] == 0
+
+
+def test_output_of_l_image_carrying_a_comment_has_no_comment():
+    data = encoded(Image.fromarray(smooth_image(16, 16)), "JPEG", comment=b"burned metadata")
+    assert Image.open(io.BytesIO(data)).info["comment"] == b"burned metadata"
+    assert 0xFE not in jpeg_markers(convert_bytes(data).jpeg)
+
+
+def test_jpeg_round_trip_is_within_encoder_error():
+    picture = smooth_image(96, 128)
+    normalized = normalize_bytes(png_bytes(Image.fromarray(picture)))
+    decoded = np.asarray(Image.open(io.BytesIO(encode_jpeg(normalized.image, 95))))
+    difference = np.abs(decoded.astype(int) - gray_of(normalized).astype(int))
+    assert difference.max() <= 4 and difference.mean() < 1.0
+
+
+def test_quality_setting_is_used():
+    data = png_bytes(Image.fromarray(GRAY))
+    assert len(convert_bytes(data, ConvertSettings(quality=50)).jpeg) < len(convert_bytes(data).jpeg)
+
+
+def test_output_is_deterministic_across_calls_and_threads():
+    inputs = [
+        _metadata_heavy_jpeg(),
+        png_bytes(Image.fromarray(RGB)),
+        to_bytes(make_dataset(STORED_12, bits_stored=12)),
+    ]
+    first = [convert_bytes(data).jpeg for data in inputs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        again = list(pool.map(lambda data: convert_bytes(data).jpeg, inputs * 4))
+    assert again == first * 4
+
+
+def test_encode_jpeg_refuses_other_modes():
+    with pytest.raises(ValueError):
+        encode_jpeg(Image.fromarray(RGB))
+
+
+@pytest.mark.parametrize("field, value", [("quality", 0), ("quality", 101), ("max_side", 0), ("max_pixels", 0)])
+def test_settings_are_validated(field, value):
+    with pytest.raises(ValueError):
+        ConvertSettings(**{field: value})
+
+
+# ---------------------------------------------------------------------------------------------
+# Refusals: decompression bombs and broken files
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("size", [(20_000, 20_000), (11_000, 10_000)], ids=["pillow-guard", "own-guard"])
+def test_png_claiming_huge_dimensions_is_image_too_large(size):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with pytest.raises(ConversionError) as raised:
+            convert_bytes(_png_header_only(*size), name="bomb.png")
+    assert raised.value.reason == "image-too-large"
+    assert "bomb.png" in str(raised.value)
+    assert size[0] * size[1] > MAX_PIXELS
+
+
+def test_pixel_limit_can_be_lowered():
+    data = png_bytes(Image.fromarray(GRAY))
+    with pytest.raises(ConversionError) as raised:
+        convert_bytes(data, ConvertSettings(max_pixels=GRAY.size - 1))
+    assert raised.value.reason == "image-too-large"
+    assert convert_bytes(data, ConvertSettings(max_pixels=GRAY.size)).width == 48
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_truncated_image_is_undecodable_and_names_the_file(tmp_path, fmt):
+    data = encoded(Image.fromarray(smooth_image(200, 300)), fmt)
+    broken = tmp_path / f"broken.{fmt.lower()}"
+    broken.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ConversionError) as raised:
+        convert_file(broken)
+    assert raised.value.reason == "undecodable"
+    assert str(broken) in str(raised.value)
+    assert not isinstance(raised.value.__cause__, ConversionError)
+
+
+@pytest.mark.parametrize("data", [b"", b"not an image at all", b"\xff\xd8\xff" + bytes(200)], ids=["empty", "text", "jpeg-soi-garbage"])
+def test_garbage_is_undecodable(data):
+    with pytest.raises(ConversionError) as raised:
+        convert_bytes(data, name="garbage.bin")
+    assert raised.value.reason == "undecodable"
+    assert "garbage.bin" in str(raised.value)
+
+
+def test_every_reason_raised_is_a_known_code():
+    for reason in ("undecodable", "image-too-large", "dicom-multiframe", "dicom-undecodable"):
+        assert reason in records.REASONS
+
+
+def test_missing_file_is_an_os_error_not_a_conversion_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        convert_file(tmp_path / "absent.png")
+
+
+# ---------------------------------------------------------------------------------------------
+# probe
+
+
+def test_probe(tmp_path):
+    png = tmp_path / "a.png"
+    png.write_bytes(png_bytes(Image.fromarray(RGB)))
+    dcm = tmp_path / "a.dcm"
+    dcm.write_bytes(to_bytes(make_dataset(STORED_12, bits_stored=12, photometric="MONOCHROME1")))
+    assert (probe(png).format, probe(png).mode, probe(png).width, probe(png).height) == ("PNG", "RGB", 48, 32)
+    info = probe(dcm)
+    assert (info.format, info.mode, info.width, info.height, info.frames) == ("DICOM", "MONOCHROME1", 64, 48, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Real upstream files
+
+
+def _real_images() -> list[Path]:
+    if not HAVE_REAL:
+        return []
+    return sorted(p for p in REAL.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+@pytest.mark.real
+@requires_real
+@pytest.mark.parametrize(
+    "relative, mode",
+    [("cohen/images/tpmd200203f2-a.png", "P"), ("cohen/images/covid-19-caso-95-1-15.png", "RGBA")],
+)
+def test_real_palette_and_rgba_png_become_l_jpeg_of_original_size(relative, mode):
+    path = REAL / relative
+    original = Image.open(path)
+    assert original.mode == mode
+    result = convert_file(path)
+    assert (result.input_format, result.input_mode) == ("PNG", mode)
+    output = Image.open(io.BytesIO(result.jpeg))
+    assert output.format == "JPEG" and output.mode == "L"
+    assert output.size == original.size == (result.width, result.height)
+
+
+@pytest.mark.real
+@requires_real
+@pytest.mark.parametrize("path", _real_images(), ids=lambda p: str(p.relative_to(REAL)) if HAVE_REAL else str(p))
+def test_every_real_image_converts(path):
+    result = convert_file(path)
+    output = Image.open(io.BytesIO(result.jpeg))
+    assert output.format == "JPEG" and output.mode == "L"
+    assert set(jpeg_markers(result.jpeg)) <= ALLOWED_MARKERS
+    source = Image.open(path)
+    displayed = ImageOps.exif_transpose(source).size if source.getexif().get(0x0112, 1) > 4 else source.size
+    assert output.size == displayed == (result.width, result.height)
+
+
+@pytest.mark.real
+@requires_real
+def test_real_fixture_set_covers_every_source():
+    sources = {p.relative_to(REAL).parts[0] for p in _real_images()}
+    assert sources == {"cohen", "figure1", "actualmed", "kaggle"}
+
+
+@pytest.mark.real
+@requires_real
+@pytest.mark.parametrize(
+    "relative",
+    [
+        "cohen/images/tpmd200203f2-a.png",
+        "cohen/images/covid-19-caso-95-1-15.png",
+        "cohen/images/nejmc2001573_f1a.jpeg",
+        "kaggle/chest_xray/test/NORMAL/IM-0001-0001.jpeg",
+    ],
+)
+@pytest.mark.parametrize("max_side", [None, 512])
+def test_real_conversion_is_byte_identical_when_repeated(relative, max_side):
+    settings = ConvertSettings(max_side=max_side)
+    assert convert_file(REAL / relative, settings).jpeg == convert_file(REAL / relative, settings).jpeg
+
+
+@pytest.mark.real
+@requires_real
+def test_real_kaggle_jpeg_downscaled_with_draft_is_close_to_full_decode():
+    path = REAL / "kaggle/chest_xray/test/NORMAL/IM-0028-0001.jpeg"
+    gray = gray_of(normalize_file(path, ConvertSettings(max_side=512)))
+    full = Image.open(path).convert("L")
+    size = target_size(*full.size, 512)
+    reference = np.asarray(full.resize(size, Image.Resampling.LANCZOS))
+    assert gray.shape == reference.shape
+    assert np.abs(gray.astype(int) - reference.astype(int)).mean() < 1.5

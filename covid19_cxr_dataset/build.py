@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import PIL
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from . import CLASS_NAMES, __version__
@@ -186,9 +187,11 @@ def kaggle_folder(manifest: Manifest, source: dict, options: Options, downloader
     ))
     # Keyed by the archive's bytes: another archive (or version) never reuses a stale extraction.
     extracted = options.cache / "kaggle" / source["dataset"] / "extracted" / publish.sha256_file(archive_path)[:20]
-    if extracted.is_dir():
-        return extracted
-    archive.extract_zip(archive_path, extracted, root=source["archive_root"])
+    extracted.parent.mkdir(parents=True, exist_ok=True)
+    # Two builds sharing a cache must not both extract: the second would swap the tree under the first.
+    with FileLock(str(extracted) + ".lock"):
+        if not extracted.is_dir():
+            archive.extract_zip(archive_path, extracted, root=source["archive_root"])
     return extracted
 
 
@@ -334,9 +337,12 @@ def build(manifest: Manifest, out: Path, options: Options) -> dict:
     resolution = finish_selection(Resolution(manifest, resolution.candidates, kept, excluded, resolution.decisions))
     problems = check_counts(manifest, resolution.kept)
     if problems:
+        unreadable = "".join(f"\n  {r.record_id} ({r.local_path}): {r.reason}: {r.detail}" for r in failed.itertuples())
         raise CountMismatch(
             f"{manifest.path}: the build does not give the expected counts: {'; '.join(problems)}. "
-            f"Exclusions by reason: {report.exclusion_summary(resolution.excluded)}. Nothing was written to {out}."
+            f"Exclusions by reason: {report.exclusion_summary(resolution.excluded)}."
+            + (f" Images that could not be converted:{unreadable}" if len(failed) else "")
+            + f"\nNothing was written to {out}."
         )
     crossing = split.patients_in_both(resolution.kept)
     if crossing:
@@ -345,7 +351,8 @@ def build(manifest: Manifest, out: Path, options: Options) -> dict:
             "an 'upstream' split rule keeps a source's own split, so fix the patient ids or the rules. Nothing was written."
         )
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    _remove_stale_staging(out)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
     try:
         build_report = publish_release(resolution, staging, options, unverified=unverified)
         _move_into_place(staging, out)
@@ -353,6 +360,24 @@ def build(manifest: Manifest, out: Path, options: Options) -> dict:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return build_report
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Remove hidden staging folders of earlier builds of ``out`` that were killed (their process is gone)."""
+    for folder in out.parent.glob(f".{out.name}.partial-*"):
+        pid = folder.name.rsplit(".partial-", 1)[-1].split("-", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _move_into_place(staging: Path, out: Path) -> None:

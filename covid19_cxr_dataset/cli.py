@@ -75,7 +75,8 @@ def _release_options(command):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="cxr-dataset")
-def main():
+@click.option("--verbose", "-v", is_flag=True, help="Log every file downloaded and verified.")
+def main(verbose):
     """Rebuild, check and cite the COVID-19 chest X-ray dataset of Zhong (arXiv 2007.09695).
 
     \b
@@ -85,7 +86,15 @@ def main():
       cxr-dataset build --version 1.0.0 --out ./covid19-cxr-1.0.0 --kaggle-archive archive.zip
       python -c "import datasets; print(datasets.load_dataset('./covid19-cxr-1.0.0'))"
     """
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # Only this package's messages: other libraries' INFO chatter (datasets, TF) stays quiet.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    package_log = logging.getLogger("covid19_cxr_dataset")
+    package_log.addHandler(handler)
+    package_log.setLevel(logging.INFO)
+    logging.getLogger("covid19_cxr_dataset.download").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if verbose:
+        package_log.setLevel(logging.DEBUG)
 
 
 @main.command()

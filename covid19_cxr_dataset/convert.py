@@ -349,7 +349,12 @@ def _normalize_pil(stream: BinaryIO, settings: ConvertSettings, name: str) -> No
     return NormalizedImage(gray, input_format, input_mode)
 
 
+_ORIENTATION_SOURCES = ("exif", "xmp", "XML:com.adobe.xmp", "Raw profile type exif")  # + TIFF tags
+
+
 def _exif_orientation(img: Image.Image) -> int:
+    if not (hasattr(img, "tag_v2") or any(key in img.info for key in _ORIENTATION_SOURCES)):
+        return 1  # nothing to parse: skips getexif's work on the common metadata-free files
     try:
         return int(img.getexif().get(_ORIENTATION_TAG, 1))
     except _PIL_DECODE_ERRORS:

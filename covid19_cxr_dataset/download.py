@@ -405,13 +405,17 @@ class Downloader:
     # ---- offline ---------------------------------------------------------------------------------
 
     def _fetch_all_offline(self, specs: list[FileSpec]) -> dict[str, Path]:
-        found: dict[str, Path] = {}
-        missing: list[str] = []
-        for spec in specs:
+        def check(spec: FileSpec) -> Path | None:
             try:
-                found[spec.cache_key] = self._fetch(spec, None, None)
-            except errors.OfflineMissing as exc:
-                missing.extend(exc.missing)
+                return self._fetch(spec, None, None)
+            except errors.OfflineMissing:
+                return None
+
+        # Threads, because re-hashing thousands of cached files is the whole cost (hashlib drops the GIL).
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(self.workers, len(specs))) as pool:
+            paths = list(pool.map(check, specs))
+        found = {spec.cache_key: path for spec, path in zip(specs, paths) if path is not None}
+        missing = [spec.cache_key for spec, path in zip(specs, paths) if path is None]
         if missing:
             raise self._offline_error(missing)
         return found
@@ -469,9 +473,14 @@ class Downloader:
     def _read_sidecar(self, key: str) -> dict | None:
         try:
             record = json.loads(self._sidecar_path(key).read_text(encoding="utf-8"))
-            if {"size", "sha256", "git_blob_sha1"} <= set(record):
+            # A damaged sidecar is as good as none: the file is then re-verified or fetched again.
+            if (
+                isinstance(record.get("size"), int)
+                and all(isinstance(record.get(k), str) and _HEX.match(record[k]) for k in ("sha256", "git_blob_sha1"))
+                and len(record["sha256"]) == 64
+            ):
                 return record
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             pass
         return None
 
@@ -512,7 +521,7 @@ class Downloader:
             try:
                 self._write_sidecar(spec, hashes)
             except OSError:
-                pass  # The sidecar only speeds up nothing for pinned files; its loss is harmless.
+                pass  # Pins still verify the file; an unpinned one is merely fetched again next time.
         return True
 
     def _download(self, spec: FileSpec, target: Path, cancel, on_bytes) -> None:
@@ -863,7 +872,7 @@ def kaggle_credentials(environ: Mapping[str, str] | None = None) -> KaggleCreden
             raise errors.CredentialsError(
                 f"{path} is not a readable kaggle.json ({type(exc).__name__}); expected "
                 '{"username": "...", "key": "..."} as downloaded from kaggle.com (Settings > API > Create New '
-                "Token). Fix or delete it. " + _KAGGLE_MANUAL_HINT
+                "Token). Fix or delete it. " + _kaggle_ways_out()
             ) from None
         username = username or str(content.get("username", "")).strip()
         key = key or str(content.get("key", "")).strip()
@@ -875,25 +884,24 @@ def kaggle_credentials(environ: Mapping[str, str] | None = None) -> KaggleCreden
     if username or key:
         absent = "KAGGLE_KEY (or kaggle.json's key)" if username else "KAGGLE_USERNAME (or kaggle.json's username)"
         raise errors.CredentialsError(
-            f"incomplete Kaggle credentials in {where}: {absent} is missing. " + _KAGGLE_MANUAL_HINT
+            f"incomplete Kaggle credentials in {where}: {absent} is missing. " + _kaggle_ways_out()
         )
     return None
 
 
-_KAGGLE_MANUAL_HINT = (
-    "Either set KAGGLE_USERNAME and KAGGLE_KEY (or put kaggle.json in ~/.kaggle or in $KAGGLE_CONFIG_DIR; "
-    "create it at kaggle.com under Settings > API), or download the archive by hand from "
-    "https://www.kaggle.com/datasets/{dataset} and pass --kaggle-archive PATH."
-).replace("{dataset}", KAGGLE_DATASET)
+def _kaggle_ways_out(dataset: str = KAGGLE_DATASET) -> str:
+    return (
+        "Either set KAGGLE_USERNAME and KAGGLE_KEY (or put kaggle.json in ~/.kaggle or in $KAGGLE_CONFIG_DIR; "
+        "create it at kaggle.com under Settings > API), or download the archive by hand from "
+        f"https://www.kaggle.com/datasets/{dataset} and pass --kaggle-archive PATH."
+    )
 
 
 def missing_kaggle_credentials(dataset: str = KAGGLE_DATASET) -> errors.CredentialsError:
     """The error to raise when the Kaggle archive is needed and no credentials were found."""
     return errors.CredentialsError(
         f"the Kaggle dataset {dataset} needs Kaggle API credentials, and none were found (no KAGGLE_USERNAME/"
-        "KAGGLE_KEY, no kaggle.json). Either set KAGGLE_USERNAME and KAGGLE_KEY (or put kaggle.json in ~/.kaggle "
-        f"or in $KAGGLE_CONFIG_DIR; create it at kaggle.com under Settings > API), or download the archive by hand "
-        f"from https://www.kaggle.com/datasets/{dataset} and pass --kaggle-archive PATH."
+        f"KAGGLE_KEY, no kaggle.json). {_kaggle_ways_out(dataset)}"
     )
 
 

@@ -257,7 +257,7 @@ def manifests_root() -> Path:
     if env:
         return Path(env)
     here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "builder_manifests", here / "builder_manifests"):
+    for candidate in (here.parent / "builder_manifests", here / "_manifests"):
         if candidate.is_dir():
             return candidate
     return here.parent / "builder_manifests"

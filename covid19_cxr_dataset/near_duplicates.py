@@ -47,7 +47,7 @@ CROP_FRACTIONS = (1.0, 0.85, 0.7)
 CROP_ANCHORS = (0.0, 0.5, 1.0)
 DEFAULT_THRESHOLD = 0.10
 DEFAULT_LOW_PREFILTER = 0.12
-DEFAULT_BAND_PREFILTER = 0.25
+DEFAULT_BAND_PREFILTER = 0.15
 
 
 def _axis_crops() -> list[tuple[float, float]]:
@@ -209,15 +209,14 @@ def _band_best(a: Signature, b: Signature) -> tuple[float, int, int]:
     return float(scores[view_a, view_b]), int(view_a), int(view_b)
 
 
-def _refined_score(ta: np.ndarray, ra, tb: np.ndarray, rb) -> float:
-    a = _band_pass(_resize(_crop(ta, ra), REFINE_SIDE, REFINE_SIDE)).ravel()
-    b = _band_pass(_resize(_crop(tb, rb), REFINE_SIDE, REFINE_SIDE)).ravel()
-    return float(_unit(a) @ _unit(b))
+def _refine_vector(thumb: np.ndarray, rect) -> np.ndarray:
+    return _unit(_band_pass(_resize(_crop(thumb, rect), REFINE_SIDE, REFINE_SIDE)).ravel())
 
 
 def _register(ta: np.ndarray, ra, tb: np.ndarray, rb) -> float:
     """Best refined score moving B's crop rectangle from ``rb`` by a pattern search (4, 2, 1 % steps)."""
-    best = _refined_score(ta, ra, tb, rb)
+    reference = _refine_vector(ta, ra)
+    best = float(reference @ _refine_vector(tb, rb))
     rb = list(rb)
     for step in (0.04, 0.02, 0.01):
         improved = True
@@ -230,7 +229,7 @@ def _register(ta: np.ndarray, ra, tb: np.ndarray, rb) -> float:
                     x0, y0, w, h = trial
                     if x0 < -1e-6 or y0 < -1e-6 or x0 + w > 1 + 1e-6 or y0 + h > 1 + 1e-6 or w < 0.5 or h < 0.5:
                         continue
-                    score = _refined_score(ta, ra, tb, trial)
+                    score = float(reference @ _refine_vector(tb, trial))
                     if score > best + 1e-4:
                         best, rb, improved = score, trial, True
     return best

@@ -1,0 +1,327 @@
+"""Verify stage: check a release folder (built here or downloaded) against its ``build_report.json``.
+
+The build report is the reference. ``verify_release`` re-reads the folder and compares:
+
+- every shard the report lists (``report["shards"]``) exists with its sha256 and size;
+- no other ``*.parquet`` file sits under ``data/`` (``load_dataset`` would read it as data);
+- the fingerprint over DECODED pixels and labels (``report.fingerprint``) equals ``report["fingerprint"]``;
+- the images per split and class, recounted from the shards' ``label`` column, equal ``report["counts"]``;
+- README.md's YAML header parses, names the class labels the shards use (``CLASS_NAMES``), and
+  states the split sizes the shards hold; each shard's embedded ``datasets`` features name them too.
+
+The shard hashes catch any change of bytes. The fingerprint and the counts come from decoded content,
+so an edited label or a re-encoded image is caught even where someone also rewrote the shard hashes
+in the report; only a report whose fingerprint was rewritten as well could hide it, which is why the
+fingerprint is also printed in the card, the Hub tag message and the baseline certificate.
+
+Every difference is one ``Problem`` naming the file, what was expected and what was found.
+``require_verified`` raises ``VerificationError`` listing them all.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pyarrow.parquet as pq
+import yaml
+
+from . import CLASS_NAMES
+from .errors import VerificationError
+from .publish import sha256_file, shard_paths
+from .report import REPORT_NAME, fingerprint
+
+CARD_NAME = "README.md"
+DATA_DIR = "data"
+NEXT_STEP = (
+    "Rebuild the release with `cxr-dataset build` or download it again; "
+    "do not train on or publish a release that fails verification."
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One difference between a release folder and its build report."""
+
+    file: str  # path relative to the release folder, e.g. "data/test-00000-of-00001.parquet"
+    check: str  # short code: report, shard-missing, shard-extra, shard-sha256, shard-bytes, ...
+    expected: str
+    actual: str
+    hint: str = ""  # what to do about this one problem, when it differs from NEXT_STEP
+
+    def __str__(self) -> str:
+        hint = f" ({self.hint})" if self.hint else ""
+        return f"{self.file}: {self.check}: expected {self.expected}, found {self.actual}{hint}"
+
+
+@dataclass
+class VerifyResult:
+    """What ``verify_release`` checked and every problem it found (none: the release is intact)."""
+
+    out_dir: Path
+    problems: list[Problem] = field(default_factory=list)
+    dataset: str = ""
+    version: str = ""
+    shards: int = 0  # shards read
+    rows: int = 0  # rows recounted
+    fingerprint: str = ""  # recomputed; "" when it could not be computed
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # recounted {split: {class: n}}
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, file: str, check: str, expected: Any, actual: Any, hint: str = "") -> None:
+        self.problems.append(Problem(file, check, str(expected), str(actual), hint))
+
+    def summary(self) -> str:
+        """A few lines for people: what was verified, or every problem."""
+        name = f"{self.dataset} {self.version}".strip() or "release"
+        if self.ok:
+            per_split = ", ".join(f"{split} {sum(c.values()):,}" for split, c in self.counts.items())
+            return (
+                f"{self.out_dir}: {name} verified: {self.shards} shard(s), {self.rows:,} images ({per_split}); "
+                f"fingerprint {self.fingerprint} matches build_report.json"
+            )
+        lines = [f"{self.out_dir}: {name} FAILED verification: {len(self.problems)} problem(s)"]
+        lines += [f"  - {problem}" for problem in self.problems]
+        lines.append(f"  {NEXT_STEP}")
+        return "\n".join(lines)
+
+
+def verify_release(out_dir: Path | str, *, workers: int = 1) -> VerifyResult:
+    """Check a release folder against its build report; returns every problem (none: intact)."""
+    out_dir = Path(out_dir)
+    result = VerifyResult(out_dir=out_dir)
+    if not out_dir.is_dir():
+        result.add(str(out_dir), "release", "a release folder (README.md, build_report.json, data/)",
+                   "no such folder" if not out_dir.exists() else "a file")
+        return result
+    report = _read_report(out_dir, result)
+    result.dataset, result.version = str(report.get("dataset", "")), str(report.get("version", ""))
+    if "shards" in report:
+        _check_shard_files(out_dir, report["shards"], result, workers)
+    label_names = _recount(out_dir, result)
+    if "counts" in report:
+        _check_counts(report["counts"], result)
+    if "fingerprint" in report:
+        _check_fingerprint(out_dir, str(report["fingerprint"]), result, workers)
+    _check_card(out_dir, result, label_names)
+    return result
+
+
+def require_verified(out_dir: Path | str, *, workers: int = 1) -> VerifyResult:
+    """``verify_release``, raising ``VerificationError`` (listing every problem) unless the release is intact."""
+    result = verify_release(out_dir, workers=workers)
+    if not result.ok:
+        error = VerificationError(result.summary())
+        error.problems = list(result.problems)  # type: ignore[attr-defined]
+        raise error
+    return result
+
+
+# ---- the report ------------------------------------------------------------------------------
+
+def _read_report(out_dir: Path, result: VerifyResult) -> dict[str, Any]:
+    path = out_dir / REPORT_NAME
+    expected = "the build report `cxr-dataset build` writes"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        result.add(REPORT_NAME, "report", expected, "no such file")
+        return {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        result.add(REPORT_NAME, "report", "valid JSON", f"unreadable JSON ({error})")
+        return {}
+    if not isinstance(report, dict):
+        result.add(REPORT_NAME, "report", "a JSON object", type(report).__name__)
+        return {}
+    for key, kind in (("shards", dict), ("fingerprint", str), ("counts", dict)):
+        if not isinstance(report.get(key), kind):
+            result.add(REPORT_NAME, "report", f"key {key!r} ({kind.__name__})",
+                       "missing" if key not in report else type(report[key]).__name__)
+            report.pop(key, None)
+    return report
+
+
+# ---- shard files -----------------------------------------------------------------------------
+
+def _check_shard_files(out_dir: Path, listed: dict[str, Any], result: VerifyResult, workers: int) -> None:
+    present: list[tuple[str, Path, dict[str, Any]]] = []
+    for relpath in sorted(listed):
+        entry = listed[relpath] if isinstance(listed[relpath], dict) else {}
+        expected = f"sha256 {entry.get('sha256', '?')}, {entry.get('bytes', '?')} bytes"
+        if not _inside_data_dir(relpath):
+            result.add(REPORT_NAME, "shard-path", f"shard paths under {DATA_DIR}/", repr(relpath))
+            continue
+        path = out_dir / relpath
+        if not path.is_file():
+            result.add(relpath, "shard-missing", expected, "no such file")
+        else:
+            present.append((relpath, path, entry))
+
+    def digest(item: tuple[str, Path, dict[str, Any]]) -> tuple[str, dict[str, Any], int, str]:
+        relpath, path, entry = item
+        return relpath, entry, path.stat().st_size, sha256_file(path)
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # hashlib releases the GIL on large blocks
+        for relpath, entry, size, sha256 in pool.map(digest, present):
+            if size != entry.get("bytes"):
+                result.add(relpath, "shard-bytes", f"{entry.get('bytes')} bytes", f"{size} bytes")
+            if sha256 != entry.get("sha256"):
+                result.add(relpath, "shard-sha256", f"sha256 {entry.get('sha256')}", f"sha256 {sha256}")
+
+    on_disk = sorted(str(p.relative_to(out_dir).as_posix()) for p in (out_dir / DATA_DIR).rglob("*.parquet"))
+    for relpath in on_disk:
+        if relpath not in listed:
+            result.add(relpath, "shard-extra", f"only the {len(listed)} shard(s) build_report.json lists",
+                       "a shard it does not list", hint="load_dataset would read it as data; remove it")
+
+
+def _inside_data_dir(relpath: str) -> bool:
+    parts = PurePosixPath(relpath).parts
+    return len(parts) >= 2 and parts[0] == DATA_DIR and ".." not in parts and not PurePosixPath(relpath).is_absolute()
+
+
+# ---- decoded content -------------------------------------------------------------------------
+
+def _recount(out_dir: Path, result: VerifyResult) -> list[str] | None:
+    """Count images per split and class from every shard's label column; returns the embedded label names."""
+    counts: dict[str, dict[str, int]] = {}
+    embedded: list[str] | None = None
+    for path in shard_paths(out_dir / DATA_DIR):
+        relpath = path.relative_to(out_dir).as_posix()
+        split = path.name.split("-", 1)[0]
+        try:
+            parquet = pq.ParquetFile(path)
+            labels = parquet.read(columns=["label"]).column("label").to_pylist()
+        except Exception as error:  # any pyarrow failure means the same thing here: unreadable
+            result.add(relpath, "shard-unreadable", "a parquet file with a label column", f"{type(error).__name__}: {error}")
+            continue
+        result.shards += 1
+        result.rows += len(labels)
+        names = _embedded_label_names(parquet.schema_arrow.metadata or {})
+        if names != list(CLASS_NAMES):
+            result.add(relpath, "shard-labels", f"embedded features with label names {list(CLASS_NAMES)}",
+                       names if names is not None else "no datasets features in the parquet metadata")
+        embedded = embedded or names
+        per_class = counts.setdefault(split, {name: 0 for name in CLASS_NAMES})
+        bad = [value for value in labels if not (isinstance(value, int) and 0 <= value < len(CLASS_NAMES))]
+        if bad:
+            result.add(relpath, "labels", f"label values 0..{len(CLASS_NAMES) - 1}",
+                       f"{len(bad)} other value(s), e.g. {bad[:3]}")
+        for value in labels:
+            if isinstance(value, int) and 0 <= value < len(CLASS_NAMES):
+                per_class[CLASS_NAMES[value]] += 1
+    result.counts = {split: counts[split] for split in sorted(counts, key=_split_order)}
+    return embedded
+
+
+def _embedded_label_names(metadata: dict[bytes, bytes]) -> list[str] | None:
+    try:
+        features = json.loads(metadata[b"huggingface"])["info"]["features"]
+        return list(features["label"]["names"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _check_counts(expected: dict[str, Any], result: VerifyResult) -> None:
+    for split in sorted(set(expected) | set(result.counts), key=_split_order):
+        want = expected.get(split)
+        have = result.counts.get(split)
+        file = f"{DATA_DIR}/{split}-*.parquet"
+        if not isinstance(want, dict):
+            result.add(file, "counts", f"no split {split!r} (build_report.json lists {sorted(expected)})", _format_counts(have))
+            continue
+        if have is None:
+            result.add(file, "counts", _format_counts(want), "no shards for this split")
+            continue
+        classes = list(CLASS_NAMES) + sorted(set(want) - set(CLASS_NAMES))
+        if any(int(want.get(c, 0)) != have.get(c, 0) for c in classes):
+            result.add(file, "counts", _format_counts(want, classes), _format_counts(have, classes))
+
+
+def _split_order(split: str) -> tuple[int, str]:
+    order = ("train", "validation", "test")
+    return (order.index(split) if split in order else len(order), split)
+
+
+def _format_counts(counts: dict[str, Any] | None, classes: list[str] | None = None) -> str:
+    if counts is None:
+        return "none"
+    return ", ".join(f"{c} {int(counts.get(c, 0)):,}" for c in (classes or list(counts)))
+
+
+def _check_fingerprint(out_dir: Path, expected: str, result: VerifyResult, workers: int) -> None:
+    try:
+        result.fingerprint = fingerprint(out_dir, workers=workers)
+    except Exception as error:  # an undecodable image or a broken shard: report it, do not crash
+        result.add(f"{DATA_DIR}/*.parquet", "fingerprint", f"fingerprint {expected}",
+                   f"none: it could not be computed ({type(error).__name__}: {error})")
+        return
+    if result.fingerprint != expected:
+        result.add(f"{DATA_DIR}/*.parquet", "fingerprint", f"fingerprint {expected}",
+                   f"fingerprint {result.fingerprint} (decoded pixels or labels differ)")
+
+
+# ---- the card --------------------------------------------------------------------------------
+
+def card_header(text: str) -> dict[str, Any]:
+    """The YAML header of a dataset card (between the leading ``---`` lines); ValueError if none."""
+    if not text.startswith("---\n"):
+        raise ValueError("no YAML header (the file does not start with a '---' line)")
+    end = text.find("\n---\n", 4)
+    if end < 0 and text.endswith("\n---"):
+        end = len(text) - 4
+    if end < 0:
+        raise ValueError("the YAML header is not closed by a '---' line")
+    header = yaml.safe_load(text[4:end + 1])
+    if not isinstance(header, dict):
+        raise ValueError(f"the YAML header is a {type(header).__name__}, not a mapping")
+    return header
+
+
+def card_label_names(header: dict[str, Any]) -> list[list[str]]:
+    """The class_label names of every ``label`` feature in the card's ``dataset_info`` (one list per config)."""
+    infos = header.get("dataset_info")
+    infos = infos if isinstance(infos, list) else [infos] if isinstance(infos, dict) else []
+    found = []
+    for info in infos:
+        for feature in info.get("features") or []:
+            if isinstance(feature, dict) and feature.get("name") == "label":
+                names = ((feature.get("dtype") or {}).get("class_label") or {}).get("names") or {}
+                if isinstance(names, dict):
+                    found.append([str(names[k]) for k in sorted(names, key=lambda k: int(k))])
+                else:
+                    found.append([str(n) for n in names])
+    return found
+
+
+def _check_card(out_dir: Path, result: VerifyResult, embedded: list[str] | None) -> None:
+    path = out_dir / CARD_NAME
+    try:
+        header = card_header(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        result.add(CARD_NAME, "card", "the dataset card with a YAML header", "no such file")
+        return
+    except (UnicodeDecodeError, ValueError, yaml.YAMLError) as error:
+        result.add(CARD_NAME, "card", "a YAML header that parses", f"{type(error).__name__}: {error}")
+        return
+    label_lists = card_label_names(header)
+    if not label_lists:
+        result.add(CARD_NAME, "card-labels", f"dataset_info naming class labels {list(CLASS_NAMES)}",
+                   "no label feature with class_label names")
+    for names in label_lists:
+        if names != list(CLASS_NAMES):
+            result.add(CARD_NAME, "card-labels", f"class labels {list(CLASS_NAMES)}"
+                       + (" (as the shards' embedded features)" if embedded == list(CLASS_NAMES) else ""), names)
+    infos = header.get("dataset_info")
+    for info in infos if isinstance(infos, list) else [infos] if isinstance(infos, dict) else []:
+        for split in info.get("splits") or []:
+            name, stated = split.get("name"), split.get("num_examples")
+            if name in result.counts and stated != sum(result.counts[name].values()):
+                result.add(CARD_NAME, "card-splits", f"{name}: {sum(result.counts[name].values()):,} examples (as in the shards)",
+                           f"{stated} examples")

@@ -7,8 +7,8 @@ target is a ratio of at least 0.85 (speed targets live here, never in timed test
     python benchmarks/convert_vs_pillow.py [--fixtures DIR] [--copies N] [--rounds R] [--max-side S]
 
 Images are the real fixtures (``$COVID19_CXR_REAL_FIXTURES`` or ``--fixtures``), each listed
-``--copies`` times; the two loops alternate for ``--rounds`` rounds and the best round of each
-is reported, for all images and per subset (grayscale JPEGs, colour JPEGs, PNGs).
+``--copies`` times; the loops take turns image by image (so that load from other processes
+hits both alike) for ``--rounds`` rounds, and the best round of each is reported, for all images and per subset (grayscale JPEGs, colour JPEGs, PNGs).
 """
 
 from __future__ import annotations
@@ -37,11 +37,15 @@ def bare_pillow(path: Path, quality: int) -> bytes:
     return buffer.getvalue()
 
 
-def best_rate(convert: Callable[[Path], object], paths: list[Path]) -> float:
-    start = time.perf_counter()
+def interleaved_rates(contenders: dict[str, Callable[[Path], object]], paths: list[Path]) -> dict[str, float]:
+    """One round: every contender converts each image in turn, so load drift hits all alike."""
+    spent = dict.fromkeys(contenders, 0.0)
     for path in paths:
-        convert(path)
-    return len(paths) / (time.perf_counter() - start)
+        for label, convert in contenders.items():
+            start = time.perf_counter()
+            convert(path)
+            spent[label] += time.perf_counter() - start
+    return {label: len(paths) / seconds for label, seconds in spent.items()}
 
 
 def subsets(images: list[Path]) -> dict[str, list[Path]]:
@@ -79,8 +83,8 @@ def main() -> int:
         paths = group * args.copies
         best = {label: 0.0 for label in contenders}
         for _ in range(args.rounds):
-            for label, convert in contenders.items():
-                best[label] = max(best[label], best_rate(convert, paths))
+            for label, rate in interleaved_rates(contenders, paths).items():
+                best[label] = max(best[label], rate)
         ratio = best["convert_file"] / best["bare pillow"]
         worst_ratio = min(worst_ratio, ratio) if name == "all" or "L" in name.split() else worst_ratio
         rates = ", ".join(f"{label} {rate:7.1f} img/s" for label, rate in best.items())

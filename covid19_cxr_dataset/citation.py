@@ -152,6 +152,26 @@ def package_cff(manifest: Manifest) -> dict[str, Any]:
     }
 
 
+PACKAGE_CFF_HEADER = """\
+# Citation File Format 1.2.0 (https://citation-file-format.github.io/) for the covid19-cxr-dataset package.
+# Generated from the newest manifest's citations; tests/test_cite.py checks that it is current. Regenerate:
+#   python -c "from covid19_cxr_dataset import citation; print(citation.package_cff_text(), end='')" > CITATION.cff
+# To cite a dataset release instead: cxr-dataset cite --version VERSION [--format bibtex|apa|cff]
+"""
+
+
+def package_cff_text(manifest: Manifest | None = None) -> str:
+    """The repository's CITATION.cff: ``package_cff`` of ``manifest`` (default: the newest release)."""
+    if manifest is None:
+        from . import manifest as manifests
+
+        newest = [folder for name, _, folder in manifests.available() if name == manifests.DEFAULT_NAME]
+        if not newest:
+            raise CxrDatasetError(f"no {manifests.DEFAULT_NAME} manifest under {manifests.manifests_root()}; pass a manifest")
+        manifest = manifests.load(newest[-1])
+    return PACKAGE_CFF_HEADER + dump_cff(package_cff(manifest))
+
+
 def package_reference() -> dict[str, Any]:
     return {"type": "software", "title": PACKAGE_NAME, "version": __version__,
             "authors": [{"name": AUTHORS}], "url": PROJECT_URL, "license": "MIT"}
@@ -223,7 +243,10 @@ def parse_bibtex(entry: str, *, where: str = "BibTeX entry") -> tuple[str, str, 
     pos = head.end()
     while True:
         match = re.compile(r"[\s,]*(\}|[A-Za-z][\w-]*)\s*(=?)\s*").match(entry, pos)
-        if not match or match.group(1) == "}":
+        if not match:
+            raise CxrDatasetError(f"{where}: the entry is not closed by '}}' (or a field name is malformed) "
+                                  f"at character {pos}; fix the manifest's bibtex")
+        if match.group(1) == "}":
             break
         if not match.group(2):
             raise CxrDatasetError(f"{where}: expected '=' after field {match.group(1)!r}; fix the manifest's bibtex")

@@ -188,3 +188,39 @@ def plan(version, manifest_path, name, cache_dir, mirror, offline, workers, quie
         click.echo(f"wrote {json_path} ({len(rows):,} files)")
     if problems:
         sys.exit(2)
+
+
+@main.command()
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="A built release folder (what `cxr-dataset build` wrote).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for the certificate (JSON, Markdown summary, confusion-matrix and curve PNGs).")
+@click.option("--recipe", default="paper", show_default=True,
+              help="A recipe name (baseline/recipes/<name>.yaml) or a path to a recipe YAML file.")
+@click.option("--epochs", type=click.IntRange(1), help="Override the recipe's epochs (a quick check; the verdict then says so).")
+@click.option("--batch-size", type=click.IntRange(1), help="Override the recipe's batch size.")
+@click.option("--image-size", type=click.IntRange(16), help="Override the recipe's input size.")
+@click.option("--seed", type=int, default=None, help="Random seed (default: the recipe package's fixed seed).")
+@click.option("--mixed-precision", is_flag=True, help="float16 compute on a GPU (numbers may differ slightly).")
+@click.option("--no-verify", is_flag=True, help="Skip recomputing the release fingerprint before training.")
+@click.option("--quiet", "-q", is_flag=True, help="No per-epoch progress.")
+@_fail_cleanly
+def baseline(data_dir, out, recipe, epochs, batch_size, image_size, seed, mixed_precision, no_verify, quiet):
+    """Certify a release: train and evaluate the paper's DCNN on it, compare with the paper.
+
+    Needs TensorFlow: pip install 'covid19-cxr-dataset[baseline]'. Uses the GPU when TensorFlow
+    sees one. Writes certificate.json, certificate.md and PNG plots to --out.
+    """
+    from .baseline import DEFAULT_SEED, run_baseline
+
+    certificate = run_baseline(
+        data_dir, out, recipe=recipe, epochs=epochs, batch_size=batch_size, image_size=image_size,
+        seed=DEFAULT_SEED if seed is None else seed, mixed_precision=mixed_precision,
+        verify_fingerprint=not no_verify, progress=not quiet,
+    )
+    metrics = certificate.get("metrics", {})
+    accuracy = metrics.get("accuracy")
+    verdict = certificate.get("verdict", {})
+    click.echo(f"accuracy {accuracy:.4f}" if isinstance(accuracy, float) else "accuracy: see certificate")
+    click.echo(f"verdict: {verdict.get('status', verdict) if isinstance(verdict, dict) else verdict}")
+    click.echo(f"wrote {out}")

@@ -55,6 +55,7 @@ Nothing here changes global state after import, so conversions may run in thread
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import struct
 from dataclasses import dataclass
@@ -84,6 +85,11 @@ DICOM_PLUGIN_PREFERENCE = ("pylibjpeg", "pydicom", "gdcm", "pillow", "pyjpegls")
 """Decoder plugins tried in this order. Lossy JPEG and JPEG 2000 decoders differ in their last
 bits, so the choice is pinned rather than left to whichever plugins happen to be installed;
 pylibjpeg comes first because it is a declared dependency of the package."""
+
+POLICY_VERSION = 1
+"""Bump whenever this module's output for some input changes (cache keys use it)."""
+
+_DECODER_DISTRIBUTIONS = ("pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle", "python-gdcm")
 
 _DICOM_MAGIC_OFFSET = 128
 _DICOM_MAGIC = b"DICM"
@@ -220,6 +226,20 @@ def probe(path: Path) -> ProbeResult:
             height=img.height,
             frames=getattr(img, "n_frames", 1),
         )
+
+
+def output_fingerprint() -> str:
+    """The policy version and the versions of every library that can change the output bytes.
+
+    Put it in a conversion cache key: equal fingerprints and settings give equal JPEGs.
+    """
+    parts = [f"policy{POLICY_VERSION}", f"pillow{Image.__version__}", f"pydicom{pydicom.__version__}", f"numpy{np.__version__}"]
+    for distribution in _DECODER_DISTRIBUTIONS:
+        try:
+            parts.append(f"{distribution}{importlib.metadata.version(distribution)}")
+        except importlib.metadata.PackageNotFoundError:
+            parts.append(f"{distribution}-absent")
+    return "-".join(parts)
 
 
 def target_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:

@@ -157,6 +157,7 @@ EXPECTED_EXCLUSIONS = {
 
 def make_world(root: Path, *, extra_zip_entries: bool = True) -> World:
     world = World(root=Path(root))
+    world.root.mkdir(parents=True, exist_ok=True)
     locks: dict[str, list[tuple[str, str, int]]] = {"cohen": [], "figure1": [], "actualmed": []}
 
     def publish(name, repo, path, data):

@@ -40,6 +40,7 @@ from covid19_cxr_dataset.convert import (
     encode_jpeg,
     normalize_bytes,
     normalize_file,
+    output_fingerprint,
     pil_to_l,
     probe,
     target_size,
@@ -664,6 +665,13 @@ def test_output_is_deterministic_across_calls_and_threads():
     with ThreadPoolExecutor(max_workers=4) as pool:
         again = list(pool.map(lambda data: convert_bytes(data).jpeg, inputs * 4))
     assert again == first * 4
+
+
+def test_output_fingerprint_names_pillow_pydicom_and_decoders():
+    fingerprint = output_fingerprint()
+    assert fingerprint == output_fingerprint()
+    assert Image.__version__ in fingerprint and pydicom.__version__ in fingerprint
+    assert "pylibjpeg-libjpeg" in fingerprint and fingerprint.startswith("policy")
 
 
 def test_encode_jpeg_refuses_other_modes():

@@ -172,13 +172,16 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path
 def plot_training_curves(history: list[dict[str, Any]], path: Path) -> None:
     """Accuracy and loss per epoch, train (augmented, class-weighted loss) and test."""
     figure = import_figure()(figsize=(9, 3.6), dpi=120)
+    from matplotlib.ticker import MaxNLocator  # matplotlib is there: import_figure checked it
     accuracy_axes, loss_axes = figure.subplots(1, 2)
     epochs = [row["epoch"] for row in history]
     for axes, key, title in ((accuracy_axes, "accuracy", "Accuracy"), (loss_axes, "loss", "Loss")):
-        axes.plot(epochs, [row[key] for row in history], marker="o", label="train")
+        train_label = "train (class-weighted)" if key == "loss" else "train (augmented)"
+        axes.plot(epochs, [row[key] for row in history], marker="o", label=train_label)
         if history and f"val_{key}" in history[0]:
             axes.plot(epochs, [row[f"val_{key}"] for row in history], marker="o", label="test")
         axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_title(title)
         axes.grid(alpha=0.3)
         axes.legend()

@@ -323,7 +323,7 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return f"unknown key {keys}; allowed here: {', '.join(sorted(allowed))}"
     if error.validator == "required":
         return f"missing key in '{where or '<top level>'}': {error.message}"
-    if error.validator == "propertyNames":
+    if "propertyNames" in error.schema_path:
         return f"key '{where}.{error.instance}': not a reference figure; allowed: {', '.join(REFERENCE_METRICS)}"
     if error.validator == "type":
         return (f"key '{where or '<top level>'}': expected {error.validator_value}, "

@@ -1,0 +1,230 @@
+"""verify.py: a release folder is checked against its build_report.json, and every difference is named."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from covid19_cxr_dataset import CLASS_NAMES, publish, report
+from covid19_cxr_dataset.errors import CxrDatasetError, VerificationError
+from covid19_cxr_dataset.verify import card_header, card_label_names, require_verified, verify_release
+from release_factory import make_release, rewrite_first_shard, tamper_image, tamper_label
+
+TEST_SHARD = "data/test-00000-of-00001.parquet"
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> Path:
+    return make_release(tmp_path_factory.mktemp("pristine") / "release", per_class={"train": 6, "test": 3}, size=(48, 48))
+
+
+@pytest.fixture
+def release(pristine, tmp_path) -> Path:
+    """A fresh copy of the pristine release for each test to tamper with."""
+    return Path(shutil.copytree(pristine, tmp_path / "release"))
+
+
+def checks(result) -> set[tuple[str, str]]:
+    return {(p.file, p.check) for p in result.problems}
+
+
+def rewrite_report(out_dir: Path, change) -> None:
+    path = out_dir / report.REPORT_NAME
+    data = json.loads(path.read_text(encoding="utf-8"))
+    change(data)
+    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+
+
+def refresh_shard_hashes(out_dir: Path) -> None:
+    """What someone hiding an edit would do: rewrite the report's shard hashes to match the files."""
+    rewrite_report(out_dir, lambda data: data.update(shards=report.shard_hashes(out_dir)))
+
+
+def test_intact_release_verifies(release):
+    result = verify_release(release)
+    assert result.ok, result.summary()
+    assert result.problems == []
+    assert result.shards == 2 and result.rows == 3 * (6 + 3)
+    assert result.counts == {"train": {c: 6 for c in CLASS_NAMES}, "test": {c: 3 for c in CLASS_NAMES}}
+    assert result.fingerprint == report.read_report(release)["fingerprint"]
+    assert "verified" in result.summary() and result.fingerprint in result.summary()
+    assert require_verified(release, workers=2).ok
+
+
+def test_parallel_workers_give_the_same_result(release):
+    tamper_label(release)
+    assert [str(p) for p in verify_release(release, workers=3).problems] == [str(p) for p in verify_release(release).problems]
+
+
+def test_edited_label_is_caught_with_the_report_untouched(release):
+    tamper_label(release, "test", row=0)
+    result = verify_release(release)
+    assert {(TEST_SHARD, "shard-sha256"), ("data/test-*.parquet", "counts"), ("data/*.parquet", "fingerprint")} <= checks(result)
+    counts = next(p for p in result.problems if p.check == "counts")
+    assert counts.expected == "COVID-19 3, Normal 3, Pneumonia 3"
+    assert counts.actual == "COVID-19 2, Normal 4, Pneumonia 3"
+    sha = next(p for p in result.problems if p.check == "shard-sha256")
+    assert sha.expected == f"sha256 {report.read_report(release)['shards'][TEST_SHARD]['sha256']}"
+    assert sha.actual == f"sha256 {publish.sha256_file(release / TEST_SHARD)}"
+
+
+def test_edited_label_is_caught_even_when_the_shard_hashes_were_rewritten(release):
+    tamper_label(release, "test", row=1)
+    refresh_shard_hashes(release)
+    result = verify_release(release)
+    assert checks(result) == {("data/test-*.parquet", "counts"), ("data/*.parquet", "fingerprint")}
+
+
+def test_reencoded_image_is_caught(release):
+    def reencode(rows):
+        with Image.open(io.BytesIO(rows[2]["image"]["bytes"])) as image:
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=40)  # same picture, other pixels after decoding
+        rows[2]["image"] = {"bytes": buffer.getvalue(), "path": rows[2]["image"]["path"]}
+
+    rewrite_first_shard(release, "train", reencode)
+    assert ("data/train-00000-of-00001.parquet", "shard-sha256") in checks(verify_release(release))
+    refresh_shard_hashes(release)
+    result = verify_release(release)
+    assert checks(result) == {("data/*.parquet", "fingerprint")}  # counts are unchanged, the pixels are not
+    assert "decoded pixels or labels differ" in result.problems[0].actual
+
+
+def test_lossless_reencode_changes_the_shard_hash_only(release):
+    def to_png(rows):
+        for row in rows:
+            with Image.open(io.BytesIO(row["image"]["bytes"])) as image:
+                buffer = io.BytesIO()
+                image.save(buffer, format="PNG")
+            row["image"] = {"bytes": buffer.getvalue(), "path": row["image"]["path"]}
+
+    rewrite_first_shard(release, "test", to_png)
+    assert checks(verify_release(release)) >= {(TEST_SHARD, "shard-sha256"), (TEST_SHARD, "shard-bytes")}
+    assert ("data/*.parquet", "fingerprint") not in checks(verify_release(release))
+
+
+def test_replaced_image_is_caught(release):
+    tamper_image(release, "test", row=0)
+    assert {(TEST_SHARD, "shard-sha256"), ("data/*.parquet", "fingerprint")} <= checks(verify_release(release))
+
+
+def test_missing_shard_is_named(release):
+    (release / TEST_SHARD).unlink()
+    result = verify_release(release)
+    missing = next(p for p in result.problems if p.check == "shard-missing")
+    assert missing.file == TEST_SHARD and missing.actual == "no such file"
+    assert report.read_report(release)["shards"][TEST_SHARD]["sha256"] in missing.expected
+    assert ("data/test-*.parquet", "counts") in checks(result)  # the report expects a test split
+
+
+def test_extra_shards_are_named(release):
+    shutil.copy(release / TEST_SHARD, release / "data" / "test-00001-of-00001.parquet")
+    (release / "data" / "nested").mkdir()
+    shutil.copy(release / TEST_SHARD, release / "data" / "nested" / "more.parquet")
+    result = verify_release(release)
+    extra = {p.file for p in result.problems if p.check == "shard-extra"}
+    assert extra == {"data/test-00001-of-00001.parquet", "data/nested/more.parquet"}
+    assert ("data/test-*.parquet", "counts") in checks(result)  # the extra shard is read as data, doubling the split
+    assert "remove it" in str(next(p for p in result.problems if p.check == "shard-extra"))
+
+
+def test_truncated_shard_is_reported_not_raised(release):
+    path = release / TEST_SHARD
+    path.write_bytes(path.read_bytes()[:1000])
+    result = verify_release(release)
+    assert {(TEST_SHARD, "shard-bytes"), (TEST_SHARD, "shard-sha256"), (TEST_SHARD, "shard-unreadable"),
+            ("data/*.parquet", "fingerprint")} <= checks(result)
+
+
+def test_report_paths_outside_data_are_refused(release):
+    rewrite_report(release, lambda data: data["shards"].update({"../../etc/passwd": {"sha256": "0" * 64, "bytes": 1}}))
+    assert (report.REPORT_NAME, "shard-path") in checks(verify_release(release))
+
+
+def test_missing_report(release):
+    (release / report.REPORT_NAME).unlink()
+    result = verify_release(release)
+    assert (report.REPORT_NAME, "report") in checks(result)
+    assert not result.ok
+
+
+def test_report_without_fingerprint(release):
+    rewrite_report(release, lambda data: data.pop("fingerprint"))
+    problem = next(p for p in verify_release(release).problems if p.check == "report")
+    assert "fingerprint" in problem.expected and problem.actual == "missing"
+
+
+def test_unparseable_card_header(release):
+    card = release / "README.md"
+    card.write_text("---\npretty_name: [unclosed\n---\n\n# card\n", encoding="utf-8")
+    problem = next(p for p in verify_release(release).problems if p.file == "README.md")
+    assert problem.check == "card" and problem.expected == "a YAML header that parses"
+    assert "line" in problem.actual  # PyYAML says where
+
+
+def test_card_without_header(release):
+    (release / "README.md").write_text("# just markdown\n", encoding="utf-8")
+    assert ("README.md", "card") in checks(verify_release(release))
+
+
+def test_card_with_other_class_labels(release):
+    card = release / "README.md"
+    card.write_text(card.read_text(encoding="utf-8").replace("'1': Normal", "'1': Healthy"), encoding="utf-8")
+    problem = next(p for p in verify_release(release).problems if p.check == "card-labels")
+    assert problem.file == "README.md"
+    assert "Healthy" in problem.actual and "Normal" in problem.expected
+
+
+def test_card_with_other_split_sizes(release):
+    card = release / "README.md"
+    header = card_header(card.read_text(encoding="utf-8"))
+    test_split = next(s for s in header["dataset_info"]["splits"] if s["name"] == "test")
+    text = card.read_text(encoding="utf-8").replace(f"num_examples: {test_split['num_examples']}", "num_examples: 740")
+    card.write_text(text, encoding="utf-8")
+    problem = next(p for p in verify_release(release).problems if p.check == "card-splits")
+    assert problem.actual == "740 examples" and "test: 9 examples" in problem.expected
+
+
+def test_card_helpers_read_the_generated_header(release):
+    header = card_header((release / "README.md").read_text(encoding="utf-8"))
+    assert card_label_names(header) == [list(CLASS_NAMES)]
+
+
+def test_label_out_of_range_is_named(release):
+    def bad_label(rows):
+        rows[0]["label"] = 7
+
+    try:
+        rewrite_first_shard(release, "test", bad_label)
+    except Exception:  # pyarrow may refuse to write a value outside the ClassLabel; nothing to verify then
+        pytest.skip("pyarrow refused the out-of-range label")
+    assert (TEST_SHARD, "labels") in checks(verify_release(release))
+
+
+def test_not_a_folder(tmp_path):
+    result = verify_release(tmp_path / "nowhere")
+    assert not result.ok and result.problems[0].actual == "no such folder"
+
+
+def test_require_verified_raises_with_every_problem(release):
+    tamper_label(release)
+    with pytest.raises(VerificationError) as caught:
+        require_verified(release)
+    message = str(caught.value)
+    assert isinstance(caught.value, CxrDatasetError)
+    assert str(release) in message and TEST_SHARD in message
+    assert "expected" in message and "found" in message and "cxr-dataset build" in message
+    assert len(caught.value.problems) >= 3
+
+
+def test_default_images_survive_the_check(tmp_path):
+    """A release whose images are arrays of one gray level (smallest JPEGs) verifies too."""
+    flat = make_release(tmp_path / "flat", per_class={"train": 1, "test": 1}, size=(16, 16),
+                        image_fn=lambda label, split, index, size: np.full(size[::-1], 40 * label, np.uint8))
+    assert verify_release(flat).ok

@@ -8,6 +8,7 @@ interrupted build never leaves a half-written release.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -17,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import PIL
 from filelock import FileLock
 from tqdm.auto import tqdm
 
@@ -213,7 +213,9 @@ def hash_and_verify(kept: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 
 def conversion_cache(options: Options, settings: convert.ConvertSettings) -> Path:
-    key = f"q{settings.quality}-side{settings.max_side or 'orig'}-pillow{PIL.__version__}-v{__version__}"
+    # Every library that can change the output bytes is part of the key (convert.output_fingerprint).
+    identity = f"{settings.quality}|{settings.max_side}|{settings.max_pixels}|{convert.output_fingerprint()}"
+    key = f"q{settings.quality}-side{settings.max_side or 'orig'}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
     return options.cache / "converted" / key
 
 

@@ -89,7 +89,13 @@ pylibjpeg comes first because it is a declared dependency of the package."""
 POLICY_VERSION = 1
 """Bump whenever this module's output for some input changes (cache keys use it)."""
 
-_DECODER_DISTRIBUTIONS = ("pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle", "python-gdcm")
+_DECODER_DISTRIBUTIONS = (
+    "pylibjpeg",
+    "pylibjpeg-libjpeg",
+    "pylibjpeg-openjpeg",
+    "pylibjpeg-rle",
+    "python-gdcm",
+)
 
 _DICOM_MAGIC_OFFSET = 128
 _DICOM_MAGIC = b"DICM"
@@ -233,7 +239,12 @@ def output_fingerprint() -> str:
 
     Put it in a conversion cache key: equal fingerprints and settings give equal JPEGs.
     """
-    parts = [f"policy{POLICY_VERSION}", f"pillow{Image.__version__}", f"pydicom{pydicom.__version__}", f"numpy{np.__version__}"]
+    parts = [
+        f"policy{POLICY_VERSION}",
+        f"pillow{Image.__version__}",
+        f"pydicom{pydicom.__version__}",
+        f"numpy{np.__version__}",
+    ]
     for distribution in _DECODER_DISTRIBUTIONS:
         try:
             parts.append(f"{distribution}{importlib.metadata.version(distribution)}")

@@ -135,7 +135,7 @@ def publish_release(
         if not token:
             raise CredentialsError(
                 f"no Hugging Face token to publish to {repo_id}: set HF_TOKEN, run `hf auth login`, "
-                "or pass token= (create one with write access at https://huggingface.co/settings/tokens)"
+                "or pass token= in Python (create one with write access at https://huggingface.co/settings/tokens)"
             )
         api = _hf_api(token)
     _upload(api, plan, token)

@@ -322,6 +322,18 @@ def test_dicom_rgb_is_reduced_to_luma():
     np.testing.assert_array_equal(gray_of(result), luma(rgb))
 
 
+def test_dicom_palette_color_is_reduced_to_luma():
+    index = RNG.integers(0, 256, (24, 32)).astype(np.uint8)
+    palette = RNG.integers(0, 65536, (256, 3)).astype(np.uint16)  # 16-bit entries
+    ds = make_dataset(index, photometric="PALETTE COLOR")
+    for channel, colour in enumerate(("Red", "Green", "Blue")):
+        ds.add_new(f"{colour}PaletteColorLookupTableDescriptor", "US", [256, 0, 16])
+        ds.add_new(f"{colour}PaletteColorLookupTableData", "OW", palette[:, channel].astype("<u2").tobytes())
+    result = normalize_bytes(to_bytes(ds))
+    assert result.input_mode == "PALETTE COLOR"
+    np.testing.assert_array_equal(gray_of(result), luma((palette[index] >> 8).astype(np.uint8)))
+
+
 def test_dicom_ybr_jpeg_baseline_is_reduced_to_luma():
     rgb = np.stack([smooth_image(64, 80, seed=s) for s in (1, 2, 3)], axis=-1)
     ds = compress_jpeg_baseline_with_pillow(make_dataset(rgb, photometric="RGB"), rgb, quality=95)
@@ -368,7 +380,8 @@ def test_dicom_truncated_pixel_data_is_refused():
     data = to_bytes(make_dataset(STORED_12, bits_stored=12))
     with pytest.raises(ConversionError) as raised:
         convert_bytes(data[: len(data) - 1000])
-    assert raised.value.reason in ("undecodable", "dicom-undecodable")
+    assert raised.value.reason == "dicom-undecodable"
+    assert "Explicit VR Little Endian" in str(raised.value)
 
 
 def test_dicom_is_detected_by_preamble_not_extension(tmp_path):

@@ -150,6 +150,7 @@ class _Component:
     pixels: int
     edge_share: float  # share of pixels on the outer 20 % band of the bounding box
     centre_empty: bool
+    corners: int       # bounding-box corners (10 % squares) holding pixels: 4 for a box, 0 for a circle
 
     @property
     def width(self) -> int:
@@ -179,7 +180,11 @@ def _components(mask: np.ndarray) -> list[_Component]:
         band_x, band_y = max(1, w // 5), max(1, h // 5)
         on_edge = (cx < left + band_x) | (cx > right - band_x) | (cy < top + band_y) | (cy > bottom - band_y)
         centre = labels[top + h // 2, left + w // 2] == component + 1
-        out.append(_Component(left, top, right, bottom, int(members.sum()), float(on_edge.mean()), not centre))
+        corner_x, corner_y = max(1, w // 10), max(1, h // 10)
+        in_x = (cx < left + corner_x, cx > right - corner_x)
+        in_y = (cy < top + corner_y, cy > bottom - corner_y)
+        corners = sum(bool((ix & iy).any()) for ix in in_x for iy in in_y)
+        out.append(_Component(left, top, right, bottom, int(members.sum()), float(on_edge.mean()), not centre, corners))
     return out
 
 
@@ -201,15 +206,9 @@ def _classify(component: _Component, shape: tuple[int, int]) -> str:
     if elongated and component.fill > 0.5:
         return "line"
     if component.fill < 0.35 and component.centre_empty and min(w, h) > 0.04 * long_side:
-        if component.edge_share > 0.9 and 0.3 < component.fill * 4 < 1.6:
-            return "box" if _rectangular(component) else "circle"
-        return "circle"
+        # A drawn box fills the corners of its bounding box; a circle or ellipse leaves them empty.
+        return "box" if component.corners == 4 and component.edge_share > 0.9 else "circle"
     return "arrow"
-
-
-def _rectangular(component: _Component) -> bool:
-    # A drawn box puts its pixels along the bounding box; a circle leaves the corners empty.
-    return component.edge_share > 0.95 and component.fill > 0.12
 
 
 _REASON_BY_SHAPE = {"arrow": "annotation-arrow", "circle": "annotation-circle", "box": "annotation-box", "line": "annotation-other"}

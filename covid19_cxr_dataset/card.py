@@ -12,6 +12,7 @@ import re
 import pandas as pd
 
 from . import CLASS_NAMES
+from .citation import citations
 from .manifest import Manifest
 from .records import REASONS
 
@@ -23,25 +24,43 @@ def license_table(kept: pd.DataFrame) -> list[tuple[str, str, int]]:
     return sorted(((s, lic, int(n)) for (s, lic), n in counts.items()), key=lambda row: (row[0], -row[2], row[1]))
 
 
-_RESTRICTIVE = re.compile(r"(?:^|[-\s])(?:NC|ND)(?:[-\s]|$)")
+_NONCOMMERCIAL = re.compile(r"(?:^|[-\s])NC(?:[-\s]|$)|non-?commercial", re.IGNORECASE)
+_NODERIVATIVES = re.compile(r"(?:^|[-\s])ND(?:[-\s]|$)|no-?derivatives|no-?derivs", re.IGNORECASE)
+
+
+def is_noncommercial(license_text: str) -> bool:
+    """Creative Commons NonCommercial terms (``CC BY-NC-SA 4.0``, ``cc by-nc``, ``...NonCommercial...``)."""
+    return bool(_NONCOMMERCIAL.search(license_text))
+
+
+def is_noderivatives(license_text: str) -> bool:
+    return bool(_NODERIVATIVES.search(license_text))
 
 
 def is_restrictive(license_text: str) -> bool:
-    """True for Creative Commons NonCommercial or NoDerivatives terms (``CC BY-NC-SA 4.0``...)."""
-    return bool(_RESTRICTIVE.search(license_text))
+    """True for NonCommercial or NoDerivatives terms."""
+    return is_noncommercial(license_text) or is_noderivatives(license_text)
 
 
-def restrictive_count(kept: pd.DataFrame) -> int:
-    return int(kept["license"].map(is_restrictive).sum())
-
-
-def all_citations(manifest: Manifest) -> list[dict]:
-    """The release's own references, then each source's, without repeats (by key)."""
-    seen, out = set(), []
-    for citation in manifest.data.get("citations", []) + [c for s in manifest.sources for c in s.get("citations", [])]:
-        if citation["key"] not in seen:
-            seen.add(citation["key"])
-            out.append(citation)
+def license_warnings(kept: pd.DataFrame) -> list[str]:
+    """The card's license warnings: NC, ND and unstated licenses counted apart."""
+    licenses = kept["license"].str.strip()
+    nc, nd, unstated = int(licenses.map(is_noncommercial).sum()), int(licenses.map(is_noderivatives).sum()), int(licenses.eq("").sum())
+    out = []
+    if nc:
+        out.append(f"**NonCommercial:** {nc:,} image(s) carry an NC license: they may not be used for commercial purposes.")
+    if nd:
+        out.append(
+            f"**NoDerivatives:** {nd:,} image(s) carry an ND license. This release stores them converted to grayscale "
+            "JPEG, a change of format that Creative Commons licenses allow as a technical modification; do not "
+            "redistribute edited versions of them (crops, annotations, augmentations)."
+        )
+    if unstated:
+        out.append(
+            f"**License not stated:** for {unstated:,} image(s) the source states no license; they remain under the "
+            "terms of their original publisher (see the source's `url` of each case). Check them before any "
+            "redistribution."
+        )
     return out
 
 
@@ -116,16 +135,15 @@ def card_body(manifest: Manifest, report: dict, kept: pd.DataFrame) -> str:
     ]
     for source, license_text, n in license_table(kept):
         lines.append(f"| {source} | {license_text} | {n:,} |")
-    restricted = restrictive_count(kept)
-    if restricted:
-        lines += ["", f"**Warning:** {restricted:,} image(s) carry a NonCommercial (NC) or NoDerivatives (ND) "
-                  "license: they may not be used commercially, and ND images may not be redistributed in modified form. "
-                  "Filter on the `license` column if your use requires it."]
+    warnings = license_warnings(kept)
+    if warnings:
+        lines += [""] + [f"- {w}" for w in warnings] + ["", "Filter on the `license` column if your use requires it."]
     lines += ["", "## Provenance", "",
               f"- manifest sha256: `{report['manifest_sha256']}`",
               f"- fingerprint (decoded pixels and labels): `{report['fingerprint']}`",
               "- verify this folder with `cxr-dataset verify <folder>`", "",
-              "## Citation", "", "Please cite the works this dataset is built from:", "", "```bibtex"]
-    lines += [c["bibtex"].strip() + "\n" for c in all_citations(manifest)]
+              "## Citation", "", "Please cite this release and the works it is built from "
+              "(`cxr-dataset cite --version " + manifest.version + "` prints them in BibTeX, APA or CFF):", "", "```bibtex"]
+    lines += [c.bibtex.strip() + "\n" for c in citations(manifest)]
     lines += ["```", ""]
     return "\n".join(lines)

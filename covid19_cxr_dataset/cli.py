@@ -224,3 +224,60 @@ def baseline(data_dir, out, recipe, epochs, batch_size, image_size, seed, mixed_
     click.echo(f"accuracy {accuracy:.4f}" if isinstance(accuracy, float) else "accuracy: see certificate")
     click.echo(f"verdict: {verdict.get('status', verdict) if isinstance(verdict, dict) else verdict}")
     click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.option("--version", "version", metavar="VERSION", help="Release to cite (see `cxr-dataset manifests`); default: the newest.")
+@click.option("--manifest", "manifest_path", type=click.Path(exists=True, path_type=Path),
+              help="A manifest folder (or its manifest.yaml) instead of a bundled release.")
+@click.option("--name", default="covid19-cxr", show_default=True, help="Dataset name under builder_manifests/.")
+@click.option("--format", "fmt", type=click.Choice(["bibtex", "apa", "cff"]), default="bibtex", show_default=True,
+              help="BibTeX entries, APA references, or a CITATION.cff (CFF 1.2.0) for the release.")
+@_fail_cleanly
+def cite(version, manifest_path, name, fmt):
+    """Print how to cite a release: the release itself, then every work it is built from."""
+    from .citation import format_citations
+
+    click.echo(format_citations(_manifest(version, manifest_path, name), fmt), nl=False)
+
+
+@main.command("verify")
+@click.argument("release_dir", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--workers", type=click.IntRange(1, 256), help="Parallel workers for hashing and decoding. [default: all cores]")
+@_fail_cleanly
+def verify_command(release_dir, workers):
+    """Check a release folder against its build_report.json.
+
+    Checks every shard's sha256 and size, that no other shard is there, the fingerprint over decoded
+    pixels and labels, the counts per split and class, and the card's class labels. Exit code 0: the
+    release is intact; 1: it is not (every problem is named with its file, expected and found value).
+    """
+    from .verify import require_verified
+
+    click.echo(require_verified(release_dir, workers=workers or os.cpu_count() or 1).summary())
+
+
+@main.command("publish")
+@click.argument("release_dir", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--repo-id", required=True, metavar="ORG/NAME", help="Hugging Face dataset repository (created if missing).")
+@click.option("--dry-run", is_flag=True, help="Verify, then list every file that would be uploaded (size, sha256); upload nothing.")
+@click.option("--private", is_flag=True, help="Create the repository as private (an existing one keeps its visibility).")
+@click.option("--revision", metavar="BRANCH",
+              help="Branch to upload to. [default: release-<version>]; `main` also makes it what the Hub shows by default.")
+@click.option("--workers", type=click.IntRange(1, 256), help="Parallel workers for verification. [default: all cores]")
+@_fail_cleanly
+def publish_command(release_dir, repo_id, dry_run, private, revision, workers):
+    """Upload a verified release to the Hugging Face Hub and tag it v<version>.
+
+    \b
+    Verifies the folder first and refuses a release that fails. Uploads README.md, build_report.json
+    and the shards to branch release-<version>, checks the commit, then tags it v<version>, so
+    datasets.load_dataset("ORG/NAME", revision="v<version>") loads exactly this release.
+    Token: $HF_TOKEN or `hf auth login` (no command-line option, so it stays out of shell history).
+    Needs: pip install 'covid19-cxr-dataset[publish]' (not for --dry-run).
+    """
+    from .hub import publish_release
+
+    plan = publish_release(release_dir, repo_id, dry_run=dry_run, private=private, revision=revision,
+                           workers=workers or os.cpu_count() or 1)
+    click.echo(plan.summary())

@@ -51,3 +51,7 @@ class CountMismatch(CxrDatasetError):
 
 class VerificationError(CxrDatasetError):
     """A built release differs from its build report."""
+
+
+class PublishError(CxrDatasetError):
+    """The Hub refused or failed a step of publishing (the message never holds the token)."""

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import CredentialsError, CxrDatasetError
+from .errors import CredentialsError, CxrDatasetError, PublishError
 from .publish import sha256_file
 from .report import REPORT_NAME, read_report
 from .verify import CARD_NAME, require_verified
@@ -46,9 +46,6 @@ INSTALL_HINT = "pip install 'covid19-cxr-dataset[publish]'"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HF_TOKEN_TEXT = re.compile(r"hf_[A-Za-z0-9]{8,}")
 
-
-class PublishError(CxrDatasetError):
-    """The Hub refused or failed a step of publishing (the message never holds the token)."""
 
 
 def branch_name(version: str) -> str:

@@ -139,6 +139,7 @@ def card_yaml(*, split_sizes: dict[str, tuple[int, int]], license_id: str, prett
     header = {
         "pretty_name": pretty_name,
         "license": license_id,
+        **({"license_name": "per-image-source-licenses", "license_link": "README.md#licenses"} if license_id == "other" else {}),
         "task_categories": ["image-classification"],
         "tags": ["medical", "chest-x-ray", "covid-19", f"release-{version}"],
         "size_categories": ["1K<n<10K"],

@@ -286,10 +286,8 @@ def card_header(text: str) -> dict[str, Any]:
 
 def card_label_names(header: dict[str, Any]) -> list[list[str]]:
     """The class_label names of every ``label`` feature in the card's ``dataset_info`` (one list per config)."""
-    infos = header.get("dataset_info")
-    infos = infos if isinstance(infos, list) else [infos] if isinstance(infos, dict) else []
     found = []
-    for info in infos:
+    for info in _dataset_infos(header):
         for feature in info.get("features") or []:
             if isinstance(feature, dict) and feature.get("name") == "label":
                 names = ((feature.get("dtype") or {}).get("class_label") or {}).get("names") or {}
@@ -298,6 +296,12 @@ def card_label_names(header: dict[str, Any]) -> list[list[str]]:
                 else:
                     found.append([str(n) for n in names])
     return found
+
+
+def _dataset_infos(header: dict[str, Any]) -> list[dict[str, Any]]:
+    infos = header.get("dataset_info")
+    infos = infos if isinstance(infos, list) else [infos]
+    return [info for info in infos if isinstance(info, dict)]
 
 
 def _check_card(out_dir: Path, result: VerifyResult, embedded: list[str] | None) -> None:
@@ -318,9 +322,10 @@ def _check_card(out_dir: Path, result: VerifyResult, embedded: list[str] | None)
         if names != list(CLASS_NAMES):
             result.add(CARD_NAME, "card-labels", f"class labels {list(CLASS_NAMES)}"
                        + (" (as the shards' embedded features)" if embedded == list(CLASS_NAMES) else ""), names)
-    infos = header.get("dataset_info")
-    for info in infos if isinstance(infos, list) else [infos] if isinstance(infos, dict) else []:
+    for info in _dataset_infos(header):
         for split in info.get("splits") or []:
+            if not isinstance(split, dict):
+                continue
             name, stated = split.get("name"), split.get("num_examples")
             if name in result.counts and stated != sum(result.counts[name].values()):
                 result.add(CARD_NAME, "card-splits", f"{name}: {sum(result.counts[name].values()):,} examples (as in the shards)",

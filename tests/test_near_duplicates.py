@@ -17,12 +17,14 @@ real = pytest.mark.skipif(not REAL, reason="COVID19_CXR_REAL_FIXTURES is not set
 
 
 def textured(seed: int, size: int = 600) -> Image.Image:
-    """Smooth random texture plus a gradient: distinct detail for each seed."""
+    """Random texture at several scales plus a gradient: like a film, distinct detail for each seed."""
     rng = np.random.default_rng(seed)
-    noise = rng.normal(0, 1, (size // 8, size // 8)).astype(np.float32)
-    detail = np.asarray(Image.fromarray(noise, mode="F").resize((size, size), Image.Resampling.BICUBIC))
+    values = np.zeros((size, size), dtype=np.float32)
+    for cells, amplitude in ((6, 40), (20, 25), (75, 15)):
+        noise = rng.normal(0, 1, (cells, cells)).astype(np.float32)
+        values += amplitude * np.asarray(Image.fromarray(noise, mode="F").resize((size, size), Image.Resampling.BICUBIC))
     y, x = np.mgrid[0:size, 0:size]
-    values = 128 + 40 * detail + 40 * np.sin(np.pi * x / size) - 20 * (y / size)
+    values += 128 + 30 * np.sin(np.pi * x / size) - 20 * (y / size)
     return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8))
 
 

@@ -62,18 +62,16 @@ def make_inputs(folder: Path, n: int, fixtures: Path | None) -> list[Path]:
 
 
 def run_project(paths: list[Path], workers: int, work: Path) -> dict:
-    import pandas as pd
-
     from covid19_cxr_dataset import publish
     from covid19_cxr_dataset.build import Options, convert_images
     from covid19_cxr_dataset.convert import ConvertSettings
+    from covid19_cxr_dataset.records import new_record_table
 
-    kept = pd.DataFrame({
-        "record_id": [f"bench:{p.name}" for p in paths], "source": "bench", "source_path": [p.name for p in paths],
-        "patient_id": [f"bench:{i}" for i in range(len(paths))], "finding": "", "label": "Normal", "view": "PA",
-        "modality": "X-ray", "license": "", "local_path": [str(p) for p in paths],
-        "sha256": [f"{i:064x}" for i in range(len(paths))], "split": "train",
-    })
+    kept = new_record_table([
+        {"record_id": f"bench:{p.name}", "source": "bench", "source_path": p.name, "patient_id": f"bench:{i}",
+         "label": "Normal", "view": "PA", "modality": "X-ray", "local_path": str(p), "sha256": f"{i:064x}", "split": "train"}
+        for i, p in enumerate(paths)
+    ])
     options = Options(cache_dir=work / "cache", workers=workers, progress=False)
     start = time.perf_counter()
     kept, failed = convert_images(kept, options, ConvertSettings(quality=95))

@@ -230,9 +230,9 @@ def _convert_one(task: tuple[str, str, convert.ConvertSettings]) -> tuple[str, s
     except ConversionError as error:
         return "", f"{error.reason}\t{error}"
     target_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target_path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(result.jpeg)
-    os.replace(handle.name, target_path)
+    temporary = target_path.with_name(f"{target_path.name}.{os.getpid()}.tmp")  # one writer per process
+    temporary.write_bytes(result.jpeg)
+    os.replace(temporary, target_path)
     return target, ""
 
 

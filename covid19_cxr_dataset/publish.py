@@ -99,8 +99,7 @@ class SplitShardWriter:
             self._temp_paths.append(path)
             self._writer = pq.ParquetWriter(path, _SCHEMA, compression="none", write_statistics=False)
             self._shard_bytes = 0
-        table = pa.Table.from_pylist(self._pending, schema=_SCHEMA)
-        self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        self._writer.write_table(_columnar(self._pending), row_group_size=ROW_GROUP_ROWS)
         self._shard_bytes += self._pending_bytes
         self._pending, self._pending_bytes = [], 0
 
@@ -124,6 +123,20 @@ class SplitShardWriter:
             os.replace(temp, target)
             final.append(target)
         return final
+
+
+def _columnar(rows: list[dict]) -> pa.Table:
+    """Rows -> Arrow table, built column by column (several times cheaper than from_pylist)."""
+    columns = []
+    for field in _SCHEMA:
+        if field.name == "image":
+            columns.append(pa.StructArray.from_arrays(
+                [pa.array([r["image"]["bytes"] for r in rows], pa.binary()), pa.array([r["image"]["path"] for r in rows], pa.string())],
+                fields=list(field.type),
+            ))
+        else:
+            columns.append(pa.array([r[field.name] for r in rows], field.type))
+    return pa.Table.from_arrays(columns, schema=_SCHEMA)
 
 
 def dataset_info_yaml(split_sizes: dict[str, tuple[int, int]]) -> dict[str, Any]:

@@ -281,3 +281,35 @@ def publish_command(release_dir, repo_id, dry_run, private, revision, workers):
     plan = publish_release(release_dir, repo_id, dry_run=dry_run, private=private, revision=revision,
                            workers=workers or os.cpu_count() or 1)
     click.echo(plan.summary())
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Write every image's result to this CSV.")
+@click.option("--all", "show_all", is_flag=True, help="Print every image, not only the proposed ones.")
+@click.option("--workers", type=click.IntRange(1, 256), help="Parallel workers. [default: all cores]")
+@_fail_cleanly
+def audit(paths, csv_path, show_all, workers):
+    """Propose images with drawn lesion marks (arrows, circles, boxes, lesion text) for review.
+
+    PATHS are image files or folders (searched for .jpg, .jpeg and .png). The detector looks for
+    local saturated-colour strokes and tells them from coloured scanner text and tinted photos of
+    film; it only PROPOSES: a maintainer looks at each proposal and records the decision in the
+    manifest's decisions/annotations.csv (see docs/MANIFEST.md and docs/curation-1.0.0.md).
+    """
+    from .audit import audit_paths
+
+    files = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+        else:
+            files.append(path)
+    table = audit_paths(files, workers=workers or os.cpu_count() or 1)
+    proposed = table[table["reason"] != ""]
+    for row in (table if show_all else proposed).itertuples():
+        click.echo(f"{row.score:6.2f}  {row.reason or '-':20s} {row.flags:30s} {row.path}")
+    click.echo(f"{len(proposed)} of {len(table)} image(s) proposed for review", err=True)
+    if csv_path:
+        table.to_csv(csv_path, index=False)
+        click.echo(f"wrote {csv_path}", err=True)

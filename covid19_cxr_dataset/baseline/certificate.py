@@ -97,7 +97,7 @@ def build_certificate(
             "seed": seed,
             "python_numpy_tensorflow": f"keras.utils.set_random_seed({seed})",
             "epoch_order": f"numpy.random.default_rng([{seed}, epoch]).permutation(n_train)",
-            "augmentation": f"stateless ops seeded ({seed}, epoch * n_train + position)",
+            "augmentation": f"stateless ops seeded ({seed}, epoch * batches_per_epoch + batch)",
             "bootstrap": f"numpy.random.default_rng({seed})",
             "op_determinism": deterministic,
         },

@@ -112,7 +112,7 @@ def finish_selection(resolution: Resolution) -> Resolution:
     """Quota and split: the last steps, run by plan on metadata and by build after conversion."""
     manifest = resolution.manifest
     kept, dropped = filters.apply_quota(manifest, resolution.kept)
-    links = split.duplicate_patient_links(resolution.excluded, resolution.candidates)
+    links = split.duplicate_patient_links(resolution.excluded, resolution.candidates) + resolution.decisions.patient_links()
     kept = split.assign_splits(kept, manifest.data["split"]["rules"], manifest.data["split"]["seed"], links)
     kept = kept.sort_values(["split", "label", "source", "source_path"], key=_split_order).reset_index(drop=True)
     excluded = pd.concat([resolution.excluded, dropped], ignore_index=True) if len(dropped) else resolution.excluded

@@ -26,6 +26,7 @@ DECISION_COLUMNS = {
     "annotations": ["source", "source_path", "decision", "reason", "note"],
     "duplicates": ["source", "source_path", "duplicate_of_source", "duplicate_of_path", "method", "distance", "note"],
     "exclusions": ["source", "source_path", "reason", "note"],
+    "patients": ["patient_id", "same_as", "note"],
 }
 
 
@@ -37,6 +38,11 @@ class Decisions:
     annotations: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DECISION_COLUMNS["annotations"]))
     duplicates: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DECISION_COLUMNS["duplicates"]))
     exclusions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DECISION_COLUMNS["exclusions"]))
+    patients: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DECISION_COLUMNS["patients"]))
+
+    def patient_links(self) -> list[tuple[str, str]]:
+        """Reviewed 'same person' pairs of patient ids (patients.csv)."""
+        return list(zip(self.patients["patient_id"], self.patients["same_as"]))
 
 
 def load_decisions(manifest: Manifest, candidates: pd.DataFrame | None = None) -> Decisions:
@@ -49,6 +55,10 @@ def load_decisions(manifest: Manifest, candidates: pd.DataFrame | None = None) -
         missing = set(DECISION_COLUMNS[kind]) - set(table.columns)
         if missing:
             raise ManifestError(f"{path}: missing columns {sorted(missing)}; expected {','.join(DECISION_COLUMNS[kind])}")
+        if kind == "patients":
+            _check_patient_links(path, table, candidates)
+            decisions.patients = table
+            continue
         table["record_id"] = table["source"] + ":" + table["source_path"]
         repeated = table[table["record_id"].duplicated()]
         if len(repeated):
@@ -74,6 +84,15 @@ def load_decisions(manifest: Manifest, candidates: pd.DataFrame | None = None) -
                 )
         setattr(decisions, kind, table)
     return decisions
+
+
+def _check_patient_links(path, table: pd.DataFrame, candidates: pd.DataFrame | None) -> None:
+    if candidates is None:
+        return
+    known = set(candidates["patient_id"])
+    stray = sorted((set(table["patient_id"]) | set(table["same_as"])) - known)
+    if stray:
+        raise ManifestError(f"{path}: names patient id(s) no candidate has, e.g. {stray[0]!r}; ids look like 'cohen:196' or 'figure1:COVID-00001'")
 
 
 def exclude_unlabelled(table: pd.DataFrame, inconclusive: dict[str, set[str]]) -> tuple[pd.DataFrame, pd.DataFrame]:

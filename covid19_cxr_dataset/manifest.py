@@ -135,7 +135,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                 "decisions": {
                     "type": "object",
                     "additionalProperties": False,
-                    "properties": {k: {"type": "string"} for k in ("views", "annotations", "duplicates", "exclusions")},
+                    "properties": {k: {"type": "string"} for k in ("views", "annotations", "duplicates", "exclusions", "patients")},
                 },
                 "quota": {
                     "type": "object",

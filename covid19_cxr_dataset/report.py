@@ -104,20 +104,28 @@ def read_report(out_dir: Path) -> dict[str, Any]:
 
 
 def cross_split_near_duplicates(kept: pd.DataFrame, *, workers: int = 1, threshold: float | None = None) -> list[dict]:
-    """Near-duplicate pairs (near_duplicates.find_pairs) whose two images sit in different splits.
+    """Near-duplicate pairs (near_duplicates.find_pairs) that straddle the split this package made.
 
-    Runs over the converted JPEGs of the kept rows (``converted_path``); the release promises none.
+    Scope: images whose split the manifest's own rules assign (``upstream_split`` empty), each
+    test image against every other such image. A source that brings its own split (Kaggle) keeps
+    it by design, so its internal pairs are not ours to move; and comparing thousands of
+    look-alike paediatric films pairwise costs far more than a build (docs/curation-1.0.0.md).
+    Runs over the converted JPEGs (``converted_path``).
     """
     from . import near_duplicates
 
-    if "converted_path" not in kept.columns or len(kept) < 2:
+    if "converted_path" not in kept.columns:
         return []
-    paths = dict(zip(kept["record_id"], kept["converted_path"]))
-    side = dict(zip(kept["record_id"], kept["split"]))
+    ours = kept[kept["upstream_split"].eq("")]
+    if ours["split"].nunique() < 2:
+        return []
+    paths = dict(zip(ours["record_id"], ours["converted_path"]))
+    side = dict(zip(ours["record_id"], ours["split"]))
     with ThreadPoolExecutor(max(1, workers)) as pool:
         signatures = dict(zip(paths, pool.map(near_duplicates.image_signature, paths.values())))
     kwargs = {} if threshold is None else {"threshold": threshold}
-    pairs = near_duplicates.find_pairs(signatures, **kwargs)
+    test_keys = [key for key in paths if side[key] == "test"]
+    pairs = near_duplicates.find_pairs(signatures, keys_a=test_keys, **kwargs)
     return [
         {"a": a, "b": b, "distance": float(d), "splits": [side[a], side[b]]}
         for a, b, d in pairs

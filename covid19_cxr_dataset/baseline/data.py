@@ -3,9 +3,10 @@
 The release is ~6k grayscale JPEGs of up to a few thousand pixels a side. Decoding and resizing them
 dominates any per-epoch pipeline, so it happens once: the shards are read one row group at a time
 (pyarrow), decoded and resized in a parallel tf.data map, and kept as uint8 arrays (train at
-``data.train_resize``, test at ``model.input_size``; 6k x 96 x 96 x 3 bytes is ~170 MB). Each epoch
-then only gathers, augments and batches in memory, with parallel maps and prefetching, which keeps
-a GPU fed.
+``data.train_resize``, test at ``model.input_size``; one channel for gray images, so 6k x 96 x 96
+bytes is ~55 MB). Each epoch then only gathers, augments and batches in memory, a batch at a time
+in parallel maps with prefetching, and repeats the gray channel to the model's three: a few CPU
+cores keep a GPU fed.
 
 Augmentation is done per batch (each image its own draws) with stateless random ops seeded by
 ``(seed, epoch * batches_per_epoch + batch)``, and each epoch's order comes from
@@ -34,7 +35,11 @@ DECODE_BATCH = 64
 
 @dataclass(frozen=True)
 class SplitArrays:
-    """One split decoded once: images (n, size, size, 3) uint8, labels (n,) int64, and row identity."""
+    """One split decoded once: images (n, size, size, channels) uint8, labels (n,) int64, row identity.
+
+    ``channels`` is 1 when every image of the split is gray (the release's images are), else 3; the
+    pipelines repeat a gray channel to the model's 3 at the end, so augmentation does a third of the work.
+    """
 
     split: str
     images: np.ndarray
@@ -108,7 +113,7 @@ def iter_image_rows(data_dir: Path, split: str) -> Iterator[tuple[bytes, int, st
 def decode_split(
     data_dir: Path, split: str, *, size: int, method: str = "bilinear", antialias: bool = False
 ) -> SplitArrays:
-    """Decode every image of ``split`` once into (n, size, size, 3) uint8, grayscale repeated to RGB.
+    """Decode every image of ``split`` once into (n, size, size, 1) uint8, or (..., 3) if any is in color.
 
     The resize is ``tf.image.resize`` on the decoded image, as the reference code does it (bilinear,
     no antialiasing, aspect ratio not kept); the result is rounded to uint8 for the cache.
@@ -138,6 +143,8 @@ def decode_split(
     )
     batches = [batch.numpy() for batch in dataset]
     images = np.concatenate(batches) if batches else np.zeros((0, size, size, 3), np.uint8)
+    if np.array_equal(images[..., 0], images[..., 1]) and np.array_equal(images[..., 0], images[..., 2]):
+        images = np.ascontiguousarray(images[..., :1])
     return SplitArrays(split, images, np.asarray(labels, np.int64), tuple(sources), tuple(source_paths))
 
 
@@ -154,8 +161,8 @@ def load_release(data_dir: Path, recipe: Any) -> dict[str, SplitArrays]:
 # --- tf.data pipelines ---------------------------------------------------------------------------
 
 
-def make_augment(recipe: Any) -> Callable[[Any, Any], Any]:
-    """The training augmentation of one batch: (uint8 images at train_resize, seed) -> float32 crops.
+def make_augment(recipe: Any, *, channels: int = 3) -> Callable[[Any, Any], Any]:
+    """The training augmentation of one batch: (uint8 images at train_resize, seed) -> float32 RGB crops.
 
     Each image gets its own draws, as with the reference code's per-image ``tf.image.random_*``
     ops, from the same distributions, in the paper's order: horizontal flip, brightness delta,
@@ -163,6 +170,9 @@ def make_augment(recipe: Any) -> Callable[[Any, Any], Any]:
     to ``model.input_size``. Done on whole batches, it costs a few vectorized ops per batch instead
     of a dozen small ops per image, so a few CPU cores feed a GPU. Like the reference code, values
     are not clipped back to [0, 1] after brightness and contrast.
+
+    With ``channels=1`` (gray images) the saturation step is skipped, since it leaves a gray image
+    unchanged, and the channel is repeated to RGB after the crop.
     """
     tf = import_tensorflow()  # here, not in the traced function: AutoGraph would try to convert it
     aug = recipe["augmentation"]
@@ -184,14 +194,16 @@ def make_augment(recipe: Any) -> Callable[[Any, Any], Any]:
             x = x + uniform([count, 1, 1, 1], seeds[1], -delta, delta)
         mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
         x = (x - mean) * uniform([count, 1, 1, 1], seeds[2], *aug["contrast_range"]) + mean
-        hue, saturation, value = tf.unstack(tf.image.rgb_to_hsv(x), axis=-1)
-        saturation = tf.clip_by_value(saturation * uniform([count, 1, 1], seeds[3], *aug["saturation_range"]), 0, 1)
-        x = tf.image.hsv_to_rgb(tf.stack([hue, saturation, value], axis=-1))
+        if channels == 3:
+            hue, saturation, value = tf.unstack(tf.image.rgb_to_hsv(x), axis=-1)
+            factor = uniform([count, 1, 1], seeds[3], *aug["saturation_range"])
+            x = tf.image.hsv_to_rgb(tf.stack([hue, tf.clip_by_value(saturation * factor, 0, 1), value], axis=-1))
         window = tf.range(size)
         top = tf.random.stateless_uniform([count, 1], seeds[4], 0, resize - size + 1, dtype=tf.int32)
         left = tf.random.stateless_uniform([count, 1], seeds[5], 0, resize - size + 1, dtype=tf.int32)
         x = tf.gather(x, top + window, axis=1, batch_dims=1)
-        return tf.gather(x, left + window, axis=2, batch_dims=1)
+        x = tf.gather(x, left + window, axis=2, batch_dims=1)
+        return x if channels == 3 else tf.tile(x, [1, 1, 1, 3])
 
     return augment
 
@@ -210,7 +222,7 @@ class Pipelines:
         self._train_onehot = tf.one_hot(self.train.labels, len(CLASS_NAMES))
         self._test_images = tf.constant(self.test.images)
         self._test_onehot = tf.one_hot(self.test.labels, len(CLASS_NAMES))
-        self._augment = make_augment(recipe)
+        self._augment = make_augment(recipe, channels=self.train.images.shape[-1])
 
     def train_epoch(self, epoch: int) -> Any:
         """Batches of (augmented float32 images, one-hot labels) for 0-based ``epoch``."""
@@ -238,8 +250,10 @@ class Pipelines:
         indices = tf.data.Dataset.range(len(self.test)).batch(self.batch_size)
         images, onehot = self._test_images, self._test_onehot
 
+        repeat = [1, 1, 1, 3 // int(self.test.images.shape[-1])]
+
         def load(index: Any) -> Any:
-            batch = tf.cast(tf.gather(images, index), tf.float32) / 255.0
+            batch = tf.tile(tf.cast(tf.gather(images, index), tf.float32) / 255.0, repeat)
             return (batch, tf.gather(onehot, index)) if with_labels else batch
 
         return indices.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)

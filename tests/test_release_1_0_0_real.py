@@ -1,0 +1,153 @@
+"""Release 1.0.0 against the real upstream files in ../shared/fixtures/real, served on 127.0.0.1.
+
+* ``plan`` on the real metadata tables with the real manifest and decisions: the curation numbers.
+* A build of a variant of 1.0.0 whose locks hold only the real images the fixtures carry: the hard
+  cases land where they must (lateral, CT, annotated, out-of-class excluded; coloured text kept).
+"""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from pathlib import Path
+
+import datasets
+import pytest
+
+from covid19_cxr_dataset import manifest as manifest_module
+from covid19_cxr_dataset.build import Options, build, check_counts, plan
+from covid19_cxr_dataset.report import exclusion_summary
+
+from loopback import LoopbackServer, github_raw_path
+
+pytestmark = pytest.mark.real
+
+RELEASE = manifest_module.find("1.0.0")
+GITHUB = ("cohen", "figure1", "actualmed")
+
+
+def _serve(real_fixtures: Path, release) -> dict[str, bytes]:
+    files = {}
+    for name in GITHUB:
+        source = release.source(name)
+        owner, repo = source["repository"].split("/")
+        folder = real_fixtures / name
+        files[github_raw_path(owner, repo, source["commit"], "metadata.csv")] = (folder / "metadata.csv").read_bytes()
+        for image in (folder / "images").iterdir():
+            files[github_raw_path(owner, repo, source["commit"], f"images/{image.name}")] = image.read_bytes()
+    return files
+
+
+@pytest.fixture(scope="module")
+def release():
+    return manifest_module.load(RELEASE)
+
+
+@pytest.fixture(scope="module")
+def server(real_fixtures, release):
+    with LoopbackServer(_serve(real_fixtures, release)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def planned(release, server, tmp_path_factory):
+    options = Options(cache_dir=tmp_path_factory.mktemp("cache"), mirror=server.base_url, workers=1, progress=False)
+    return plan(release, options)
+
+
+def test_plan_curation_numbers_on_the_real_metadata(planned):
+    covid_candidates = planned.candidates[planned.candidates["label"] == "COVID-19"]
+    assert covid_candidates["source"].value_counts().to_dict() == {"cohen": 538, "actualmed": 58, "figure1": 35}
+    excluded = exclusion_summary(planned.excluded[planned.excluded["label"] == "COVID-19"])
+    assert excluded == {
+        "annotation-arrow": 27, "annotation-box": 2, "annotation-other": 1, "annotation-text": 7,
+        "duplicate-near": 14, "modality-not-xray": 80, "view-lateral": 24,
+    }
+    kept = planned.kept
+    assert kept[kept["label"] == "COVID-19"]["source"].value_counts().to_dict() == {"cohen": 385, "actualmed": 57, "figure1": 34}
+    assert planned.counts() == {
+        "test": {"COVID-19": 100, "Normal": 242, "Pneumonia": 398},
+        "train": {"COVID-19": 376, "Normal": 1341, "Pneumonia": 3875},
+    }
+
+
+def test_plan_says_exactly_where_the_release_falls_short_of_table_1(planned, release):
+    # Honest curation leaves 476 COVID-19 images for Table 1's 498: the plan reports it, the build refuses.
+    assert check_counts(release, planned.kept) == ["train/COVID-19: expected 398, got 376"]
+
+
+def test_no_patient_on_both_sides_after_merging_reviewed_links(planned):
+    sides = planned.kept.groupby("patient_group")["split"].nunique()
+    assert (sides == 1).all()
+    group = planned.kept.drop_duplicates("patient_id").set_index("patient_id")["patient_group"]
+    # Cohen re-published Figure1's COVID-00001 as patient 79: one person, one group.
+    assert group["figure1:COVID-00001"] == "cohen:79"
+    for a, b in planned.decisions.patient_links():
+        if a in group and b in group:
+            assert group[a] == group[b], (a, b)
+
+
+def test_hard_fixture_cases_are_excluded_for_the_right_reason(planned):
+    reasons = dict(zip(planned.excluded["source_path"], planned.excluded["reason"]))
+    assert reasons["images/nejmoa2001191_f1-L.jpeg"] == "view-lateral"
+    assert reasons["images/16751_3_1.jpg"] == reasons["images/16744_2_1.jpg"] == "modality-not-xray"
+    for marked in ("images/extubation-13.jpg", "images/radiol.2020200490.fig3.jpeg", "images/2-chest-filmc.jpg"):
+        assert reasons[marked] == "annotation-arrow"
+    assert reasons["images/ARDSSevere.png"] == "label-unmapped"
+    kept = set(planned.kept["source_path"])
+    for coloured_text in ("images/covid-19-caso-95-1-15.png", "images/tpmd200203f2-a.png", "images/F2DE909F-E19C-4900-92F5-8F435B031AC6.jpeg"):
+        assert coloured_text in kept
+
+
+@pytest.fixture(scope="module")
+def fixture_variant(real_fixtures, release, tmp_path_factory):
+    """1.0.0 with locks cut down to the real images the fixtures carry, and a zip of the Kaggle ones."""
+    root = tmp_path_factory.mktemp("variant")
+    folder = root / "manifest"
+    shutil.copytree(RELEASE, folder)
+    exclusions = ["source,source_path,reason,note"]
+    for name in GITHUB:
+        present = {"metadata.csv"} | {f"images/{p.name}" for p in (real_fixtures / name / "images").iterdir()}
+        for line in (folder / "locks" / f"{name}.tsv").read_text().splitlines()[1:]:
+            path = line.split("\t")[0]
+            if path not in present:
+                exclusions.append(f"{name},{path},manual-exclusion,not among the fixture images")
+    (folder / "decisions" / "exclusions.csv").write_text("\n".join(exclusions) + "\n")
+    kaggle_root = real_fixtures / "kaggle" / "chest_xray"
+    images = sorted(kaggle_root.rglob("*.jpeg"))
+    rows = ["split,class,filename,subtype,sha256"]
+    checksums = {}
+    for line in (real_fixtures / "kaggle" / "images_index.csv").read_text().splitlines()[1:]:
+        split, cls, filename, _size, sha256, *_ = line.split(",")
+        checksums[(split, cls, filename)] = sha256
+    archive = root / "kaggle.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for image in images:
+            split, cls = image.parent.parent.name, image.parent.name
+            subtype = "normal" if cls == "NORMAL" else ("virus" if "virus" in image.name else "bacteria")
+            rows.append(f"{split},{cls},{image.name},{subtype},{checksums[(split, cls, image.name)]}")
+            handle.write(image, f"chest_xray/{split}/{cls}/{image.name}")
+    (folder / "locks" / "kaggle.csv").write_text("\n".join(rows) + "\n")
+    text = (folder / "manifest.yaml").read_text()
+    text = text.replace("test_images: 100", "test_images: 4")
+    text = text.split("expected_counts:")[0] + (
+        "expected_counts:\n"
+        "  train: {COVID-19: 9, Normal: 5, Pneumonia: 9}\n"
+        "  test: {COVID-19: 4, Normal: 8, Pneumonia: 8}\n"
+    )
+    (folder / "manifest.yaml").write_text(text)
+    return folder, archive
+
+
+def test_build_from_the_real_images(fixture_variant, server, tmp_path):
+    folder, archive = fixture_variant
+    options = Options(cache_dir=tmp_path / "cache", mirror=server.base_url, workers=2, progress=False, kaggle_archive=archive)
+    report = build(manifest_module.load(folder), tmp_path / "out", options)
+    assert report["checks"]["unverified_files"] == 0  # GitHub files by blob id, Kaggle files by sha256
+    assert report["checks"]["near_duplicate_pairs_across_splits"] == []
+    loaded = datasets.load_dataset(str(tmp_path / "out"))
+    rows = {r["source_path"]: r for split in loaded for r in loaded[split]}
+    palette, rgba = rows["images/tpmd200203f2-a.png"], rows["images/covid-19-caso-95-1-15.png"]
+    assert palette["image"].mode == rgba["image"].mode == "L"
+    assert palette["license"] == "" and rows["images/COVID-00001.jpg"]["patient_id"] == "figure1:COVID-00001"
+    assert {r["source"] for r in rows.values()} == {"cohen", "figure1", "actualmed", "kaggle"}

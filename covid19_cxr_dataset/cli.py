@@ -313,3 +313,47 @@ def audit(paths, csv_path, show_all, workers):
     if csv_path:
         table.to_csv(csv_path, index=False)
         click.echo(f"wrote {csv_path}", err=True)
+
+
+@main.group()
+def lock():
+    """Maintainer tools: write a release's pins (never needed to build a release)."""
+
+
+@lock.command("github")
+@click.option("--manifest", "manifest_path", type=click.Path(exists=True, path_type=Path), required=True, help="The manifest folder to pin.")
+@click.option("--source", "source_name", required=True, help="The GitHub source to pin (its name in the manifest).")
+@click.option("--tree", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="The repository's tree at the pinned commit: path<TAB>git_blob_sha1<TAB>size (git ls-tree -r -l).")
+@click.option("--metadata", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="The source's metadata table at the pinned commit.")
+@_fail_cleanly
+def lock_github(manifest_path, source_name, tree, metadata):
+    """Write a GitHub source's lock file: the metadata table and every image it names, by git blob id."""
+    from . import locks, manifest
+
+    loaded = manifest.load(manifest_path)
+    source = loaded.source(source_name)
+    rows = locks.github_lock_rows(loaded, source, tree, metadata)
+    target = loaded.folder / source["lock"]
+    locks.write_github_lock(target, rows)
+    click.echo(f"wrote {target}: {len(rows):,} pinned files")
+
+
+@lock.command("kaggle")
+@click.option("--manifest", "manifest_path", type=click.Path(exists=True, path_type=Path), required=True, help="The manifest folder to pin.")
+@click.option("--kaggle-archive", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="The Kaggle archive the release is built from.")
+@_fail_cleanly
+def lock_kaggle(manifest_path, kaggle_archive):
+    """Record the sha256 of every listed Kaggle file from the archive, so later builds verify them."""
+    from . import locks, manifest
+
+    loaded = manifest.load(manifest_path)
+    source = next((s for s in loaded.sources if s["kind"] == "kaggle"), None)
+    if source is None:
+        raise CxrDatasetError(f"{loaded.path} has no kaggle source")
+    recorded, missing = locks.record_kaggle_checksums(loaded, source, kaggle_archive)
+    click.echo(f"recorded {recorded:,} sha256 in {loaded.file(source['files'])}")
+    if missing:
+        raise CxrDatasetError(f"{len(missing)} listed file(s) are not in {kaggle_archive}, e.g. {missing[0]}; is it the pinned version?")

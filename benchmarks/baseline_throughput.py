@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
             Path(temp) / "release", per_class={"train": per_class_train, "test": per_class_test},
             size=(args.size, args.size), image_fn=radiograph_like)
         generated = time.perf_counter() - started
-        mean_kb = sum(p.stat().st_size for p in (release / "data").glob("*.parquet")) / 1024 / (3 * (per_class_train + per_class_test))
+        shard_bytes = sum(p.stat().st_size for p in (release / "data").glob("*.parquet"))
+        mean_kb = shard_bytes / 1024 / (3 * (per_class_train + per_class_test))
         print(f"device: {hardware['name']} ({hardware['device']}, {hardware['cpu_count']} CPU cores), "
               f"TensorFlow {hardware['tensorflow']}")
         print(f"release: {3 * per_class_train} train + {3 * per_class_test} test images, {args.size}x{args.size} "

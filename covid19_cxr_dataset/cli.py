@@ -209,7 +209,8 @@ def baseline(data_dir, out, recipe, epochs, batch_size, image_size, seed, mixed_
     """Certify a release: train and evaluate the paper's DCNN on it, compare with the paper.
 
     Needs TensorFlow: pip install 'covid19-cxr-dataset[baseline]'. Uses the GPU when TensorFlow
-    sees one. Writes certificate.json, certificate.md and PNG plots to --out.
+    sees one. Writes certificate.json, certificate.md, predictions.csv and PNG plots to --out.
+    Exit code 0 when the verdict is pass, review or no-reference; 3 when it is fail.
     """
     from .baseline import DEFAULT_SEED, run_baseline
 
@@ -218,12 +219,13 @@ def baseline(data_dir, out, recipe, epochs, batch_size, image_size, seed, mixed_
         seed=DEFAULT_SEED if seed is None else seed, mixed_precision=mixed_precision,
         verify_fingerprint=not no_verify, progress=not quiet,
     )
-    metrics = certificate.get("metrics", {})
-    accuracy = metrics.get("accuracy")
-    verdict = certificate.get("verdict", {})
-    click.echo(f"accuracy {accuracy:.4f}" if isinstance(accuracy, float) else "accuracy: see certificate")
-    click.echo(f"verdict: {verdict.get('status', verdict) if isinstance(verdict, dict) else verdict}")
+    accuracy = certificate.get("metrics", {}).get("accuracy")
+    verdict = certificate.get("verdict")
+    click.echo(f"accuracy {accuracy:.4f}" if isinstance(accuracy, float) else "accuracy: see certificate.json")
+    click.echo(f"verdict: {verdict} (against the paper's figures; see certificate.md)")
     click.echo(f"wrote {out}")
+    if verdict == "fail":
+        sys.exit(3)  # a release whose certificate fails must not pass a release pipeline
 
 
 @main.command()

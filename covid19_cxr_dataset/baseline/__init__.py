@@ -10,7 +10,7 @@ One module per concern: ``recipe`` (the YAML recipe and its schema), ``model`` (
 the functions that train raise ``errors.CxrDatasetError`` with the install command when it is missing.
 """
 
-from .recipe import PAPER_RECIPE, Recipe, RecipeError, load_recipe
+from .recipe import PAPER_RECIPE, Recipe, RecipeError, available_recipes, load_recipe
 from .run import DEFAULT_SEED, run_baseline
 
-__all__ = ["DEFAULT_SEED", "PAPER_RECIPE", "Recipe", "RecipeError", "load_recipe", "run_baseline"]
+__all__ = ["DEFAULT_SEED", "PAPER_RECIPE", "Recipe", "RecipeError", "available_recipes", "load_recipe", "run_baseline"]

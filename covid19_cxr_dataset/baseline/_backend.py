@@ -18,7 +18,7 @@ def import_tensorflow() -> Any:
     """Return the ``tensorflow`` module, or raise CxrDatasetError saying how to install it."""
     # TensorFlow logs a screenful of C++ INFO lines on import; keep errors and warnings only,
     # unless the user chose a level.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         import tensorflow as tf
     except ImportError as error:

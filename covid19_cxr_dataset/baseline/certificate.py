@@ -6,13 +6,15 @@ A run's output folder holds:
   hardware, wall time, per-epoch history, every test metric, the paper's reference figures and the
   verdict against the recipe's tolerance bands;
 - ``confusion_matrix.png`` and ``training_curves.png`` (accuracy and loss per epoch);
-- ``summary.md``: the verdict and main figures in a few lines, for a release's notes;
+- ``certificate.md``: the verdict and main figures in a few lines, for a release's notes;
 - ``predictions.csv``: every test image's probabilities, so any metric can be recomputed.
 
 Verdict: each reference figure with a stated value is ``within`` its band (value +- tolerance),
 ``below`` or ``above`` it. ``pass``: all within; ``fail``: any below; ``review``: none below but some
 above (better than the paper is not a failure, but unexplained gains, e.g. a leak between splits,
-deserve a look); ``no-reference``: the recipe states no figure.
+deserve a look); ``no-reference``: the recipe states no figure. ``verdict_notes`` says when the
+verdict is about something other than the recipe as written on a verified release (run-time
+overrides, fingerprint not recomputed).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from .evaluate import reference_value
 
 CERTIFICATE_SCHEMA_VERSION = 1
 CERTIFICATE_NAME = "certificate.json"
-SUMMARY_NAME = "summary.md"
+SUMMARY_NAME = "certificate.md"
 CONFUSION_MATRIX_NAME = "confusion_matrix.png"
 CURVES_NAME = "training_curves.png"
 PREDICTIONS_NAME = "predictions.csv"
@@ -78,10 +80,17 @@ def build_certificate(
     metrics: dict[str, Any],
 ) -> dict[str, Any]:
     comparison, verdict = compare_with_reference(metrics, recipe["reference"])
+    notes = []
+    if recipe.overrides:
+        notes.append(f"run-time overrides {recipe.overrides}: these are not the figures of recipe "
+                     f"'{recipe.name}' as written")
+    if not fingerprint_verified:
+        notes.append("the release's fingerprint was not recomputed: the data may differ from its build report")
     return {
         "certificate_schema_version": CERTIFICATE_SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "verdict": verdict,
+        "verdict_notes": notes,
         "dataset": {
             "name": report.get("dataset"),
             "version": report.get("version"),
@@ -124,7 +133,7 @@ def write_run_outputs(
     labels: np.ndarray,
     probs: np.ndarray,
 ) -> Path:
-    """Write certificate.json (last, atomically), the PNGs, summary.md and predictions.csv."""
+    """Write certificate.json (last, atomically), the PNGs, certificate.md and predictions.csv."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     matrix = np.asarray(certificate["metrics"]["confusion_matrix"]["counts"])
@@ -204,10 +213,12 @@ def summary_markdown(certificate: dict[str, Any]) -> str:
         f"# Baseline certificate: {dataset['name']} {dataset['version']}",
         "",
         f"**Verdict: {certificate['verdict']}**",
+        *(f"\n> {note}" for note in certificate["verdict_notes"]),
         "",
         f"- Dataset fingerprint `{dataset['fingerprint']}` "
         f"({'recomputed and matched' if dataset['fingerprint_verified'] else 'NOT recomputed'})",
-        f"- Recipe `{recipe['name']}`{overrides}, sha256 `{recipe['sha256'][:16]}…`, seed {certificate['seeds']['seed']}",
+        f"- Recipe `{recipe['name']}`{overrides}, sha256 `{recipe['sha256'][:16]}…`, "
+        f"seed {certificate['seeds']['seed']}",
         f"- Hardware: {hardware['name']} ({hardware['device']}, {hardware['dtype_policy']}), "
         f"TensorFlow {hardware['tensorflow']}; wall time {certificate['timing']['total_seconds']:.0f} s",
         f"- Test images: {metrics['n']}; accuracy {_percent(metrics['accuracy'])}{interval}, "

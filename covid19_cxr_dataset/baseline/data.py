@@ -152,10 +152,9 @@ def load_release(data_dir: Path, recipe: Any) -> dict[str, SplitArrays]:
     """Both splits decoded: train at ``data.train_resize`` (for the random crop), test at the model input."""
     data = recipe["data"]
     sizes = {"train": data["train_resize"], "test": recipe["model"]["input_size"]}
-    return {
-        split: decode_split(data_dir, split, size=sizes[split], method=data["resize_method"], antialias=data["antialias"])
-        for split in SPLITS
-    }
+    method, antialias = data["resize_method"], data["antialias"]
+    return {split: decode_split(data_dir, split, size=sizes[split], method=method, antialias=antialias)
+            for split in SPLITS}
 
 
 # --- tf.data pipelines ---------------------------------------------------------------------------
@@ -217,11 +216,13 @@ class Pipelines:
         self.seed = int(seed)
         self.batch_size = int(recipe["training"]["batch_size"])
         self.train, self.test = arrays["train"], arrays["test"]
-        # one copy of each split as a tensor; the per-epoch datasets gather from it by index
-        self._train_images = tf.constant(self.train.images)
-        self._train_onehot = tf.one_hot(self.train.labels, len(CLASS_NAMES))
-        self._test_images = tf.constant(self.test.images)
-        self._test_onehot = tf.one_hot(self.test.labels, len(CLASS_NAMES))
+        # one copy of each split as a host tensor (tf.data runs on the CPU; a tensor on the GPU would
+        # be copied back for every batch); the per-epoch datasets gather from it by index
+        with tf.device("/CPU:0"):
+            self._train_images = tf.constant(self.train.images)
+            self._train_onehot = tf.one_hot(self.train.labels, len(CLASS_NAMES))
+            self._test_images = tf.constant(self.test.images)
+            self._test_onehot = tf.one_hot(self.test.labels, len(CLASS_NAMES))
         self._augment = make_augment(recipe, channels=self.train.images.shape[-1])
 
     def train_epoch(self, epoch: int) -> Any:

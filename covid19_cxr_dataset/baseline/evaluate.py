@@ -56,7 +56,9 @@ def per_class_metrics(matrix: np.ndarray, class_names: Sequence[str] = CLASS_NAM
     return result
 
 
-def _binary_counts(y_true: np.ndarray, probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _binary_counts(
+    y_true: np.ndarray, probs: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per image: true positives, false positives and false negatives over its one-hot row."""
     onehot = np.eye(probs.shape[1], dtype=bool)[y_true]
     positive = probs > threshold  # Keras: strictly above the threshold

@@ -182,22 +182,31 @@ PAPER_RECIPE: dict[str, Any] = {
         ),
         "figures": {
             "accuracy": {
-                "value": 0.9419,
+                "value": 0.873,
                 "tolerance": 0.03,
-                "source": (
-                    "overall test accuracy reported by the paper; supplied with the task that wrote this file, "
-                    "the paper's text could not be checked while writing it"
-                ),
+                "source": "the paper's abstract (87.3% accuracy on 740 test images), as quoted in the author's repository README",
             },
-            "precision": {"value": None, "source": "not stated"},
-            "recall": {"value": None, "source": "not stated"},
-            "covid19_accuracy": {"value": None, "source": "not stated"},
+            "precision": {
+                "value": 0.8967,
+                "tolerance": 0.03,
+                "source": "the paper's abstract (89.67% precision), as quoted in the author's repository README",
+            },
+            "recall": {
+                "value": 0.8446,
+                "tolerance": 0.03,
+                "source": "the paper's abstract (84.46% recall), as quoted in the author's repository README",
+            },
+            "covid19_accuracy": {
+                "value": 0.98,
+                "tolerance": 0.05,
+                "source": "the paper's abstract (98 of 100 COVID-19 test images classified correctly)",
+            },
         },
         "notes": [
             "The author's repository (github.com/Junelin2333/COVID19-CXR, README and covid19.py) quotes an "
             "abstract with 87.3% accuracy, 89.67% precision and 84.46% recall on 740 test images, and 98 of "
-            "100 COVID-19 test images correct (COVID-19 subset accuracy 0.98, recall 0.97, precision 0.9798). "
-            "These figures differ from the 0.9419 above; they are recorded here, not used for the verdict.",
+            "100 COVID-19 test images correct; those are the figures above. The tolerances are this project's "
+            "choice (the paper gives no spread): a rebuilt dataset and another TensorFlow give other numbers.",
             "The learning-rate stages, augmentation ranges, label smoothing, class weights and batch size are "
             "those of covid19.py in that repository.",
         ],
@@ -241,6 +250,12 @@ class Recipe:
                 "overrides": dict(self.overrides), "values": copy.deepcopy(self.values)}
 
 
+def available_recipes() -> list[str]:
+    """Recipe names ``load_recipe`` accepts: the checkout's recipe files, and always ``paper``."""
+    names = {path.stem for path in RECIPES_DIR.glob("*.yaml")} if RECIPES_DIR.is_dir() else set()
+    return sorted(names | {PAPER_RECIPE["name"]})
+
+
 def load_recipe(recipe: str | Path | Recipe = "paper") -> Recipe:
     """A recipe by name (``baseline/recipes/<name>.yaml``, or built-in ``paper``) or by file path."""
     if isinstance(recipe, Recipe):
@@ -255,10 +270,8 @@ def load_recipe(recipe: str | Path | Recipe = "paper") -> Recipe:
         return recipe_from_file(named)
     if text == PAPER_RECIPE["name"]:
         return recipe_from_values(copy.deepcopy(PAPER_RECIPE), source="built-in")
-    known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.is_dir() else ["paper"]
-    raise RecipeError(
-        f"no recipe named {text!r}: expected {named} or a path to a .yaml file; known names: {', '.join(known)}"
-    )
+    raise RecipeError(f"no recipe named {text!r}: expected {named} or a path to a .yaml file; "
+                      f"known names: {', '.join(available_recipes())}")
 
 
 def recipe_from_file(path: Path) -> Recipe:
@@ -309,7 +322,8 @@ def validate_recipe(values: Any, *, source: str) -> None:
     validator = jsonschema.Draft202012Validator(RECIPE_SCHEMA)
     errors = sorted(validator.iter_errors(values), key=lambda e: (list(map(str, e.absolute_path)), e.message))
     if errors:
-        raise RecipeError(f"{source}: {_describe(errors[0])}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise RecipeError(f"{source}: {_describe(errors[0])}{more}")
     for key, problem in _semantic_problems(values):
         raise RecipeError(f"{source}: key '{key}': {problem}")
 

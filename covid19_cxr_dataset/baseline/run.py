@@ -63,6 +63,7 @@ def run_baseline(
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     resolved = with_overrides(load_recipe(recipe), epochs=epochs, batch_size=batch_size, image_size=image_size)
     import_tensorflow()  # fail before the long steps if the extra is missing
+    configure_devices()  # before any op runs: GPU memory growth can only be set then
     timing: dict[str, float] = {}
 
     report = read_release_report(data_dir)
@@ -82,7 +83,6 @@ def run_baseline(
         say(f"decoded {sizes} images in {timing['decode_seconds']:.1f} s; recipe {resolved.name} ({resolved.source})")
 
     set_determinism(seed, deterministic=deterministic)
-    configure_devices()
     policy = mixed_precision_policy(mixed_precision)
     hardware = describe_hardware(policy)
     if say:

@@ -229,7 +229,6 @@ def _convert_one(task: tuple[str, str, convert.ConvertSettings]) -> tuple[str, s
         result = convert.convert_file(Path(source_path), settings)
     except ConversionError as error:
         return "", f"{error.reason}\t{error}"
-    target_path.parent.mkdir(parents=True, exist_ok=True)
     temporary = target_path.with_name(f"{target_path.name}.{os.getpid()}.tmp")  # one writer per process
     temporary.write_bytes(result.jpeg)
     os.replace(temporary, target_path)
@@ -239,6 +238,8 @@ def _convert_one(task: tuple[str, str, convert.ConvertSettings]) -> tuple[str, s
 def convert_images(kept: pd.DataFrame, options: Options, settings: convert.ConvertSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Convert stage: every kept image to the normalized JPEG, cached by source sha256 and settings."""
     cache = conversion_cache(options, settings)
+    for prefix in {s[:2] for s in kept["sha256"]}:  # once here, not once per image in the workers
+        (cache / prefix).mkdir(parents=True, exist_ok=True)
     tasks = [(p, str(cache / s[:2] / f"{s}.jpg"), settings) for p, s in zip(kept["local_path"], kept["sha256"])]
     bar = tqdm(total=len(tasks), desc="convert", unit="img", disable=not options.progress)
     results = []

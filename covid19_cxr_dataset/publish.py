@@ -41,6 +41,7 @@ SPLITS = ("train", "test")
 DEFAULT_MAX_SHARD_BYTES = 256 * 1024 * 1024
 ROW_GROUP_ROWS = 64  # small row groups keep random access to images cheap for readers
 _SCHEMA = FEATURES.arrow_schema
+_DICTIONARY_COLUMNS = ["source", "view", "finding", "license"]
 
 
 def publish_row(record: dict, jpeg: bytes) -> dict:
@@ -97,7 +98,11 @@ class SplitShardWriter:
         if self._writer is None:
             path = self.data_dir / f".{self.split}-{len(self._temp_paths):05d}.parquet.tmp"
             self._temp_paths.append(path)
-            self._writer = pq.ParquetWriter(path, _SCHEMA, compression="none", write_statistics=False)
+            # JPEG bytes neither compress nor repeat: no compression and no dictionary for them (the
+            # dictionary attempt alone hashes every image); the small text columns do repeat.
+            self._writer = pq.ParquetWriter(
+                path, _SCHEMA, compression="none", write_statistics=False, use_dictionary=_DICTIONARY_COLUMNS,
+            )
             self._shard_bytes = 0
         self._writer.write_table(_columnar(self._pending), row_group_size=ROW_GROUP_ROWS)
         self._shard_bytes += self._pending_bytes

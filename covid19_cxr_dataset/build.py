@@ -330,6 +330,7 @@ def build(manifest: Manifest, out: Path, options: Options) -> dict:
     downloader = options.downloader()
     log.info("resolving %s %s from metadata", manifest.name, manifest.version)
     resolution = resolve(manifest, options, downloader)
+    _fail_early_if_short(manifest, resolution, out)
     log.info("downloading %d candidate image(s)", len(resolution.kept))
     kept = fetch_images(resolution, options, downloader)
     kept, unverified = hash_and_verify(kept)
@@ -363,6 +364,24 @@ def build(manifest: Manifest, out: Path, options: Options) -> dict:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return build_report
+
+
+def _fail_early_if_short(manifest: Manifest, resolution: Resolution, out: Path) -> None:
+    """Later stages only ever remove images: if metadata alone already gives too few, say so now,
+    before gigabytes of downloads, rather than after them."""
+    planned = report.count_table(finish_selection(resolution).kept)
+    short = [
+        f"{split_name}/{label}: expected {count}, the metadata and decisions give {planned.get(split_name, {}).get(label, 0)}"
+        for split_name, expected in manifest.data["expected_counts"].items()
+        for label, count in expected.items()
+        if planned.get(split_name, {}).get(label, 0) < count
+    ]
+    if short:
+        raise CountMismatch(
+            f"{manifest.path}: this release cannot reach its expected counts: {'; '.join(short)}. "
+            f"Nothing was downloaded beyond the metadata and nothing was written to {out}. "
+            "`cxr-dataset plan` shows the exclusions by reason."
+        )
 
 
 def _remove_stale_staging(out: Path) -> None:

@@ -145,7 +145,7 @@ def test_missing_kaggle_archive_says_how_to_get_it(world, server, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_count_mismatch_fails_naming_the_difference_and_writes_nothing(world, server, tmp_path):
+def test_count_shortfall_fails_before_downloading_images_and_writes_nothing(world, server, tmp_path):
     folder = tmp_path / "variant"
     import shutil
 
@@ -153,9 +153,12 @@ def test_count_mismatch_fails_naming_the_difference_and_writes_nothing(world, se
     text = (folder / "manifest.yaml").read_text().replace("test: {COVID-19: 3,", "test: {COVID-19: 4,")
     (folder / "manifest.yaml").write_text(text)
     options = Options(cache_dir=tmp_path / "cache", mirror=server.base_url, workers=1, progress=False, kaggle_archive=world.kaggle_zip)
+    server.clear_requests()
     with pytest.raises(CountMismatch) as error:
         build(manifest_module.load(folder), tmp_path / "out", options)
-    assert "test/COVID-19: expected 4, got 3" in str(error.value)
+    # Metadata alone shows the shortfall: the build stops before downloading any image.
+    assert "test/COVID-19: expected 4, the metadata and decisions give 3" in str(error.value)
+    assert {r.path.rsplit("/", 1)[-1] for r in server.requests} <= {"metadata.csv"}
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 

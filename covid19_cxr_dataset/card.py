@@ -64,6 +64,9 @@ def license_warnings(kept: pd.DataFrame) -> list[str]:
     return out
 
 
+_SPLIT_ORDER = {"train": 0, "test": 1}
+
+
 def card_body(manifest: Manifest, report: dict, kept: pd.DataFrame) -> str:
     counts = report["counts"]
     lines = [
@@ -83,11 +86,11 @@ def card_body(manifest: Manifest, report: dict, kept: pd.DataFrame) -> str:
         "| split | " + " | ".join(CLASS_NAMES) + " | total |",
         "|---|" + "---:|" * (len(CLASS_NAMES) + 1),
     ]
-    for split_name, per_class in counts.items():
+    for split_name, per_class in sorted(counts.items(), key=lambda item: _SPLIT_ORDER.get(item[0], 9)):
         row = [per_class.get(c, 0) for c in CLASS_NAMES]
         lines.append(f"| {split_name} | " + " | ".join(f"{n:,}" for n in row) + f" | {sum(row):,} |")
     lines += ["", "Images per source and class:", "", "| split | source | class | images |", "|---|---|---|---:|"]
-    for split_name, per_source in report["source_label_counts"].items():
+    for split_name, per_source in sorted(report["source_label_counts"].items(), key=lambda item: _SPLIT_ORDER.get(item[0], 9)):
         for source, per_label in sorted(per_source.items()):
             for label, n in per_label.items():
                 lines.append(f"| {split_name} | {source} | {label} | {n:,} |")
@@ -103,7 +106,8 @@ def card_body(manifest: Manifest, report: dict, kept: pd.DataFrame) -> str:
     for source in manifest.sources:
         pin = f"`{source['repository']}` at commit `{source['commit']}`" if source["kind"] == "github" else \
             f"`{source.get('dataset', source['name'])}` version {source.get('dataset_version', '-')}"
-        lines.append(f"- **{source['name']}** — {source.get('description', '')}: {pin}. License: {source['license']}.")
+        described = f" — {source['description']}" if source.get("description") else ""
+        lines.append(f"- **{source['name']}**{described}: {pin}. License: {source['license']}.")
     lines += ["", "## Curation", "", manifest.data.get("release_notes", "").strip(), "",
               f"{report['candidates']:,} candidate files were considered; exclusions by reason:", "",
               "| reason | files | meaning |", "|---|---:|---|"]
@@ -117,14 +121,10 @@ def card_body(manifest: Manifest, report: dict, kept: pd.DataFrame) -> str:
         f"**{len(checks['near_duplicate_pairs_across_splits'])}**; files without a pinned checksum: **{checks['unverified_files']}**.",
         "Every exclusion is listed in `build_report.json` with its reason.",
         "",
-        "## Known risks: shortcuts",
-        "",
-        "The Normal and Pneumonia images (Kermany et al.) are paediatric radiographs from one hospital in "
-        "Guangzhou; the COVID-19 images are adults from many other hospitals and publications. A model can "
-        "separate the classes by age, hospital, equipment or text on the film instead of by disease. "
-        "DeGrave et al. (2021) showed that models trained on such composite datasets do exactly that. Treat "
-        "accuracy on this dataset as a benchmark figure, not as evidence of clinical usefulness.",
-        "",
+    ]
+    if manifest.data.get("known_risks"):
+        lines += ["## Known risks", "", manifest.data["known_risks"].strip(), ""]
+    lines += [
         "## Licenses",
         "",
         "Each image keeps its source's license (column `license`). The code that builds this dataset is MIT "

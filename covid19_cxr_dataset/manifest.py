@@ -107,6 +107,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
         "description": {"type": "string"},
         "card_license": {"type": "string"},
         "release_notes": {"type": "string"},
+        "known_risks": {"type": "string"},
         "citations": {"type": "array", "items": _CITATION},
         "sources": {
             "type": "array",

@@ -160,7 +160,7 @@ def card_yaml(*, split_sizes: dict[str, tuple[int, int]], license_id: str, prett
         **({"license_name": "per-image-source-licenses", "license_link": "README.md#licenses"} if license_id == "other" else {}),
         "task_categories": ["image-classification"],
         "tags": ["medical", "chest-x-ray", "covid-19", f"release-{version}"],
-        "size_categories": ["1K<n<10K"],
+        "size_categories": [_size_category(sum(n for n, _ in split_sizes.values()))],
         "configs": [
             {
                 "config_name": "default",
@@ -170,6 +170,14 @@ def card_yaml(*, split_sizes: dict[str, tuple[int, int]], license_id: str, prett
         "dataset_info": dataset_info_yaml(split_sizes),
     }
     return yaml.safe_dump(header, sort_keys=False, allow_unicode=True)
+
+
+def _size_category(n: int) -> str:
+    """The Hub's size bucket for n examples."""
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K")):
+        if n < limit:
+            return label
+    return "100K<n<1M"
 
 
 def write_card(out_dir: Path, *, header_yaml: str, body_markdown: str) -> Path:

@@ -232,6 +232,7 @@ def write_manifest(folder: Path, locks) -> Path:
         title: Tiny synthetic release for tests
         card_license: other
         release_notes: test release
+        known_risks: Shortcuts, as DeGrave et al. showed.
         citations:
           - {{key: zhong2020, text: 'Zhong 2020', bibtex: '@article{{zhong2020, title={{T}}}}'}}
         sources:

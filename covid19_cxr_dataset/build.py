@@ -8,6 +8,8 @@ interrupted build never leaves a half-written release.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -336,7 +338,8 @@ def build(manifest: Manifest, out: Path, options: Options) -> dict:
     kept, unverified = hash_and_verify(kept)
     kept, exact = filters.exclude_exact_duplicates(kept, "sha256", [s["name"] for s in manifest.sources])
     settings = convert.ConvertSettings(**manifest.data["convert"])
-    kept, failed = convert_images(kept, options, settings)
+    with _disk_full_is_an_error(conversion_cache(options, settings)):
+        kept, failed = convert_images(kept, options, settings)
     excluded = pd.concat([resolution.excluded, exact, failed], ignore_index=True)
     resolution = finish_selection(Resolution(manifest, resolution.candidates, kept, excluded, resolution.decisions))
     problems = check_counts(manifest, resolution.kept)
@@ -358,12 +361,28 @@ def build(manifest: Manifest, out: Path, options: Options) -> dict:
     _remove_stale_staging(out)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
     try:
-        build_report = publish_release(resolution, staging, options, unverified=unverified)
-        _move_into_place(staging, out)
+        with _disk_full_is_an_error(out.parent):
+            build_report = publish_release(resolution, staging, options, unverified=unverified)
+            _move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return build_report
+
+
+@contextlib.contextmanager
+def _disk_full_is_an_error(where: Path):
+    """ENOSPC/EDQUOT become one clear error; the caller's cleanup leaves no partial output."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise CxrDatasetError(
+            f"the disk holding {where} is full ({error.strerror}); nothing was written to the output folder and "
+            "the cache keeps only complete, verified files. Free some space (or pass --cache-dir / --out on another "
+            "disk) and run the build again: verified downloads and conversions are reused."
+        ) from None
 
 
 def _fail_early_if_short(manifest: Manifest, resolution: Resolution, out: Path) -> None:

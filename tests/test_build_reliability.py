@@ -147,3 +147,28 @@ def test_two_builds_sharing_one_cache_both_succeed_identically(tmp_path):
 
     assert read_report(tmp_path / "a")["fingerprint"] == read_report(tmp_path / "b")["fingerprint"]
     assert read_report(tmp_path / "a")["counts"] == EXPECTED
+
+
+def test_disk_full_while_writing_shards_is_a_clean_error_with_nothing_left(tmp_path, monkeypatch):
+    import errno
+
+    from covid19_cxr_dataset import publish
+    from covid19_cxr_dataset.errors import CxrDatasetError
+
+    world = make_world(tmp_path / "world")
+
+    def full(self, row):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(publish.SplitShardWriter, "add", full)
+    with LoopbackServer(dict(world.served)) as server:
+        with pytest.raises(CxrDatasetError, match="is full"):
+            build(manifest_module.load(world.manifest_dir), tmp_path / "out", _options(tmp_path, server, world))
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+    monkeypatch.undo()
+    with LoopbackServer(dict(world.served)) as server:  # space freed: the next build reuses the cache and succeeds
+        server.clear_requests()
+        report = build(manifest_module.load(world.manifest_dir), tmp_path / "out", _options(tmp_path, server, world))
+        assert report["counts"] == EXPECTED
+        assert [r for r in server.requests if "/images/" in r.path] == []

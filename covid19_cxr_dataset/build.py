@@ -162,6 +162,8 @@ def fetch_images(resolution: Resolution, options: Options, downloader: Downloade
     if specs:
         paths = downloader.fetch_all(list(specs.values()), desc="download images")
         kept.loc[remote, "local_path"] = [str(paths[specs[rid].cache_key]) for rid in kept.loc[remote, "record_id"]]
+        # The downloader hashed each file as it verified it; hash_and_verify reuses that sha256.
+        kept.loc[remote, "sha256"] = [downloader.verified_hashes(specs[rid]).sha256 for rid in kept.loc[remote, "record_id"]]
     for source in manifest.sources:
         rows = kept["source"].eq(source["name"])
         if source["kind"] == "kaggle" and rows.any():
@@ -198,9 +200,10 @@ def kaggle_folder(manifest: Manifest, source: dict, options: Options, downloader
 
 
 def hash_and_verify(kept: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """sha256 of every source file; a pinned sha256 that differs is an error naming the file."""
+    """sha256 of every source file (hashing only those the downloader has not); a pinned sha256 that
+    differs is an error naming the file."""
     kept = kept.copy()
-    kept["sha256"] = [publish.sha256_file(Path(p)) for p in kept["local_path"]]
+    kept["sha256"] = [s or publish.sha256_file(Path(p)) for p, s in zip(kept["local_path"], kept["sha256"])]
     pinned = kept["sha256_expected"].ne("")
     wrong = kept[pinned & kept["sha256_expected"].ne(kept["sha256"])]
     if len(wrong):

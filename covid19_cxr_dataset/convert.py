@@ -332,13 +332,15 @@ def _stretch_to_l(values: np.ndarray) -> Image.Image:
     return Image.fromarray(scaled.astype(np.uint8))
 
 
+def _too_large(name: str, exc: Exception) -> ConversionError:
+    return ConversionError(f"{name}: image exceeds the decompression-bomb limit ({exc})", reason="image-too-large")
+
+
 def _open_pil(stream: BinaryIO, name: str) -> Image.Image:
     try:
         return Image.open(stream)
     except Image.DecompressionBombError as exc:
-        raise ConversionError(
-            f"{name}: image exceeds the decompression-bomb limit ({exc})", reason="image-too-large"
-        ) from exc
+        raise _too_large(name, exc) from exc
     except _PIL_DECODE_ERRORS as exc:
         raise ConversionError(
             f"{name}: not an image Pillow can read ({type(exc).__name__}: {exc}); "
@@ -362,9 +364,7 @@ def _normalize_pil(stream: BinaryIO, settings: ConvertSettings, name: str) -> No
         img.load()
         gray = pil_to_l(img)
     except Image.DecompressionBombError as exc:
-        raise ConversionError(
-            f"{name}: image exceeds the decompression-bomb limit ({exc})", reason="image-too-large"
-        ) from exc
+        raise _too_large(name, exc) from exc
     except _PIL_DECODE_ERRORS as exc:
         raise ConversionError(
             f"{name}: {input_format} image ({input_mode}, {img.width}x{img.height}) cannot be "

@@ -18,29 +18,21 @@ import pandas as pd
 
 from .errors import ManifestError
 from .manifest import Manifest
-from .sources import github_records, read_kaggle_files, read_metadata_csv
-
-
-def read_tree(path: Path) -> dict[str, tuple[str, str]]:
-    """A tree listing (``path<TAB>git_blob_sha1<TAB>size``, header line first) as {path: (blob, size)}."""
-    with open(path, encoding="utf-8", newline="") as handle:
-        rows = list(csv.reader(handle, delimiter="\t"))
-    return {row[0]: (row[1], row[2] if len(row) > 2 else "") for row in rows[1:] if row}
+from .sources import github_records, read_kaggle_files, read_lock, read_metadata_csv
 
 
 def github_lock_rows(manifest: Manifest, source: dict, tree_tsv: Path, metadata_csv: Path) -> list[tuple[str, str, str]]:
-    tree = read_tree(tree_tsv)
+    tree = read_lock(tree_tsv)  # a tree listing has the lock's columns; unknown sizes read as -1
     metadata_path = source["metadata"]["path"]
     if metadata_path not in tree:
         raise ManifestError(f"{tree_tsv}: the tree has no {metadata_path!r}; is it the listing of {source['repository']}?")
     metadata = read_metadata_csv(metadata_csv, source["metadata"].get("encoding", "utf-8"))
     # Parse against the whole tree so every referenced path resolves.
-    records = github_records(manifest, source, metadata, lock={path: (blob, -1) for path, (blob, _) in tree.items()})
+    records = github_records(manifest, source, metadata, lock=tree)
     # Every image the metadata names, labelled or not, so that each row's path resolves exactly
     # (a Figure1 row without a finding still needs its file's extension) and variants can reuse it.
     wanted = sorted(set(records["source_path"]) & set(tree))
-    rows = [(metadata_path, *tree[metadata_path])] + [(path, *tree[path]) for path in wanted]
-    return [(path, blob, size if size.isdigit() else "") for path, blob, size in rows]
+    return [(path, tree[path][0], str(tree[path][1]) if tree[path][1] >= 0 else "") for path in [metadata_path, *wanted]]
 
 
 def write_github_lock(path: Path, rows: list[tuple[str, str, str]]) -> None:

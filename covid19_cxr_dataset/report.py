@@ -86,12 +86,6 @@ def exclusion_summary(excluded: pd.DataFrame) -> dict[str, int]:
     return {str(k): int(v) for k, v in excluded["reason"].value_counts().sort_index().items()}
 
 
-def patients_in_both_splits(kept: pd.DataFrame) -> list[str]:
-    sides = kept.groupby("patient_group")["split"].nunique() if "patient_group" in kept else \
-        kept.groupby("patient_id")["split"].nunique()
-    return sorted(sides[sides > 1].index.astype(str))
-
-
 def write_report(out_dir: Path, report: dict[str, Any]) -> Path:
     path = Path(out_dir) / REPORT_NAME
     path.write_text(json.dumps(report, indent=2, sort_keys=False, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -9,8 +9,9 @@ trailing bytes (which decoders ignore) so no cache can short-cut it; without fix
 films of realistic sizes.
 
 Measured, each in a fresh subprocess so peak RSS is its own:
-  (a) the project's convert + publish stages (``build.convert_images`` into an empty conversion
-      cache, then ``publish.SplitShardWriter`` writing parquet shards) with 1 worker and with all cores;
+  (a) the project's convert + publish stages (``build.convert_and_write_shards``: conversion into an
+      empty conversion cache, each image written to its parquet shard as it arrives) with 1 worker
+      and with all cores;
   (b) a bare Pillow loop doing the same decode -> grayscale -> JPEG encode over the same files.
 Printed: images/s for each, the ratios (targets: (a, 1 worker) >= 0.85 x (b); all cores >= 1.8 x one
 worker on 2 cores) and peak RSS (target: under 1 GiB for 6,354 images).
@@ -62,8 +63,7 @@ def make_inputs(folder: Path, n: int, fixtures: Path | None) -> list[Path]:
 
 
 def run_project(paths: list[Path], workers: int, work: Path) -> dict:
-    from covid19_cxr_dataset import publish
-    from covid19_cxr_dataset.build import Options, convert_images
+    from covid19_cxr_dataset.build import Options, convert_and_write_shards
     from covid19_cxr_dataset.convert import ConvertSettings
     from covid19_cxr_dataset.records import new_record_table
 
@@ -74,12 +74,7 @@ def run_project(paths: list[Path], workers: int, work: Path) -> dict:
     ])
     options = Options(cache_dir=work / "cache", workers=workers, progress=False)
     start = time.perf_counter()
-    kept, failed = convert_images(kept, options, ConvertSettings(quality=95))
-    writer = publish.SplitShardWriter((work / "data").resolve(), "train")
-    (work / "data").mkdir(exist_ok=True)
-    for record in kept.to_dict("records"):
-        writer.add(publish.publish_row(record, Path(record["converted_path"]).read_bytes()))
-    writer.close()
+    kept, failed, _ = convert_and_write_shards(kept, work / "data", options, ConvertSettings(quality=95))
     return {"seconds": time.perf_counter() - start, "images": len(kept), "failed": len(failed)}
 
 

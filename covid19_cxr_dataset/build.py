@@ -18,6 +18,7 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import pandas as pd
 from filelock import FileLock
@@ -134,14 +135,17 @@ def plan(manifest: Manifest, options: Options) -> Resolution:
     return finish_selection(resolve(manifest, options))
 
 
-def check_counts(manifest: Manifest, kept: pd.DataFrame) -> list[str]:
-    """Differences between the kept rows and the manifest's expected counts (empty when exact)."""
+def check_counts(manifest: Manifest, kept: pd.DataFrame, *, shortfall_only: bool = False) -> list[str]:
+    """Differences between the kept rows and the manifest's expected counts (empty when exact).
+
+    ``shortfall_only``: report only cells with too few images (later stages can still remove some).
+    """
     actual = report.count_table(kept)
     problems = []
     for split_name, expected in manifest.data["expected_counts"].items():
         for label, count in expected.items():
             got = actual.get(split_name, {}).get(label, 0)
-            if got != count:
+            if got < count or (got > count and not shortfall_only):
                 problems.append(f"{split_name}/{label}: expected {count}, got {got}")
     return problems
 
@@ -240,58 +244,83 @@ def _convert_one(task: tuple[str, str, convert.ConvertSettings]) -> tuple[str, s
     return target, ""
 
 
-def convert_images(kept: pd.DataFrame, options: Options, settings: convert.ConvertSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Convert stage: every kept image to the normalized JPEG, cached by source sha256 and settings."""
+def _conversions(kept: pd.DataFrame, options: Options, settings: convert.ConvertSettings) -> Iterator[tuple[str, str]]:
+    """(converted path or "", error) for each row, in row order, from ``options.workers`` processes."""
     cache = conversion_cache(options, settings)
     for prefix in {s[:2] for s in kept["sha256"]}:  # once here, not once per image in the workers
         (cache / prefix).mkdir(parents=True, exist_ok=True)
     tasks = [(p, str(cache / s[:2] / f"{s}.jpg"), settings) for p, s in zip(kept["local_path"], kept["sha256"])]
-    bar = tqdm(total=len(tasks), desc="convert", unit="img", disable=not options.progress)
-    results = []
     if options.workers <= 1:
-        for task in tasks:
-            results.append(_convert_one(task))
-            bar.update()
-    else:
-        with ProcessPoolExecutor(options.workers) as pool:
-            for result in pool.map(_convert_one, tasks, chunksize=8):
-                results.append(result)
-                bar.update()
-    bar.close()
+        yield from map(_convert_one, tasks)
+        return
+    with ProcessPoolExecutor(options.workers) as pool:
+        yield from pool.map(_convert_one, tasks, chunksize=4)
+
+
+def _separate_failures(kept: pd.DataFrame, results: list[tuple[str, str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows with their ``converted_path``, and the rows that failed as ``convert`` exclusions."""
     kept = kept.copy()
     kept["converted_path"] = [target for target, _ in results]
-    failed = kept["converted_path"].eq("")
     errors = pd.Series([error for _, error in results], index=kept.index)
     remaining, dropped = exclude(
-        kept.drop(columns="converted_path"), failed, stage="convert",
+        kept.drop(columns="converted_path"), kept["converted_path"].eq(""), stage="convert",
         reason=errors.map(lambda e: e.split("\t", 1)[0] if e else ""), detail=errors.map(lambda e: e.split("\t", 1)[-1]),
     )
     remaining["converted_path"] = kept.loc[remaining.index, "converted_path"]
     return remaining, dropped
 
 
-def publish_release(resolution: Resolution, staging: Path, options: Options, *, unverified: list[str]) -> dict:
-    """Publish + report stages into ``staging`` (a temporary folder)."""
-    manifest = resolution.manifest
-    kept = resolution.kept
-    data_dir = staging / "data"
-    data_dir.mkdir(parents=True)
-    split_sizes = {}
-    bar = tqdm(total=len(kept), desc="write shards", unit="img", disable=not options.progress)
-    for split_name in publish.SPLITS:
-        writer = publish.SplitShardWriter(data_dir, split_name, max_shard_bytes=options.max_shard_bytes)
-        for record in kept[kept["split"] == split_name].to_dict("records"):
-            writer.add(publish.publish_row(record, Path(record["converted_path"]).read_bytes()))
-            bar.update()
-        writer.close()
-        split_sizes[split_name] = (writer.num_rows, writer.num_bytes)
+def convert_images(kept: pd.DataFrame, options: Options, settings: convert.ConvertSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Convert stage alone: every row's image to the normalized JPEG in the conversion cache."""
+    bar = tqdm(total=len(kept), desc="convert", unit="img", disable=not options.progress)
+    results = []
+    for result in _conversions(kept, options, settings):
+        results.append(result)
+        bar.update()
     bar.close()
+    return _separate_failures(kept, results)
+
+
+def convert_and_write_shards(
+    kept: pd.DataFrame, data_dir: Path, options: Options, settings: convert.ConvertSettings
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, tuple[int, int]]]:
+    """Convert + publish stages together: each image goes into its split's shard as soon as its
+    conversion arrives, so this process writes parquet while the workers convert.
+
+    ``kept`` must be in publish order with ``split`` filled. Returns the rows written (with
+    ``converted_path``), the rows whose conversion failed (as exclusions) and {split: (rows, bytes)}.
+    """
+    data_dir.mkdir(parents=True)
+    writers = {name: publish.SplitShardWriter(data_dir, name, max_shard_bytes=options.max_shard_bytes) for name in publish.SPLITS}
+    records = kept.to_dict("records")
+    results = []
+    bar = tqdm(total=len(records), desc="convert and write", unit="img", disable=not options.progress)
+    for record, result in zip(records, _conversions(kept, options, settings)):
+        target = result[0]
+        if target:
+            writers[record["split"]].add(publish.publish_row(record, Path(target).read_bytes()))
+        results.append(result)
+        bar.update()
+    bar.close()
+    sizes = {}
+    for name, writer in writers.items():
+        writer.close()
+        sizes[name] = (writer.num_rows, writer.num_bytes)
+    written, failed = _separate_failures(kept, results)
+    return written, failed, sizes
+
+
+def write_card_and_report(
+    resolution: Resolution, staging: Path, options: Options, *, unverified: list[str], split_sizes: dict[str, tuple[int, int]]
+) -> dict:
+    """The rest of the publish stage and the report stage, beside the shards in ``staging``."""
+    manifest = resolution.manifest
     build_report = make_report(resolution, staging, options, unverified=unverified)
     header = publish.card_yaml(
         split_sizes=split_sizes, license_id=manifest.data.get("card_license", "other"),
         pretty_name=manifest.data["title"], version=manifest.version,
     )
-    publish.write_card(staging, header_yaml=header, body_markdown=card_body(manifest, build_report, kept))
+    publish.write_card(staging, header_yaml=header, body_markdown=card_body(manifest, build_report, resolution.kept))
     report.write_report(staging, build_report)
     return build_report
 
@@ -341,31 +370,31 @@ def build(manifest: Manifest, out: Path, options: Options) -> dict:
     kept, unverified = hash_and_verify(kept)
     kept, exact = filters.exclude_exact_duplicates(kept, "sha256", [s["name"] for s in manifest.sources])
     settings = convert.ConvertSettings(**manifest.data["convert"])
-    with _disk_full_is_an_error(conversion_cache(options, settings)):
-        kept, failed = convert_images(kept, options, settings)
-    excluded = pd.concat([resolution.excluded, exact, failed], ignore_index=True)
-    resolution = finish_selection(Resolution(manifest, resolution.candidates, kept, excluded, resolution.decisions))
-    problems = check_counts(manifest, resolution.kept)
-    if problems:
-        unreadable = "".join(f"\n  {r.record_id} ({r.local_path}): {r.reason}: {r.detail}" for r in failed.itertuples())
-        raise CountMismatch(
-            f"{manifest.path}: the build does not give the expected counts: {'; '.join(problems)}. "
-            f"Exclusions by reason: {report.exclusion_summary(resolution.excluded)}."
-            + (f" Images that could not be converted:{unreadable}" if len(failed) else "")
-            + f"\nNothing was written to {out}."
-        )
-    crossing = split.patients_in_both(resolution.kept)
-    if crossing:
-        raise CxrDatasetError(
-            f"{manifest.path}: {len(crossing)} patient group(s) would sit in both splits, e.g. {crossing[:3]}; "
-            "an 'upstream' split rule keeps a source's own split, so fix the patient ids or the rules. Nothing was written."
-        )
+    excluded = pd.concat([resolution.excluded, exact], ignore_index=True)
+    failed = excluded.iloc[0:0]
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(out)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
     try:
-        with _disk_full_is_an_error(out.parent):
-            build_report = publish_release(resolution, staging, options, unverified=unverified)
+        with _disk_full_is_an_error(f"{out.parent} or the cache {options.cache}"):
+            # Selection and split come first, so shards are written while images convert. An image
+            # that fails to convert (rare) changes the selection: select again and rewrite the
+            # shards, from the conversion cache this time.
+            while True:
+                selection = finish_selection(Resolution(
+                    manifest, resolution.candidates, kept[~kept["record_id"].isin(failed["record_id"])],
+                    pd.concat([excluded, failed], ignore_index=True), resolution.decisions,
+                ))
+                # Too few images is final now; too many may still shrink as images fail to convert.
+                _check_selection(manifest, selection, failed, out, shortfall_only=True)
+                shutil.rmtree(staging / "data", ignore_errors=True)
+                written, new_failures, sizes = convert_and_write_shards(selection.kept, staging / "data", options, settings)
+                if new_failures.empty:
+                    _check_selection(manifest, selection, failed, out)
+                    break
+                failed = pd.concat([failed, new_failures], ignore_index=True)
+            selection = Resolution(manifest, selection.candidates, written, selection.excluded, selection.decisions)
+            build_report = write_card_and_report(selection, staging, options, unverified=unverified, split_sizes=sizes)
             _move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -373,8 +402,27 @@ def build(manifest: Manifest, out: Path, options: Options) -> dict:
     return build_report
 
 
+def _check_selection(manifest: Manifest, selection: Resolution, failed: pd.DataFrame, out: Path, *, shortfall_only: bool = False) -> None:
+    """Exact counts and no patient on both sides, or an error that says why (nothing reaches ``out``)."""
+    problems = check_counts(manifest, selection.kept, shortfall_only=shortfall_only)
+    if problems:
+        unreadable = "".join(f"\n  {r.record_id} ({r.local_path}): {r.reason}: {r.detail}" for r in failed.itertuples())
+        raise CountMismatch(
+            f"{manifest.path}: the build does not give the expected counts: {'; '.join(problems)}. "
+            f"Exclusions by reason: {report.exclusion_summary(selection.excluded)}."
+            + (f" Images that could not be converted:{unreadable}" if len(failed) else "")
+            + f"\nNothing was written to {out}."
+        )
+    crossing = split.patients_in_both(selection.kept)
+    if crossing:
+        raise CxrDatasetError(
+            f"{manifest.path}: {len(crossing)} patient group(s) would sit in both splits, e.g. {crossing[:3]}; "
+            "an 'upstream' split rule keeps a source's own split, so fix the patient ids or the rules. Nothing was written."
+        )
+
+
 @contextlib.contextmanager
-def _disk_full_is_an_error(where: Path):
+def _disk_full_is_an_error(where: str):
     """ENOSPC/EDQUOT become one clear error; the caller's cleanup leaves no partial output."""
     try:
         yield
@@ -391,17 +439,11 @@ def _disk_full_is_an_error(where: Path):
 def _fail_early_if_short(manifest: Manifest, resolution: Resolution, out: Path) -> None:
     """Later stages only ever remove images: if metadata alone already gives too few, say so now,
     before gigabytes of downloads, rather than after them."""
-    planned = report.count_table(finish_selection(resolution).kept)
-    short = [
-        f"{split_name}/{label}: expected {count}, the metadata and decisions give {planned.get(split_name, {}).get(label, 0)}"
-        for split_name, expected in manifest.data["expected_counts"].items()
-        for label, count in expected.items()
-        if planned.get(split_name, {}).get(label, 0) < count
-    ]
+    short = check_counts(manifest, finish_selection(resolution).kept, shortfall_only=True)
     if short:
         raise CountMismatch(
-            f"{manifest.path}: this release cannot reach its expected counts: {'; '.join(short)}. "
-            f"Nothing was downloaded beyond the metadata and nothing was written to {out}. "
+            f"{manifest.path}: this release cannot reach its expected counts; metadata and decisions alone give "
+            f"{'; '.join(short)}. Nothing was downloaded beyond the metadata and nothing was written to {out}. "
             "`cxr-dataset plan` shows the exclusions by reason."
         )
 

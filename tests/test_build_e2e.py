@@ -157,7 +157,7 @@ def test_count_shortfall_fails_before_downloading_images_and_writes_nothing(worl
     with pytest.raises(CountMismatch) as error:
         build(manifest_module.load(folder), tmp_path / "out", options)
     # Metadata alone shows the shortfall: the build stops before downloading any image.
-    assert "test/COVID-19: expected 4, the metadata and decisions give 3" in str(error.value)
+    assert "metadata and decisions alone give test/COVID-19: expected 4, got 3" in str(error.value)
     assert {r.path.rsplit("/", 1)[-1] for r in server.requests} <= {"metadata.csv"}
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]

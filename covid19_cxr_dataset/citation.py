@@ -25,7 +25,7 @@ from .errors import CxrDatasetError
 from .manifest import Manifest
 
 PACKAGE_NAME = "covid19-cxr-dataset"
-PROJECT_URL = "https://github.com/OWNER/covid19-cxr-dataset"
+PROJECT_URL = "https://pypi.org/project/covid19-cxr-dataset/"  # the package's public home (issue 2: pip install covid19-cxr-dataset)
 """Placeholder for the project's public home; replace it here and in CITATION.cff once it has one."""
 AUTHORS = "covid19-cxr-dataset maintainers"
 RELEASE_YEAR = 2026

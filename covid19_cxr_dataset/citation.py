@@ -123,7 +123,6 @@ def release_cff(manifest: Manifest, entries: list[Citation] | None = None) -> di
         "version": manifest.version,
         "authors": [{"name": AUTHORS}],
         "url": PROJECT_URL,
-        "repository-code": PROJECT_URL,
         "keywords": ["COVID-19", "chest X-ray", "radiography", "image classification", "dataset"],
     }
     if manifest.data.get("description"):
@@ -144,7 +143,6 @@ def package_cff(manifest: Manifest) -> dict[str, Any]:
         "authors": [{"name": AUTHORS}],
         "license": "MIT",
         "url": PROJECT_URL,
-        "repository-code": PROJECT_URL,
         "abstract": ("Rebuild, verify, cite and publish the COVID-19 chest X-ray dataset of Zhong (arXiv 2007.09695) "
                      "from its public sources, and certify each release with the paper's DCNN."),
         "keywords": ["COVID-19", "chest X-ray", "dataset", "reproducibility", "Hugging Face datasets"],

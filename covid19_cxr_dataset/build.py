@@ -171,7 +171,7 @@ def fetch_images(resolution: Resolution, options: Options, downloader: Downloade
     for source in manifest.sources:
         rows = kept["source"].eq(source["name"])
         if source["kind"] == "kaggle" and rows.any():
-            root = kaggle_folder(manifest, source, options, downloader)
+            root = kaggle_folder(source, options)
             kept.loc[rows, "local_path"] = [str(root / p) for p in kept.loc[rows, "source_path"]]
         elif source["kind"] == "dicom" and "local_dir" in source and rows.any():
             base = (manifest.folder / source["local_dir"]).resolve()
@@ -186,7 +186,7 @@ def fetch_images(resolution: Resolution, options: Options, downloader: Downloade
     return kept
 
 
-def kaggle_folder(manifest: Manifest, source: dict, options: Options, downloader: Downloader) -> Path:
+def kaggle_folder(source: dict, options: Options) -> Path:
     """The extracted Kaggle archive in the cache, from ``--kaggle-archive`` or the Kaggle API."""
     archive_path = Path(options.kaggle_archive or fetch_kaggle_archive(
         source["dataset"], version=source["dataset_version"], cache_dir=options.cache,
@@ -268,17 +268,6 @@ def _separate_failures(kept: pd.DataFrame, results: list[tuple[str, str]]) -> tu
     )
     remaining["converted_path"] = kept.loc[remaining.index, "converted_path"]
     return remaining, dropped
-
-
-def convert_images(kept: pd.DataFrame, options: Options, settings: convert.ConvertSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Convert stage alone: every row's image to the normalized JPEG in the conversion cache."""
-    bar = tqdm(total=len(kept), desc="convert", unit="img", disable=not options.progress)
-    results = []
-    for result in _conversions(kept, options, settings):
-        results.append(result)
-        bar.update()
-    bar.close()
-    return _separate_failures(kept, results)
 
 
 def convert_and_write_shards(

@@ -37,11 +37,6 @@ def is_noderivatives(license_text: str) -> bool:
     return bool(_NODERIVATIVES.search(license_text))
 
 
-def is_restrictive(license_text: str) -> bool:
-    """True for NonCommercial or NoDerivatives terms."""
-    return is_noncommercial(license_text) or is_noderivatives(license_text)
-
-
 def license_warnings(kept: pd.DataFrame) -> list[str]:
     """The card's license warnings: NC, ND and unstated licenses counted apart."""
     licenses = kept["license"].str.strip()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -41,7 +44,14 @@ def _manifest(version: str | None, manifest_path: Path | None, name: str):
         releases = manifest.available()
         if not releases:
             raise CxrDatasetError("no manifests found; pass --manifest PATH")
-        version = [v for n, v, _ in releases if n == name][-1]
+        versions = [v for n, v, _ in releases if n == name]
+        if not versions:
+            known = ", ".join(sorted({n for n, _, _ in releases}))
+            raise CxrDatasetError(
+                f"no release named {name!r} under {manifest.manifests_root()}; known names: {known}. "
+                "Pass one of them with --name, or a manifest folder with --manifest PATH (`cxr-dataset manifests` lists them)"
+            )
+        version = versions[-1]
     return manifest.load(manifest.find(version, name))
 
 
@@ -129,8 +139,22 @@ def build(version, manifest_path, name, cache_dir, mirror, offline, workers, qui
     manifest = _manifest(version, manifest_path, name)
     options = _options(cache_dir, mirror, offline, workers, quiet, kaggle_archive, overwrite)
     result = run_build(manifest, out, options)
-    click.echo(_summary(result))
-    click.echo(f"wrote {out}  (load it with datasets.load_dataset({str(out)!r}))")
+    # The release is in place: a Ctrl-C from here on undoes nothing, so it must not fail the command.
+    with contextlib.suppress(KeyboardInterrupt), _sigint_ignored():
+        click.echo(_summary(result))
+        click.echo(f"wrote {out}  (load it with datasets.load_dataset({str(out)!r}))")
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _summary(result: dict) -> str:
@@ -359,3 +383,7 @@ def lock_kaggle(manifest_path, kaggle_archive):
     click.echo(f"recorded {recorded:,} sha256 in {loaded.file(source['files'])}")
     if missing:
         raise CxrDatasetError(f"{len(missing)} listed file(s) are not in {kaggle_archive}, e.g. {missing[0]}; is it the pinned version?")
+
+
+if __name__ == "__main__":  # python -m covid19_cxr_dataset.cli
+    main()

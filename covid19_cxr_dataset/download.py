@@ -707,7 +707,11 @@ class Downloader:
                     raise self._too_large(spec, f"the server announces {total} bytes")
                 received = offset
                 try:
-                    with open(part, "ab" if offset else "wb") as handle:
+                    handle = open(part, "ab" if offset else "wb")
+                except OSError as exc:
+                    raise self._write_error(spec, exc) from None
+                try:
+                    with handle:
                         for chunk in _body_chunks(response):
                             if cancel is not None and cancel.is_set():
                                 raise _Cancelled()
@@ -837,10 +841,13 @@ class Downloader:
                     timeout=(self.timeout, self.timeout), allow_redirects=False,
                 )
             except (requests.exceptions.InvalidURL, ValueError) as exc:
-                raise errors.DownloadError(self._scrub(
-                    f"{redact_url(current)} is not a valid URL ({_describe(exc)}); check the mirror or manifest that "
-                    "produced it."
-                )) from None
+                if _parses(current):  # requests parses a redirect's Location even when not following it
+                    problem = f"answered with a redirect to an address that is not a valid URL ({_describe(exc)})"
+                    advice = "The server (or mirror) is misconfigured: retry later or use another mirror."
+                else:
+                    problem = f"is not a valid URL ({_describe(exc)})"
+                    advice = "Check the mirror or manifest that produced it."
+                raise errors.DownloadError(self._scrub(f"{redact_url(current)} {problem}; refusing it. {advice}")) from None
             except requests.RequestException as exc:
                 raise errors.DownloadError(self._scrub(
                     f"{redact_url(url)}: no answer after {self.retries} retries ({_describe(exc)}). Check the "
@@ -898,6 +905,15 @@ class _NoNetrcAuth(requests.auth.AuthBase):
 
 
 _NO_AUTH = _NoNetrcAuth()
+
+
+def _parses(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+        return bool(parts.hostname)
+    except ValueError:
+        return False
 
 
 def _stored_parts(key: str) -> list[str]:

@@ -12,13 +12,10 @@ import io
 import json
 import logging
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import textwrap
 import time
-import zipfile
 from pathlib import Path
 
 import pytest

@@ -473,9 +473,16 @@ def build(manifest: Manifest, out: Path, options: Options) -> dict:
     if options.kaggle_archive:
         archive.check_regular_file(Path(options.kaggle_archive))
     downloader = options.downloader()  # checks --mirror
-    with _output_lock(out):
-        check_output_folder(manifest, out, options)  # again, now that no other build can change it
-        return _build_locked(manifest, out, options, downloader)
+    build_report = None
+    try:
+        with _output_lock(out):
+            check_output_folder(manifest, out, options)  # again, now that no other build can change it
+            build_report = _build_locked(manifest, out, options, downloader)
+    except KeyboardInterrupt:
+        if build_report is None:
+            raise
+        log.warning("interrupted after %s was written; the release is complete", out)
+    return build_report
 
 
 def _build_locked(manifest: Manifest, out: Path, options: Options, downloader: Downloader) -> dict:

@@ -285,6 +285,10 @@ def test_kaggle_archive_that_is_a_device_is_refused_at_once(world, server, tmp_p
     assert result.exit_code == 1
     assert "--kaggle-archive /dev/zero is a device, pipe or socket, not a regular file" in result.output
     assert server.requests == []
+    before = (world.manifest_dir / "locks" / "kaggle.csv").read_bytes()
+    pinning = cli("lock", "kaggle", "--manifest", str(world.manifest_dir), "--kaggle-archive", "/dev/zero")
+    assert pinning.exit_code == 1 and "is a device, pipe or socket" in pinning.output
+    assert (world.manifest_dir / "locks" / "kaggle.csv").read_bytes() == before
 
 
 # ---- 5. the conversion cache -----------------------------------------------------------------------

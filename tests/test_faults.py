@@ -301,10 +301,9 @@ def test_replaced_or_emptied_conversion_cache_entries_are_converted_again(world,
     entries[0].write_bytes(b"")  # truncated to nothing
     entries[1].write_bytes(jpeg(7))  # replaced by another valid JPEG
     entries[2].write_bytes(entries[2].read_bytes()[:100])  # truncated
-    original = {p: None for p in entries[:3]}
     second = build(manifest_module.load(world.manifest_dir), tmp_path / "b", options(tmp_path, server, world))
     assert second["fingerprint"] == first["fingerprint"]
-    for path in original:
+    for path in entries[:3]:
         record = json.loads(path.with_name(path.name + ".json").read_text())
         assert hashlib.sha256(path.read_bytes()).hexdigest() == record["sha256"]
     assert cli("verify", str(tmp_path / "b")).exit_code == 0

@@ -15,6 +15,7 @@ from . import CLASS_NAMES
 from .citation import citations
 from .manifest import Manifest
 from .records import REASONS
+from .variant import card_notice, manifest_option
 
 
 
@@ -67,6 +68,7 @@ def card_body(manifest: Manifest, report: dict, kept: pd.DataFrame) -> str:
     lines = [
         f"# {manifest.data['title']}",
         "",
+        *card_notice(manifest, counts),
         f"Release **{manifest.version}** of `{manifest.name}`, built by covid19-cxr-dataset {report['package_version']}.",
         "",
         manifest.data.get("description", "").strip(),
@@ -138,7 +140,7 @@ def card_body(manifest: Manifest, report: dict, kept: pd.DataFrame) -> str:
               f"- fingerprint (decoded pixels and labels): `{report['fingerprint']}`",
               "- verify this folder with `cxr-dataset verify <folder>`", "",
               "## Citation", "", "Please cite this release and the works it is built from "
-              "(`cxr-dataset cite --version " + manifest.version + "` prints them in BibTeX, APA or CFF):", "", "```bibtex"]
+              "(`cxr-dataset cite " + manifest_option(manifest) + "` prints them in BibTeX, APA or CFF):", "", "```bibtex"]
     lines += [c.bibtex.strip() + "\n" for c in citations(manifest)]
     lines += ["```", ""]
     return "\n".join(lines)

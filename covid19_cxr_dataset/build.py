@@ -242,7 +242,7 @@ def check_files(resolution: Resolution, options: Options, downloader: Downloader
     Kaggle archive or a local folder are not checked (they are not fetched one by one)."""
     manifest = resolution.manifest
     over_quota = resolution.excluded[resolution.excluded["reason"].eq("over-quota")]
-    rows = pd.concat([resolution.kept, over_quota[resolution.kept.columns]], ignore_index=True)
+    rows = pd.concat([resolution.kept, over_quota], ignore_index=True).fillna({"split": ""})
     rows = rows[rows["download_url"].ne("")]
     specs = {
         row.record_id: FileSpec(

@@ -245,7 +245,8 @@ def missing_files_advice(
              if out is not None else f"cxr-dataset plan {manifest_option(manifest)} --check-files{common}")
     return "\n".join([
         "What you can do:",
-        "  1. Wait and retry: upstream or the mirror may be catching up. Fetched files are cached; a rerun asks only for the rest:",
+        ("  1. Wait and retry: upstream or the mirror may be catching up. Fetched files are cached; a rerun asks only for the rest:"
+         if out is not None else "  1. Wait and check again: upstream or the mirror may be catching up:"),
         f"       {again}",
         "  2. Use another mirror (same <owner>/<repo>/<commit>/<path> layout); check what it holds without downloading:",
         f"       cxr-dataset plan {manifest_option(manifest)} --check-files --mirror URL",

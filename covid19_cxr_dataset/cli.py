@@ -217,7 +217,7 @@ def _check_files(manifest, resolution, options, missing_report: Path | None) -> 
         click.echo("  " + line)
     target = missing_report or Path(f"{manifest.name}-{manifest.version}.missing-files.csv")
     variant.write_missing_report(target, unreachable)
-    click.echo(f"  wrote {target} ({len(unreachable):,} files: source, path, split, label, HTTP status, URL)")
+    click.echo(f"  wrote {variant.shown_path(target)} ({len(unreachable):,} files: source, path, split, label, HTTP status, URL)")
     click.echo(variant.missing_files_advice(manifest, target, mirror=options.mirror, cache_dir=options.cache_dir))
     return unreachable
 

@@ -179,7 +179,7 @@ def test_plan_check_files_reports_unreachable_files_without_downloading(world, p
     assert "counts match the manifest" in result.output
     assert "files: 10 of 13 reachable on " + partial_mirror.base_url in result.output
     assert "cohen      train      2   (HTTP 404 2)" in result.output
-    assert f"wrote {report} (3 files" in result.output
+    assert "missing.csv (3 files" in result.output
     assert "cxr-dataset new-variant --from" in result.output
     with open(report, newline="") as handle:
         assert {(r["source"], r["source_path"], r["status"]) for r in csv.DictReader(handle)} == {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 
 import pytest
@@ -191,3 +192,33 @@ def test_missing_files_error_from_the_library_is_one_exception(bundled, world, p
         build(bundled, tmp_path / "out", options)
     assert len(error.value.missing) == 2
     assert "--version 0.0.1 --name tiny" in str(error.value)
+
+
+@pytest.mark.real
+def test_variant_of_release_1_0_0_from_a_partial_mirror_of_the_real_sources(real_fixtures, tmp_path, monkeypatch):
+    """plan --check-files on 1.0.0 against the real fixtures (most images absent), then new-variant
+    from its report: the real manifest's comments survive, and the counts are plan's."""
+    from test_release_1_0_0_real import _serve
+
+    monkeypatch.delenv("COVID19_CXR_MANIFESTS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    release = manifest_module.load(manifest_module.find("1.0.0"))
+    with LoopbackServer(_serve(real_fixtures, release)) as server:
+        common = ["--mirror", server.base_url, "--cache-dir", tmp_path / "cache", "-q"]
+        checked = _run("plan", "--version", "1.0.0", "--check-files", *common)
+        assert checked.exit_code == 2, checked.output
+        report = tmp_path / "covid19-cxr-1.0.0.missing-files.csv"
+        with open(report, newline="") as handle:
+            missing = list(csv.DictReader(handle))
+        assert missing and {r["status"] for r in missing} == {"404"}
+        assert f"files: {476 - len(missing)} of 476 reachable" in checked.output
+        made = _run("new-variant", "--from", "1.0.0", "./v", "--exclude-missing", report, *common)
+        assert made.exit_code == 0, made.output
+        planned = _run("plan", "--manifest", "./v", *common)
+    assert planned.exit_code == 0 and "counts match the manifest" in planned.output
+    text = (tmp_path / "v" / "manifest.yaml").read_text()
+    assert "commit: 0f7245db6f5aa4001ea75cf69fe6cfe091928403  # 2020-06-05" in text  # 1.0.0's comments kept
+    data = yaml.safe_load(text)
+    assert data["version"] == "1.0.0+local.1" and data["sources"] == release.data["sources"]
+    kept = int(re.search(r"candidate files, ([\d,]+) kept", checked.output)[1].replace(",", ""))
+    assert sum(sum(per_class.values()) for per_class in data["expected_counts"].values()) == kept - len(missing)

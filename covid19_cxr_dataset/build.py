@@ -153,6 +153,15 @@ def check_counts(manifest: Manifest, kept: pd.DataFrame, *, shortfall_only: bool
     return problems
 
 
+def image_spec(manifest: Manifest, row) -> FileSpec:
+    """The download of one record-table row (a namedtuple from ``itertuples``) with a ``download_url``."""
+    return FileSpec(
+        url=row.download_url, cache_key=f"{row.source}/{row.source_path}" if not row.git_blob_sha1 else
+        sources.github_cache_key(manifest.source(row.source), row.source_path),
+        git_blob_sha1=row.git_blob_sha1, sha256=row.sha256_expected, size=int(row.size),
+    )
+
+
 def fetch_images(resolution: Resolution, options: Options, downloader: Downloader, *, out: Path | None = None) -> pd.DataFrame:
     """Download stage: put every kept row's file in the cache; fill ``local_path``.
 
@@ -164,14 +173,7 @@ def fetch_images(resolution: Resolution, options: Options, downloader: Downloade
     kept = resolution.kept.copy()
     manifest = resolution.manifest
     remote = kept["download_url"].ne("")
-    specs = {
-        row.record_id: FileSpec(
-            url=row.download_url, cache_key=f"{row.source}/{row.source_path}" if not row.git_blob_sha1 else
-            sources.github_cache_key(manifest.source(row.source), row.source_path),
-            git_blob_sha1=row.git_blob_sha1, sha256=row.sha256_expected, size=int(row.size),
-        )
-        for row in kept[remote].itertuples()
-    }
+    specs = {row.record_id: image_spec(manifest, row) for row in kept[remote].itertuples()}
     absent: dict[str, dict] = {}  # record_id -> what the downloader said
     if specs:
         try:
@@ -244,14 +246,7 @@ def check_files(resolution: Resolution, options: Options, downloader: Downloader
     over_quota = resolution.excluded[resolution.excluded["reason"].eq("over-quota")]
     rows = pd.concat([resolution.kept, over_quota], ignore_index=True).fillna({"split": ""})
     rows = rows[rows["download_url"].ne("")]
-    specs = {
-        row.record_id: FileSpec(
-            url=row.download_url, cache_key=f"{row.source}/{row.source_path}" if not row.git_blob_sha1 else
-            sources.github_cache_key(manifest.source(row.source), row.source_path),
-            git_blob_sha1=row.git_blob_sha1, sha256=row.sha256_expected, size=int(row.size),
-        )
-        for row in rows.itertuples()
-    }
+    specs = {row.record_id: image_spec(manifest, row) for row in rows.itertuples()}
     answers = (downloader or options.downloader()).check_reachable(list(specs.values()), desc="check files (HEAD)")
     unreachable = []
     for row in rows.itertuples():

@@ -44,7 +44,13 @@ def _manifest(version: str | None, manifest_path: Path | None, name: str):
         if not releases:
             raise CxrDatasetError("no manifests found; pass --manifest PATH")
         version = [v for n, v, _ in releases if n == name][-1]
-    return manifest.load(manifest.find(version, name))
+    try:
+        return manifest.load(manifest.find(version, name))
+    except CxrDatasetError as error:
+        if "+" not in version:
+            raise
+        raise CxrDatasetError(f"{error} {version} is a local version: a variant lives in its own folder; pass "
+                              "--manifest DIR (the folder `cxr-dataset new-variant` wrote).") from None
 
 
 def _options(cache_dir, mirror, offline, workers, quiet, kaggle_archive=None, overwrite=False):

@@ -223,6 +223,10 @@ def missing_lines(rows: list[dict], limit: int = 40) -> list[str]:
 
 
 def _status_words(status: str) -> str:
+    if status == "checksum":
+        return "bytes differ from the pin"
+    if status == "size":
+        return "size differs from the pin"
     return f"HTTP {status}" if status.isdigit() else status
 
 

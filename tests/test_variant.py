@@ -141,6 +141,11 @@ def test_exclude_missing_rejects_a_report_of_another_release(bundled, tmp_path):
     assert not (tmp_path / "v").exists()
 
 
+def test_a_local_version_is_found_by_its_folder_and_the_error_says_so():
+    result = _run("cite", "--version", "1.0.0+local.1")
+    assert result.exit_code == 1 and "pass --manifest DIR" in result.output and "local version" in result.output
+
+
 def test_version_and_manifest_together_are_refused(world):
     result = _run("plan", "--version", "1.0.0", "--manifest", world.manifest_dir)
     assert result.exit_code == 2 and "not both" in result.output

@@ -145,22 +145,41 @@ def count_differences(published: dict[str, dict[str, int]], actual: dict[str, di
     return out
 
 
-def card_notice(manifest: Manifest, counts: dict[str, dict[str, int]]) -> list[str]:
-    """The card's first lines when it does not describe a published release (empty when it does)."""
+def card_facts(manifest: Manifest) -> dict[str, Any]:
+    """What the card needs to know about where its manifest stands, as plain data (it can live in the
+    build report): how commands name the manifest, whether its version is local, and the published
+    release it claims to be or derive from (version and expected counts), if any."""
     published = published_release(manifest)
-    local = is_local(manifest.version)
+    return {
+        "manifest_option": manifest_option(manifest),
+        "local": is_local(manifest.version),
+        "version": manifest.version,
+        "published": None if published is None else {"version": published.version, "expected_counts": expected_counts(published)},
+    }
+
+
+def notice_lines(facts: dict[str, Any], counts: dict[str, dict[str, int]]) -> list[str]:
+    """The card's first lines when it does not describe a published release (empty when it does).
+
+    ``facts`` is :func:`card_facts`; ``counts`` the built default configuration's {split: {label: n}}."""
+    published, local, version = facts.get("published"), facts.get("local", False), facts.get("version", "")
     if published is None:
         if not local:
             return []
-        return [f"> **Local variant {manifest.version}**, not a published release "
-                f"(release {public_version(manifest.version)} is not known to this package).", ""]
-    differences = count_differences(expected_counts(published), counts)
-    what = (f"a local variant derived from release {published.version}" if local
-            else f"a manifest folder that is not the published release {published.version}")
+        return [f"> **Local variant {version}**, not a published release "
+                f"(release {public_version(version)} is not known to this package).", ""]
+    differences = count_differences(published["expected_counts"], counts)
+    what = (f"a local variant derived from release {published['version']}" if local
+            else f"a manifest folder that is not the published release {published['version']}")
     if differences:
-        return [f"> **Not release {published.version}: the counts differ.** This dataset was built from {what}; "
+        return [f"> **Not release {published['version']}: the counts differ.** This dataset was built from {what}; "
                 f"its counts differ from the published release: " + "; ".join(differences) + ".", ""]
     return [f"> **Not the published release.** This dataset was built from {what}, with the same counts.", ""]
+
+
+def card_notice(manifest: Manifest, counts: dict[str, dict[str, int]]) -> list[str]:
+    """:func:`notice_lines` for a loaded manifest."""
+    return notice_lines(card_facts(manifest), counts)
 
 
 # ---- the missing-files report ----------------------------------------------------------------

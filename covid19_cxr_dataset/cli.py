@@ -263,13 +263,14 @@ def new_variant(folder, base, exclude_missing, new_version, name, cache_dir, mir
         excluded = resolution.excluded
         n = int(excluded["reason"].eq(variant.MISSING_REASON).sum())
         click.echo(f"  excluded {n:,} missing file(s) (decisions/exclusions.csv, reason {variant.MISSING_REASON})")
-    click.echo("  expected counts (recomputed by plan):")
-    for split_name, per_class in made.data["expected_counts"].items():
-        click.echo(f"    {split_name:5s} " + "  ".join(f"{label} {n:,}" for label, n in per_class.items())
-                   + f"  (total {sum(per_class.values()):,})")
+    for config, counts in variant.expected_by_config(made).items():
+        click.echo(f"  expected counts{f' of {config}' if config else ''} (recomputed by plan):")
+        for split_name, per_class in counts.items():
+            click.echo(f"    {split_name:5s} " + "  ".join(f"{label} {n:,}" for label, n in per_class.items())
+                       + f"  (total {sum(per_class.values()):,})")
     published = variant.published_release(made)
     if published is not None:
-        differences = variant.count_differences(variant.expected_counts(published), made.data["expected_counts"])
+        differences = variant.count_differences(variant.expected_counts(published), variant.expected_counts(made))
         click.echo(f"  differs from release {published.version}: " + ("; ".join(differences) if differences else "no count differs"))
     option = variant.manifest_option(made)
     click.echo("Next (edit the description and release_notes in manifest.yaml first: say what this variant is for):")

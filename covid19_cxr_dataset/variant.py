@@ -124,13 +124,27 @@ def published_release(manifest: Manifest) -> Manifest | None:
 
 def expected_counts(manifest: Manifest) -> dict[str, dict[str, int]]:
     """The counts a manifest expects for its default configuration."""
-    data = manifest.data
-    if "expected_counts" in data:
-        return data["expected_counts"]
-    for config in data.get("configs", []) if isinstance(data.get("configs"), list) else []:
-        if isinstance(config, dict) and config.get("default") and "expected_counts" in config:
-            return config["expected_counts"]
-    return {}
+    return next(iter(expected_by_config(manifest).values()), {})
+
+
+def expected_by_config(manifest: Manifest) -> dict[str | None, dict[str, dict[str, int]]]:
+    """``{configuration: expected counts}``, the default first; ``{None: ...}`` for a manifest
+    without a ``configs`` section (its top-level ``expected_counts``)."""
+    configs = manifest.data.get("configs")
+    if isinstance(configs, dict):
+        ordered = sorted(configs.items(), key=lambda item: not item[1].get("default"))
+        return {name: spec.get("expected_counts", {}) for name, spec in ordered}
+    return {None: manifest.data.get("expected_counts", {})}
+
+
+def _planned_counts(resolution, config: str | None) -> dict[str, dict[str, int]]:
+    """What ``plan`` resolves for one configuration (None: the manifest's only one), every class listed."""
+    from . import report
+
+    rows = resolution.rows(config) if config is not None and hasattr(resolution, "rows") else resolution.kept
+    counts = report.count_table(rows)
+    return {split_name: {label: int(counts[split_name].get(label, 0)) for label in CLASS_NAMES}
+            for split_name in sorted(counts, key=lambda s: (s != "train", s))}
 
 
 def count_differences(published: dict[str, dict[str, int]], actual: dict[str, dict[str, int]]) -> list[str]:
@@ -321,10 +335,11 @@ def new_variant(
             data["filters"] = _with_exclusions(base, staging, data["filters"], missing, exclude_missing)
         _write_manifest_yaml(staging, base, data)
         resolution = plan(manifest_module.load(staging), options or Options(progress=False))
-        data["expected_counts"] = {
-            split_name: {label: int(per_class.get(label, 0)) for label in CLASS_NAMES}
-            for split_name, per_class in _ordered_counts(resolution.counts()).items()
-        }
+        if isinstance(data.get("configs"), dict):  # expected counts per configuration
+            data["configs"] = {name: {**spec, "expected_counts": _planned_counts(resolution, name)}
+                               for name, spec in data["configs"].items()}
+        else:
+            data["expected_counts"] = _planned_counts(resolution, None)
         _write_manifest_yaml(staging, base, data)
         if folder.exists():
             folder.rmdir()
@@ -334,10 +349,6 @@ def new_variant(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest_module.load(folder), resolution
-
-
-def _ordered_counts(counts: dict) -> dict:
-    return {s: counts[s] for s in sorted(counts, key=lambda s: (s != "train", s))}
 
 
 def _variant_title(base: Manifest) -> str:

@@ -13,7 +13,6 @@ from click.testing import CliRunner
 from covid19_cxr_dataset import manifest as manifest_module
 from covid19_cxr_dataset import variant
 from covid19_cxr_dataset.build import Options, build
-from covid19_cxr_dataset.card import card_body
 from covid19_cxr_dataset.cli import main
 from covid19_cxr_dataset.errors import CxrDatasetError, MissingUpstreamFiles
 
@@ -174,21 +173,6 @@ def test_a_hand_copied_manifest_with_other_counts_says_so_in_the_card(bundled, t
     assert "train/COVID-19 9 (published 10)" in notice[0]
     assert variant.card_notice(bundled, counts) == []
     assert variant.card_notice(copied, EXPECTED)[0].startswith("> **Not the published release.**")
-
-
-def test_card_body_puts_the_notice_first(bundled, tmp_path):
-    copy = tmp_path / "copy"
-    shutil.copytree(bundled.folder, copy)
-    copied = manifest_module.load(copy)
-    report = {"counts": {"train": {"COVID-19": 1}}, "package_version": "0", "source_label_counts": {}, "candidates": 1,
-              "exclusions_by_reason": {}, "manifest_sha256": "m", "fingerprint": "f",
-              "checks": {"counts_match_manifest": True, "patients_in_both_splits": [],
-                         "near_duplicate_pairs_across_splits": [], "unverified_files": 0}}
-    import pandas as pd
-
-    body = card_body(copied, report, pd.DataFrame({"source": ["cohen"], "license": ["CC BY 4.0"]}))
-    assert body.splitlines()[2].startswith("> **Not release 0.0.1: the counts differ.**")
-    assert f"cxr-dataset cite --manifest {copy}" in body
 
 
 def test_missing_files_error_from_the_library_is_one_exception(bundled, world, partial_mirror, tmp_path):

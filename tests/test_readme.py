@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -71,3 +73,65 @@ def test_readme_main_command_builds_against_a_loopback_mirror(tmp_path, monkeypa
     for split, per_class in EXPECTED.items():
         labels = loaded[split]["label"]
         assert {name: labels.count(i) for i, name in enumerate(CLASS_NAMES)} == per_class
+
+
+def _synthetic_kaggle_zip(path: Path, kaggle_csv: Path) -> None:
+    """A Kaggle archive with the release's own file names (chest_xray/<split>/<CLASS>/<file>): small gray films."""
+    import csv
+    import io
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    with open(kaggle_csv, newline="") as handle, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for index, row in enumerate(csv.DictReader(handle)):
+            buffer = io.BytesIO()
+            Image.fromarray(np.random.default_rng(index).integers(0, 255, (48, 64), dtype=np.uint8)).save(buffer, "JPEG", quality=80)
+            archive.writestr(f"chest_xray/{row['split']}/{row['class']}/{row['filename']}", buffer.getvalue())
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_readme_main_command_on_release_1_0_0_then_the_commands_its_error_prints(real_fixtures, tmp_path, monkeypatch):
+    """The README's command verbatim (--version 1.0.0) against a loopback mirror of the real fixtures,
+    which hold only some of the pinned images, and a synthetic Kaggle zip of the release's names: the
+    build fails once naming every missing file, and the variant commands it prints then build."""
+    import shlex
+
+    import datasets
+    from click.testing import CliRunner
+
+    from covid19_cxr_dataset import manifest as manifest_module
+    from covid19_cxr_dataset.cli import main
+    from loopback import LoopbackServer
+    from test_release_1_0_0_real import _serve
+
+    release = manifest_module.load(manifest_module.find("1.0.0"))
+    kaggle_csv = release.file(release.source("kaggle")["files"])
+    if any(line.rstrip().rsplit(",", 1)[-1] for line in kaggle_csv.read_text().splitlines()[1:]):
+        pytest.skip("release 1.0.0 pins Kaggle sha256s: a synthetic archive cannot stand in for the real one")
+    (command,) = _commands_under("Build the dataset (the main job)")
+    args = shlex.split(command.split(" && ")[1])[1:]
+    monkeypatch.chdir(tmp_path)
+    _synthetic_kaggle_zip(tmp_path / _option(args, "--kaggle-archive"), kaggle_csv)
+    with LoopbackServer(_serve(real_fixtures, release)) as server:
+        extra = ["--mirror", server.base_url, "--cache-dir", str(tmp_path / "cache"), "-q", "--workers", "2"]
+        first = CliRunner().invoke(main, [*args, *extra])
+        if "cannot reach its expected counts" in first.output:
+            pytest.skip("release 1.0.0 does not build as pinned yet (README, 'Status of release 1.0.0')")
+        assert first.exit_code == 1, first.output
+        out = Path(_option(args, "--out"))
+        assert not out.exists() and "could not be fetched" in first.output
+        assert Path(f"{out}.missing-files.csv").is_file()
+        printed = [line.strip() for line in first.output.splitlines() if line.strip().startswith("cxr-dataset ")]
+        make = next(line for line in printed if line.startswith("cxr-dataset new-variant"))
+        build = next(line for line in printed if line.startswith("cxr-dataset build --manifest"))
+        for line in (make, build):  # exactly what the error told the user to type (the cache and mirror included)
+            result = CliRunner().invoke(main, shlex.split(line)[1:] + ["-q"])
+            assert result.exit_code == 0, (line, result.output)
+    variant_out = _option(shlex.split(build), "--out")
+    loaded = datasets.load_dataset(variant_out)
+    assert set(loaded) == {"train", "test"}
+    card = (Path(variant_out) / "README.md").read_text()
+    assert "> **Not release 1.0.0: the counts differ.**" in card

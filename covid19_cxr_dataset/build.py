@@ -37,16 +37,19 @@ from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from . import CLASS_NAMES, __version__
-from . import archive, convert, filters, publish, report, sources, split
+from . import archive, convert, filters, publish, report, sources, split, variant
 from .card import card_body
 from .download import (
     KAGGLE_BASE_URL, Downloader, FileSpec, check_base_url, default_cache_dir, fetch_kaggle_archive, kaggle_archive_spec,
 )
-from .errors import ArchiveError, ChecksumMismatch, ConversionError, CountMismatch, CxrDatasetError
+from .errors import ArchiveError, ChecksumMismatch, ConversionError, CountMismatch, CxrDatasetError, MissingUpstreamFiles
 from .manifest import Manifest
 from .records import exclude
 
 log = logging.getLogger(__name__)
+
+MISSING_REPORT_SUFFIX = ".missing-files.csv"
+"""``build --out X`` writes the list of files it could not get to ``X.missing-files.csv``."""
 
 
 @dataclass
@@ -164,24 +167,39 @@ def check_counts(manifest: Manifest, kept: pd.DataFrame, *, shortfall_only: bool
     return problems
 
 
-def fetch_images(resolution: Resolution, options: Options, downloader: Downloader) -> pd.DataFrame:
-    """Download stage: put every kept row's file in the cache; fill ``local_path``."""
+def image_spec(manifest: Manifest, row) -> FileSpec:
+    """The download of one record-table row (a namedtuple from ``itertuples``) with a ``download_url``."""
+    return FileSpec(
+        url=row.download_url, cache_key=f"{row.source}/{row.source_path}" if not row.git_blob_sha1 else
+        sources.github_cache_key(manifest.source(row.source), row.source_path),
+        git_blob_sha1=row.git_blob_sha1, sha256=row.sha256_expected, size=int(row.size),
+    )
+
+
+def fetch_images(resolution: Resolution, options: Options, downloader: Downloader, *, out: Path | None = None) -> pd.DataFrame:
+    """Download stage: put every kept row's file in the cache; fill ``local_path``.
+
+    Every file that can be fetched is fetched; the ones that cannot (absent upstream or on the
+    mirror, other bytes than pinned, not in the Kaggle archive or local folder) are collected and
+    raised once as :class:`~covid19_cxr_dataset.errors.MissingUpstreamFiles`, after writing their
+    list beside ``out`` (``<out>.missing-files.csv``; see variant.MISSING_COLUMNS).
+    """
     kept = resolution.kept.copy()
     manifest = resolution.manifest
     remote = kept["download_url"].ne("")
-    specs = {
-        row.record_id: FileSpec(
-            url=row.download_url, cache_key=f"{row.source}/{row.source_path}" if not row.git_blob_sha1 else
-            sources.github_cache_key(manifest.source(row.source), row.source_path),
-            git_blob_sha1=row.git_blob_sha1, sha256=row.sha256_expected, size=int(row.size),
-        )
-        for row in kept[remote].itertuples()
-    }
+    specs = {row.record_id: image_spec(manifest, row) for row in kept[remote].itertuples()}
+    absent: dict[str, dict] = {}  # record_id -> what the downloader said
     if specs:
-        paths = downloader.fetch_all(list(specs.values()), desc="download images")
-        kept.loc[remote, "local_path"] = [str(paths[specs[rid].cache_key]) for rid in kept.loc[remote, "record_id"]]
+        try:
+            paths = downloader.fetch_all(list(specs.values()), desc="download images", keep_going=True)
+        except MissingUpstreamFiles as error:
+            by_key = {entry["cache_key"]: entry for entry in error.missing}
+            absent = {rid: by_key[spec.cache_key] for rid, spec in specs.items() if spec.cache_key in by_key}
+            paths = {spec.cache_key: downloader.path_for(spec) for rid, spec in specs.items() if rid not in absent}
+        fetched = remote & ~kept["record_id"].isin(absent)
+        kept.loc[fetched, "local_path"] = [str(paths[specs[rid].cache_key]) for rid in kept.loc[fetched, "record_id"]]
         # The downloader hashed each file as it verified it; hash_and_verify reuses that sha256.
-        kept.loc[remote, "sha256"] = [downloader.stored_hashes(specs[rid]).sha256 for rid in kept.loc[remote, "record_id"]]
+        kept.loc[fetched, "sha256"] = [downloader.stored_hashes(specs[rid]).sha256 for rid in kept.loc[fetched, "record_id"]]
     for source in manifest.sources:
         rows = kept["source"].eq(source["name"])
         if source["kind"] == "kaggle" and rows.any():
@@ -190,14 +208,69 @@ def fetch_images(resolution: Resolution, options: Options, downloader: Downloade
         elif source["kind"] == "dicom" and "local_dir" in source and rows.any():
             base = (manifest.folder / source["local_dir"]).resolve()
             kept.loc[rows & ~remote, "local_path"] = [str(base / p) for p in kept.loc[rows & ~remote, "source_path"]]
-    missing = kept[~kept["local_path"].map(lambda p: bool(p) and Path(p).is_file())]
-    if len(missing):
-        sample = ", ".join(missing["source_path"].head(5))
-        raise CxrDatasetError(
-            f"{len(missing)} listed file(s) are not in the downloaded sources, e.g. {sample}; "
-            "the archive or folder does not match the manifest's file list"
-        )
+    unfound = kept[~kept["record_id"].isin(absent) & ~kept["local_path"].map(lambda p: bool(p) and Path(p).is_file())]
+    if absent or len(unfound):
+        raise _missing_files_error(resolution, options, kept, absent, unfound, out)
     return kept
+
+
+def _missing_files_error(
+    resolution: Resolution, options: Options, kept: pd.DataFrame, absent: dict[str, dict], unfound: pd.DataFrame,
+    out: Path | None,
+) -> MissingUpstreamFiles:
+    """One error naming every file that could not be had, its list written to a CSV beside ``out``."""
+    manifest = resolution.manifest
+    planned = dict(zip(*[finish_selection(resolution).kept[c] for c in ("record_id", "split")]))
+    kinds = {s["name"]: s["kind"] for s in manifest.sources}
+    rows = []
+    for row in kept.itertuples():
+        if row.record_id in absent:
+            entry = absent[row.record_id]
+            status, url = entry["status"], entry["url"]
+            detail = entry["detail"].removeprefix(f"{url}: ")
+        elif row.Index in unfound.index:
+            status = "not-in-archive" if kinds.get(row.source) == "kaggle" else "not-in-folder"
+            url, detail = row.local_path, f"{row.local_path} does not exist"
+        else:
+            continue
+        rows.append({"source": row.source, "source_path": row.source_path, "split": planned.get(row.record_id, ""),
+                     "label": row.label, "status": status, "url": url, "detail": detail})
+    target = Path(out).with_name(Path(out).name + MISSING_REPORT_SUFFIX) if out is not None else \
+        options.cache / "missing-files" / f"{manifest.name}-{manifest.version}.csv"
+    variant.write_missing_report(target, rows)
+    where = f"; nothing was written to {out}" if out is not None else ""
+    message = "\n".join([
+        f"{manifest.path}: {len(rows):,} of {len(kept):,} pinned file(s) could not be fetched; every other file was "
+        f"downloaded and is verified in the cache {options.cache}{where}.",
+        "Missing per source and split (split: where the file would have gone):",
+        *variant.missing_table(rows),
+        *variant.missing_lines(rows),
+        f"The full list (source, path, split, label, HTTP status, URL) is in {variant.shown_path(target)}",
+        variant.missing_files_advice(manifest, target, out=out, mirror=options.mirror, cache_dir=options.cache_dir,
+                                     kaggle_archive=options.kaggle_archive),
+    ])
+    return MissingUpstreamFiles(message, rows, report_path=target)
+
+
+def check_files(resolution: Resolution, options: Options, downloader: Downloader | None = None) -> tuple[int, list[dict]]:
+    """HEAD every file a build of ``resolution`` (what ``plan`` returned) would download; download
+    nothing. Returns (files checked, one missing-files row per unreachable file). Files from a
+    Kaggle archive or a local folder are not checked (they are not fetched one by one)."""
+    manifest = resolution.manifest
+    over_quota = resolution.excluded[resolution.excluded["reason"].eq("over-quota")]
+    rows = pd.concat([resolution.kept, over_quota], ignore_index=True).fillna({"split": ""})
+    rows = rows[rows["download_url"].ne("")]
+    specs = {row.record_id: image_spec(manifest, row) for row in rows.itertuples()}
+    answers = (downloader or options.downloader()).check_reachable(list(specs.values()), desc="check files (HEAD)")
+    unreachable = []
+    for row in rows.itertuples():
+        answer = answers[specs[row.record_id].cache_key]
+        if not answer["reachable"]:
+            unreachable.append({"source": row.source, "source_path": row.source_path, "split": row.split, "label": row.label,
+                                # A 200 is unreachable only when the announced size differs from the pin.
+                                "status": "size" if answer["status"] == 200 else str(answer["status"]),
+                                "url": answer["url"], "detail": answer["detail"]})
+    return len(specs), unreachable
 
 
 def kaggle_folder(source: dict, options: Options) -> Path:
@@ -490,7 +563,7 @@ def _build_locked(manifest: Manifest, out: Path, options: Options, downloader: D
     resolution = resolve(manifest, options, downloader)
     _fail_early_if_short(manifest, resolution, out)
     log.info("downloading %d candidate image(s)", len(resolution.kept))
-    kept = fetch_images(resolution, options, downloader)
+    kept = fetch_images(resolution, options, downloader, out=out)
     kept, unverified = hash_and_verify(kept)
     kept, exact = filters.exclude_exact_duplicates(kept, "sha256", [s["name"] for s in manifest.sources])
     settings = convert.ConvertSettings(**manifest.data["convert"])

@@ -295,6 +295,23 @@ class _HTTPStatusError(errors.DownloadError):
         self.status = status
 
 
+def _file_level(exc: errors.DownloadError) -> bool:
+    """True when a failure concerns one file (the server answered: not there, forbidden, other bytes),
+    False when it concerns the server (5xx/429 after the retries): then asking for more files is futile."""
+    if isinstance(exc, errors.ChecksumMismatch):
+        return True
+    return isinstance(exc, _HTTPStatusError) and 400 <= exc.status < 500 and exc.status != 429
+
+
+def _absent_entry(spec: FileSpec, exc: errors.DownloadError) -> dict:
+    status = str(exc.status) if isinstance(exc, _HTTPStatusError) else "checksum"
+    return {"cache_key": spec.cache_key, "url": redact_url(spec.url), "status": status, "detail": str(exc)}
+
+
+def _status_words(status: str) -> str:
+    return "bytes differ from the pin" if status == "checksum" else f"HTTP {status}"
+
+
 class _Cancelled(Exception):
     """Raised inside a worker when ``fetch_all`` gave up after another file failed."""
 
@@ -426,7 +443,7 @@ class Downloader:
         """
         return self._fetch(spec, None, None)
 
-    def fetch_all(self, specs: list[FileSpec], desc: str = "downloading") -> dict[str, Path]:
+    def fetch_all(self, specs: list[FileSpec], desc: str = "downloading", *, keep_going: bool = False) -> dict[str, Path]:
         """Fetch every spec; return ``{cache_key: path}`` in the order of ``specs``.
 
         Downloads run on ``workers`` threads behind one progress bar (bytes). The first error stops
@@ -434,6 +451,12 @@ class Downloader:
         kept for a later resume) and is raised; files completed before stay in the cache. Offline,
         every spec is checked first and one :class:`~covid19_cxr_dataset.errors.OfflineMissing` lists
         all the missing keys.
+
+        ``keep_going``: a file the server refuses for good (a final 4xx status other than 429) or
+        serves with bytes that differ from its pins does not stop the others; once every other file
+        is fetched, one :class:`~covid19_cxr_dataset.errors.MissingUpstreamFiles` lists each such file
+        with its status. Failures that concern the server rather than a file (no answer, 5xx/429
+        after the retries, a refused redirect) still stop everything at once, as without it.
 
         A cache key listed twice must name the same file (same URL and pins), else :class:`ValueError`.
         """
@@ -458,16 +481,79 @@ class Downloader:
                     bar.update(count)
 
             results: dict[str, Path] = {}
+            absent: list[dict] = []
             pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(self.workers, len(unique)))
             try:
                 futures = {pool.submit(self._fetch, spec, cancel, advance): key for key, spec in unique.items()}
                 for future in concurrent.futures.as_completed(futures):
-                    results[futures[future]] = future.result()
+                    try:
+                        results[futures[future]] = future.result()
+                    except (_HTTPStatusError, errors.ChecksumMismatch) as exc:
+                        if not keep_going or not _file_level(exc):
+                            raise
+                        absent.append(_absent_entry(unique[futures[future]], exc))
             finally:
                 # Reached with an error (or Ctrl-C) in flight: stop the rest, wait for running workers.
                 cancel.set()
                 pool.shutdown(wait=True, cancel_futures=True)
+        if absent:
+            raise self._missing_error(sorted(absent, key=lambda entry: entry["cache_key"]), len(unique))
         return {spec.cache_key: results[spec.cache_key] for spec in specs}
+
+    def check_reachable(self, specs: list[FileSpec], desc: str = "checking files") -> dict[str, dict]:
+        """HEAD every spec's URL (same session, retries, redirect rules and credentials as a download);
+        download nothing. Returns ``{cache_key: {"url", "status", "size", "reachable", "detail"}}``:
+        ``status`` is the final HTTP status, ``size`` the announced Content-Length (or None), and
+        ``reachable`` is True for a 200 whose announced size (when both are known) matches the pin.
+
+        Raises:
+            errors.DownloadError: offline, or the server does not answer at all (no point asking it
+                about the other files); 5xx/429 answers after the retries likewise.
+        """
+        if self.offline:
+            raise errors.DownloadError(
+                "--offline: checking which files the server holds needs the network; run without --offline"
+            )
+        unique = {spec.cache_key: spec for spec in specs}
+        if not unique:
+            return {}
+        with tqdm(total=len(unique), desc=desc, unit="file", disable=not self.progress) as bar:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=min(self.workers, len(unique))) as pool:
+                answers = {}
+                for key, answer in zip(unique, pool.map(self._head, unique.values())):
+                    answers[key] = answer
+                    bar.update()
+        return {spec.cache_key: answers[spec.cache_key] for spec in specs}
+
+    def _head(self, spec: FileSpec) -> dict:
+        try:
+            response = self._open(spec.url, 0, method="HEAD")
+        except _HTTPStatusError as exc:
+            if not _file_level(exc):
+                raise
+            return {"url": redact_url(spec.url), "status": exc.status, "size": None, "reachable": False, "detail": str(exc)}
+        with response:
+            length = response.headers.get("Content-Length", "")
+            size = int(length) if length.isdigit() else None
+            status = response.status_code
+        detail = ""
+        if status != 200:
+            detail = f"HTTP {status} to a HEAD request; expected 200"
+        elif spec.size >= 0 and size is not None and size != spec.size:
+            detail = f"the server announces {size} bytes; the pin says {spec.size}"
+        return {"url": redact_url(spec.url), "status": status, "size": size, "reachable": not detail, "detail": detail}
+
+    def _missing_error(self, absent: list[dict], total: int) -> errors.MissingUpstreamFiles:
+        statuses: dict[str, int] = {}
+        for entry in absent:
+            statuses[entry["status"]] = statuses.get(entry["status"], 0) + 1
+        shown = "\n  ".join(f"{e['status']:>8}  {e['url']}" for e in absent[:20])
+        more = f"\n  ... and {len(absent) - 20} more" if len(absent) > 20 else ""
+        return errors.MissingUpstreamFiles(self._scrub(
+            f"{len(absent)} of {total} file(s) could not be downloaded ("
+            + ", ".join(f"{_status_words(status)}: {n}" for status, n in sorted(statuses.items()))
+            + f"); every other file is verified in the cache {self.cache_dir}:\n  {shown}{more}"
+        ), absent)
 
     # ---- offline ---------------------------------------------------------------------------------
 
@@ -824,8 +910,8 @@ class Downloader:
             or (host, port) in self._allowed_hosts
         )
 
-    def _open(self, url: str, offset: int) -> requests.Response:
-        """GET ``url`` (from byte ``offset``), following allowed redirects; a 200/206/416 response."""
+    def _open(self, url: str, offset: int, method: str = "GET") -> requests.Response:
+        """GET (or HEAD) ``url`` (from byte ``offset``), following allowed redirects; a 200/206/416 response."""
         assert self._session is not None, "offline downloaders never open connections"
         current = url
         for _ in range(MAX_REDIRECTS + 1):
@@ -834,10 +920,10 @@ class Downloader:
             if self._credentials_origin is not None and _origin(current) == self._credentials_origin:
                 headers.update(self._credential_headers)
                 auth = self._auth
-            log.debug("GET %s%s", redact_url(current), f" from byte {offset}" if offset else "")
+            log.debug("%s %s%s", method, redact_url(current), f" from byte {offset}" if offset else "")
             try:
-                response = self._session.get(
-                    current, headers=headers, auth=auth or _NO_AUTH, stream=True,
+                response = self._session.request(
+                    method, current, headers=headers, auth=auth or _NO_AUTH, stream=True,
                     timeout=(self.timeout, self.timeout), allow_redirects=False,
                 )
             except (requests.exceptions.InvalidURL, ValueError) as exc:

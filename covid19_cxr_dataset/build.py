@@ -75,8 +75,14 @@ class Resolution:
     excluded: pd.DataFrame
     decisions: filters.Decisions
 
-    def counts(self) -> dict[str, dict[str, int]]:
-        return report.count_table(self.kept)
+    def counts(self, config: str | None = None) -> dict[str, dict[str, int]]:
+        """{split: {class: n}} of one configuration (default: the default configuration)."""
+        return report.count_table(self.rows(config))
+
+    def rows(self, config: str | None = None) -> pd.DataFrame:
+        """The kept rows that belong to ``config`` (default: the default configuration: all of them)."""
+        chosen = self.manifest.config(config) if config else self.manifest.default_config
+        return self.kept[filters.in_config(self.kept, chosen)]
 
 
 # ---- stages ----------------------------------------------------------------------------------
@@ -115,19 +121,21 @@ def finish_selection(resolution: Resolution) -> Resolution:
     """Quota and split: the last steps, run by plan on metadata and by build after conversion."""
     manifest = resolution.manifest
     kept, dropped = filters.apply_quota(manifest, resolution.kept)
-    links = split.duplicate_patient_links(resolution.excluded, resolution.candidates) + resolution.decisions.patient_links()
-    kept = split.assign_splits(kept, manifest.data["split"]["rules"], manifest.data["split"]["seed"], links)
-    kept = kept.sort_values(["split", "label", "source", "source_path"], key=_split_order).reset_index(drop=True)
     excluded = pd.concat([resolution.excluded, dropped], ignore_index=True) if len(dropped) else resolution.excluded
-    return Resolution(manifest, resolution.candidates, kept, excluded, resolution.decisions)
+    # Duplicate links are the duplicate_of column: flagged copies among the kept rows, dropped copies among the excluded.
+    links = split.duplicate_patient_links(pd.concat([kept, excluded], ignore_index=True), resolution.candidates)
+    links += resolution.decisions.patient_links()
+    seed = manifest.data["split"]["seed"]
+    kept = split.assign_splits(kept, manifest.data["split"]["rules"], seed, links)
+    return Resolution(manifest, resolution.candidates, publish_order(kept, seed), excluded, resolution.decisions)
 
 
-def _split_order(column: pd.Series) -> pd.Series:
-    if column.name == "split":
-        return column.map({name: i for i, name in enumerate(publish.SPLITS)})
-    if column.name == "label":
-        return column.map({name: i for i, name in enumerate(CLASS_NAMES)})
-    return column
+def publish_order(kept: pd.DataFrame, seed: str) -> pd.DataFrame:
+    """Train before test; inside a split a seeded shuffle (sha256 of seed and record id), not grouped
+    by class or source, and independent of download or file-system order."""
+    order = kept["record_id"].map(lambda rid: hashlib.sha256(f"{seed}\0row-order\0{rid}".encode()).hexdigest())
+    side = kept["split"].map({name: i for i, name in enumerate(publish.SPLITS)})
+    return kept.assign(_side=side, _order=order).sort_values(["_side", "_order"]).drop(columns=["_side", "_order"]).reset_index(drop=True)
 
 
 def plan(manifest: Manifest, options: Options) -> Resolution:
@@ -135,18 +143,23 @@ def plan(manifest: Manifest, options: Options) -> Resolution:
     return finish_selection(resolve(manifest, options))
 
 
-def check_counts(manifest: Manifest, kept: pd.DataFrame, *, shortfall_only: bool = False) -> list[str]:
-    """Differences between the kept rows and the manifest's expected counts (empty when exact).
+def check_counts(manifest: Manifest, kept: pd.DataFrame, *, shortfall_only: bool = False, config: str | None = None) -> list[str]:
+    """Differences between the kept rows and each configuration's expected counts (empty when exact).
 
+    ``kept`` is the default configuration's selection; each configuration's rows are taken from it
+    (``filters.in_config``). Messages name the configuration when the release has more than one.
     ``shortfall_only``: report only cells with too few images (later stages can still remove some).
     """
-    actual = report.count_table(kept)
+    configs = [manifest.config(config)] if config else manifest.configs
+    named = len(manifest.configs) > 1
     problems = []
-    for split_name, expected in manifest.data["expected_counts"].items():
-        for label, count in expected.items():
-            got = actual.get(split_name, {}).get(label, 0)
-            if got < count or (got > count and not shortfall_only):
-                problems.append(f"{split_name}/{label}: expected {count}, got {got}")
+    for chosen in configs:
+        actual = report.count_table(kept[filters.in_config(kept, chosen)])
+        for split_name, expected in chosen.expected_counts.items():
+            for label, count in expected.items():
+                got = actual.get(split_name, {}).get(label, 0)
+                if got < count or (got > count and not shortfall_only):
+                    problems.append((f"{chosen.name}: " if named else "") + f"{split_name}/{label}: expected {count}, got {got}")
     return problems
 
 

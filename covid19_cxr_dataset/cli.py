@@ -100,14 +100,36 @@ def main(verbose):
 @main.command()
 @_fail_cleanly
 def manifests():
-    """List the releases this package can build."""
-    from . import manifest
+    """List the releases this package can build, with their configurations.
+
+    A release "builds as pinned" when every source is pinned (GitHub commits with locks, the Kaggle
+    file list) and every configuration declares expected counts; Kaggle files without a recorded
+    sha256 are counted (the build reports them as unverified).
+    """
+    from . import manifest, sources
 
     for name, version, folder in manifest.available():
-        loaded = manifest.load(folder)
-        counts = loaded.data["expected_counts"]
-        total = {split: sum(per_class.values()) for split, per_class in counts.items()}
-        click.echo(f"{name} {version}\t{loaded.data['title']}\t" + ", ".join(f"{s} {n:,}" for s, n in total.items()))
+        try:
+            loaded = manifest.load(folder)
+        except CxrDatasetError as error:
+            click.echo(f"{name} {version}\tdoes not load: {error}")
+            continue
+        click.echo(f"{name} {version}\t{loaded.data['title']}\t{_pin_status(loaded, sources)}")
+        for config in loaded.configs:
+            total = {split: sum(per_class.values()) for split, per_class in config.expected_counts.items()}
+            click.echo(f"  {config.name}{' (default)' if config.default else ''}\t"
+                       + ", ".join(f"{s} {n:,}" for s, n in total.items()))
+
+
+def _pin_status(loaded, sources) -> str:
+    unpinned = 0
+    for source in loaded.sources:
+        if source["kind"] == "kaggle":
+            files = sources.read_kaggle_files(loaded.file(source["files"]))
+            unpinned += int(files["sha256"].eq("").sum())
+    if unpinned:
+        return f"builds as pinned (GitHub by commit and blob id); {unpinned:,} Kaggle file(s) without a recorded sha256"
+    return "builds as pinned (every file by checksum)"
 
 
 @main.command()
@@ -157,37 +179,77 @@ def plan(version, manifest_path, name, cache_dir, mirror, offline, workers, quie
     Prints the per-split, per-class and per-source counts and the exclusions by reason, and says
     whether they match the counts the manifest expects.
     """
-    from . import report
+    from . import CLASS_NAMES, report
+    from . import split as split_stage
     from .build import check_counts, plan as run_plan
 
     manifest = _manifest(version, manifest_path, name)
     resolution = run_plan(manifest, _options(cache_dir, mirror, offline, workers, quiet))
     kept, excluded = resolution.kept, resolution.excluded
     click.echo(f"{manifest.name} {manifest.version}: {len(resolution.candidates):,} candidate files, {len(kept):,} kept")
-    for split, per_class in report.count_table(kept).items():
-        click.echo(f"  {split:5s} " + "  ".join(f"{label} {n:,}" for label, n in per_class.items()) + f"  (total {sum(per_class.values()):,})")
-    click.echo("  by source:")
-    for split, per_source in report.source_label_table(kept).items():
-        for source, per_label in sorted(per_source.items()):
-            click.echo(f"    {split:5s} {source:10s} " + "  ".join(f"{label} {n:,}" for label, n in per_label.items()))
-    click.echo("  excluded by reason:")
+    all_problems = []
+    for config in manifest.configs:
+        rows = resolution.rows(config.name)
+        flagged = int(rows["flags"].map(bool).sum())
+        click.echo(f"configuration {config.name}{' (default)' if config.default else ''}: {len(rows):,} images"
+                   + (f", {flagged:,} flagged" if flagged else ""))
+        click.echo(f"  {'':5s} " + "  ".join(f"{label:>10s}" for label in CLASS_NAMES) + f"  {'total':>7s}")
+        actual = report.count_table(rows)
+        for split in sorted(config.expected_counts.keys() | actual.keys(), key=lambda s: (s != "train", s)):
+            got = actual.get(split, {})
+            want = config.expected_counts.get(split, {})
+            click.echo(f"  {split:5s} " + "  ".join(f"{got.get(label, 0):>10,}" for label in CLASS_NAMES)
+                       + f"  {sum(got.values()):>7,}   expected " + " / ".join(f"{want.get(label, 0):,}" for label in CLASS_NAMES))
+        click.echo("  by source:")
+        for split, per_source in sorted(report.source_label_table(rows).items(), key=lambda item: item[0] != "train"):
+            for source, per_label in sorted(per_source.items()):
+                click.echo(f"    {split:5s} {source:10s} " + "  ".join(f"{label} {n:,}" for label, n in per_label.items()))
+        if flagged:
+            click.echo("  flags: " + ", ".join(f"{flag} {n:,}" for flag, n in report.flag_summary(rows).items()))
+        problems = check_counts(manifest, kept, config=config.name)
+        click.echo("  counts match the manifest" if not problems else "  COUNTS DIFFER: " + "; ".join(problems))
+        all_problems += problems
+    click.echo("excluded by reason (every configuration):")
     for reason, n in report.exclusion_summary(excluded).items():
         click.echo(f"    {reason:24s} {n:,}")
-    problems = check_counts(manifest, kept)
-    click.echo("  counts match the manifest" if not problems else "  COUNTS DIFFER: " + "; ".join(problems))
+    crossing = split_stage.upstream_groups_in_both(kept)
+    pairs = split_stage.duplicate_pairs_across_splits(kept)
+    if crossing or pairs:
+        click.echo(f"kept as the source's own split puts them (not moved): {len(crossing)} patient group(s) and "
+                   f"{len(pairs)} duplicate pair(s) on both sides, e.g. {(crossing or [p['record_id'] for p in pairs])[:3]}")
     if json_path:
-        rows = [
-            {"source": r.source, "source_path": r.source_path, "label": r.label, "patient_id": r.patient_id, "split": r.split, "excluded": ""}
-            for r in kept.itertuples()
-        ] + [
-            {"source": r.source, "source_path": r.source_path, "label": r.label, "patient_id": r.patient_id, "split": "",
-             "excluded": r.reason, "detail": r.detail}
-            for r in excluded.itertuples()
-        ]
-        json_path.write_text(json.dumps({"dataset": manifest.name, "version": manifest.version, "files": rows}, indent=1) + "\n", encoding="utf-8")
-        click.echo(f"wrote {json_path} ({len(rows):,} files)")
-    if problems:
+        plan_json = plan_document(resolution)
+        json_path.write_text(json.dumps(plan_json, indent=1) + "\n", encoding="utf-8")
+        click.echo(f"wrote {json_path} ({len(plan_json['files']):,} files)")
+    if all_problems:
         sys.exit(2)
+
+
+def plan_document(resolution) -> dict:
+    """``plan --json``: each configuration's expected and actual counts, and one row per candidate."""
+    from . import filters, report
+    from .build import check_counts
+
+    manifest, kept, excluded = resolution.manifest, resolution.kept, resolution.excluded
+    configs = {
+        c.name: {"default": c.default, "expected": c.expected_counts, "actual": report.count_table(resolution.rows(c.name)),
+                 "matches": not check_counts(manifest, kept, config=c.name)}
+        for c in manifest.configs
+    }
+    subsets = [c for c in manifest.configs if not c.default]
+    member = {c.name: dict(zip(kept["record_id"], filters.in_config(kept, c))) for c in subsets}
+    files = [
+        {"source": r.source, "source_path": r.source_path, "label": r.label, "patient_id": r.patient_id, "split": r.split,
+         "excluded": "", "flags": list(r.flags), "duplicate_of": r.duplicate_of,
+         **{f"in_{c.name}": bool(member[c.name][r.record_id]) for c in subsets}}
+        for r in kept.itertuples()
+    ] + [
+        {"source": r.source, "source_path": r.source_path, "label": r.label, "patient_id": r.patient_id, "split": "",
+         "excluded": r.reason, "flags": list(r.flags) if isinstance(r.flags, tuple) else [], "duplicate_of": r.duplicate_of,
+         **{f"in_{c.name}": False for c in subsets}, "detail": r.detail}
+        for r in excluded.itertuples()
+    ]
+    return {"dataset": manifest.name, "version": manifest.version, "configs": configs, "files": files}
 
 
 @main.command()

@@ -82,6 +82,15 @@ def exclusion_list(excluded: pd.DataFrame) -> list[dict[str, str]]:
     return [{k: str(v) for k, v in row.items()} for row in rows]
 
 
+def flag_summary(rows: pd.DataFrame) -> dict[str, int]:
+    """{flag: rows carrying it}, in flag order (a row with two flags counts under both)."""
+    counts: dict[str, int] = {}
+    for flags in rows["flags"]:
+        for flag in flags:
+            counts[flag] = counts.get(flag, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def exclusion_summary(excluded: pd.DataFrame) -> dict[str, int]:
     return {str(k): int(v) for k, v in excluded["reason"].value_counts().sort_index().items()}
 

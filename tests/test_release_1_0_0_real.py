@@ -1,6 +1,7 @@
 """Release 1.0.0 against the real upstream files in ../shared/fixtures/real, served on 127.0.0.1.
 
-* ``plan`` on the real metadata tables with the real manifest and decisions: the curation numbers.
+* ``plan`` on the real metadata tables with the real manifest and decisions: Table 1 for ``paper``,
+  the curation numbers, and ``curated`` as the same split without the flagged films.
 * A build of a variant of 1.0.0 whose locks hold only the real images the fixtures carry: the hard
   cases land where they must (lateral, CT, annotated, out-of-class excluded; coloured text kept).
 """
@@ -14,9 +15,9 @@ from pathlib import Path
 import datasets
 import pytest
 
-from covid19_cxr_dataset import manifest as manifest_module
+from covid19_cxr_dataset import manifest as manifest_module, split
 from covid19_cxr_dataset.build import Options, build, check_counts, plan
-from covid19_cxr_dataset.report import exclusion_summary
+from covid19_cxr_dataset.report import exclusion_summary, flag_summary
 
 from loopback import LoopbackServer, github_raw_path
 
@@ -55,25 +56,49 @@ def planned(release, server, tmp_path_factory):
     return plan(release, options)
 
 
+TABLE_1 = {"train": {"COVID-19": 398, "Normal": 1341, "Pneumonia": 3875}, "test": {"COVID-19": 100, "Normal": 242, "Pneumonia": 398}}
+
+
 def test_plan_curation_numbers_on_the_real_metadata(planned):
     covid_candidates = planned.candidates[planned.candidates["label"] == "COVID-19"]
     assert covid_candidates["source"].value_counts().to_dict() == {"cohen": 538, "actualmed": 58, "figure1": 35}
+    # paper excludes only CT, laterals, out-of-class findings and arrow/box marks ...
     excluded = exclusion_summary(planned.excluded[planned.excluded["label"] == "COVID-19"])
-    assert excluded == {
-        "annotation-arrow": 27, "annotation-box": 2, "annotation-other": 1, "annotation-text": 7,
-        "duplicate-near": 14, "modality-not-xray": 80, "view-lateral": 24,
-    }
-    kept = planned.kept
-    assert kept[kept["label"] == "COVID-19"]["source"].value_counts().to_dict() == {"cohen": 385, "actualmed": 57, "figure1": 34}
-    assert planned.counts() == {
-        "test": {"COVID-19": 100, "Normal": 242, "Pneumonia": 398},
-        "train": {"COVID-19": 376, "Normal": 1341, "Pneumonia": 3875},
-    }
+    assert excluded == {"annotation-arrow": 27, "annotation-box": 2, "modality-not-xray": 80, "view-lateral": 24}
+    # ... and keeps every other mark, duplicate and unreviewed file, flagged.
+    paper = planned.rows("paper")
+    assert flag_summary(paper) == {"annotation-other": 1, "annotation-text": 7, "duplicate-near": 14, "not-reviewed": 39}
+    covid = paper[paper["label"] == "COVID-19"]
+    assert covid["source"].value_counts().to_dict() == {"cohen": 405, "actualmed": 58, "figure1": 35}
+    assert (covid["duplicate_of"] != "").sum() == 14
+    curated = planned.rows("curated")
+    assert curated[curated["label"] == "COVID-19"]["source"].value_counts().to_dict() == {"cohen": 378, "actualmed": 25, "figure1": 34}
 
 
-def test_plan_says_exactly_where_the_release_falls_short_of_table_1(planned, release):
-    # Honest curation leaves 476 COVID-19 images for Table 1's 498: the plan reports it, the build refuses.
-    assert check_counts(release, planned.kept) == ["train/COVID-19: expected 398, got 376"]
+def test_paper_configuration_is_table_1_from_the_real_manifest(planned, release):
+    assert planned.counts("paper") == TABLE_1
+    assert check_counts(release, planned.kept) == []  # both configurations, as the real manifest states them
+    curated = planned.counts("curated")
+    assert curated == release.config("curated").expected_counts
+    assert curated["train"]["COVID-19"] + curated["test"]["COVID-19"] == 498 - 61
+
+
+def test_curated_is_the_paper_split_without_flagged_films(planned):
+    paper, curated = planned.rows("paper"), planned.rows("curated")
+    assert set(curated["record_id"]) <= set(paper["record_id"])
+    assert curated["flags"].map(len).eq(0).all()
+    assert len(paper) - len(curated) == paper["flags"].map(bool).sum() == 61
+    side = dict(zip(paper["record_id"], paper["split"]))
+    assert all(side[rid] == s for rid, s in zip(curated["record_id"], curated["split"]))
+
+
+def test_every_duplicate_pair_and_patient_link_on_one_side(planned):
+    assert split.duplicate_pairs_across_splits(planned.kept) == []
+    assert split.patients_in_both(planned.kept) == []
+    side = dict(zip(planned.kept["record_id"], planned.kept["split"]))
+    for rid, twin in zip(planned.kept["record_id"], planned.kept["duplicate_of"]):
+        if twin:
+            assert side[twin] == side[rid], (rid, twin)
 
 
 def test_no_patient_on_both_sides_after_merging_reviewed_links(planned):

@@ -254,6 +254,16 @@ def exact_duplicates_after_download(manifest: Manifest, table: pd.DataFrame) -> 
     return keep_as_flags(kept, dropped, manifest.default_config.flag)
 
 
+def exact_duplicates_after_conversion(manifest: Manifest, table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Exact duplicates by decoded pixels: rows whose converted images (``pixels_sha256``, the sha256
+    of the deterministic normalized JPEG) are identical although their source files differ."""
+    if not manifest.data["filters"].get("exact_duplicates", True) or "pixels_sha256" not in table.columns:
+        return table, empty_exclusions()
+    kept, dropped = exclude_exact_duplicates(table, "pixels_sha256", [s["name"] for s in manifest.sources])
+    dropped = dropped.assign(detail=dropped["detail"].str.replace("same pixels_sha256 as", "same decoded pixels as", regex=False))
+    return keep_as_flags(kept, dropped, manifest.default_config.flag)
+
+
 def metadata_filters(manifest: Manifest, table: pd.DataFrame, decisions: Decisions) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every filter that needs only metadata, locks and decisions, in the order the report lists them."""
     spec = manifest.data["filters"]
@@ -272,7 +282,9 @@ def metadata_filters(manifest: Manifest, table: pd.DataFrame, decisions: Decisio
         lambda t: flag_unreviewed(t, decisions.unreviewed),
     ]
     if spec.get("exact_duplicates", True):
+        # By pinned id before download: git blob ids, and the sha256 pins of the Kaggle files.
         steps.append(lambda t: exclude_exact_duplicates(t, "git_blob_sha1", source_order))
+        steps.append(lambda t: exclude_exact_duplicates(t, "sha256_expected", source_order))
     flag = manifest.default_config.flag
     table = table.reset_index(drop=True)
     for step in steps:

@@ -116,12 +116,25 @@ def split_sizes(report: dict, rows: pd.DataFrame, config: dict[str, Any]) -> dic
     return sizes
 
 
+def _folders_by_split(config: dict[str, Any]) -> dict[str, list[str]]:
+    """{split: shard folders holding that split's shards} ("" for shards directly in data/)."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(config.get("shards", [])):
+        parts = path.split("/")
+        folder = "/".join(parts[1:-1])
+        split = parts[-1].split("-", 1)[0]
+        if folder not in found.setdefault(split, []):
+            found[split].append(folder)
+    order = list(config.get("folders") or [""])
+    return {s: sorted(f, key=lambda x: order.index(x) if x in order else len(order)) for s, f in found.items()}
+
+
 def card_header(report: dict, rows: pd.DataFrame) -> str:
     card = report.get("card", {})
     configs = _configs(report)
     return publish.card_yaml(
         license_id=card.get("license", "other"), pretty_name=card.get("title", report.get("dataset", "")), version=str(report.get("version", "")),
-        configs=[{"name": c["name"], "default": bool(c.get("default")), "folders": list(c.get("folders") or []),
+        configs=[{"name": c["name"], "default": bool(c.get("default")), "folders": _folders_by_split(c),
                   "split_sizes": split_sizes(report, rows, c)} for c in configs],
     )
 

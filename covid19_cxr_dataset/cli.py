@@ -297,12 +297,13 @@ def baseline(data_dir, out, recipe, epochs, batch_size, image_size, seed, mixed_
 @click.option("--name", default="covid19-cxr", show_default=True, help="Dataset name under builder_manifests/.")
 @click.option("--format", "fmt", type=click.Choice(["bibtex", "apa", "cff"]), default="bibtex", show_default=True,
               help="BibTeX entries, APA references, or a CITATION.cff (CFF 1.2.0) for the release.")
+@click.option("--config", "config", metavar="NAME", help="The configuration you used (e.g. paper, curated); the release entry names it.")
 @_fail_cleanly
-def cite(version, manifest_path, name, fmt):
+def cite(version, manifest_path, name, fmt, config):
     """Print how to cite a release: the release itself, then every work it is built from."""
     from .citation import format_citations
 
-    click.echo(format_citations(_manifest(version, manifest_path, name), fmt), nl=False)
+    click.echo(format_citations(_manifest(version, manifest_path, name), fmt, config), nl=False)
 
 
 @main.command("verify")

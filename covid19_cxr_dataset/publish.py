@@ -151,10 +151,8 @@ class SplitShardWriter:
         """Finish the split and give the shards their final names; returns them in order."""
         self._flush()
         self._close_shard()
-        if not self._temp_paths:  # an empty split still gets one (empty) shard so the card's glob matches
-            path = self.data_dir / f".{self.split}-00000.parquet.tmp"
-            pq.write_table(pa.Table.from_pylist([], schema=_SCHEMA), path, compression="none")
-            self._temp_paths.append(path)
+        # An empty split writes no shard: a parquet file without rows makes load_dataset fail, so
+        # the card's data_files name only the folders that hold rows of the split.
         total = len(self._temp_paths)
         final = []
         for index, temp in enumerate(self._temp_paths):
@@ -194,17 +192,17 @@ def card_yaml(
     """The YAML header of README.md: the contract with ``datasets.load_dataset``.
 
     ``configs``: one dict per configuration, the default first: ``name``, ``default``, ``folders``
-    (shard folders under ``data/``, or [] for shards directly in ``data/``) and ``split_sizes``
-    {split: (num_examples, num_bytes)}. Without it, one default configuration over ``data/`` of
-    ``split_sizes`` (the layout of releases written before configurations).
+    {split: the shard folders under ``data/`` holding rows of that split, "" for shards directly in
+    ``data/``} and ``split_sizes`` {split: (num_examples, num_bytes)}. Without it, one default
+    configuration over ``data/`` of ``split_sizes`` (the layout of releases written before configurations).
     """
     if configs is None:
-        configs = [{"name": "default", "default": True, "folders": [], "split_sizes": split_sizes or {}}]
+        configs = [{"name": "default", "default": True, "folders": {s: [""] for s in split_sizes or {}}, "split_sizes": split_sizes or {}}]
     default = configs[0]
     total = sum(n for n, _ in default["split_sizes"].values())
 
     def paths(folders: list[str], split: str) -> str | list[str]:
-        globs = [f"data/{folder}/{split}-*.parquet" for folder in folders] or [f"data/{split}-*.parquet"]
+        globs = [f"data/{folder}/{split}-*.parquet" if folder else f"data/{split}-*.parquet" for folder in folders]
         return globs[0] if len(globs) == 1 else globs
 
     header = {
@@ -218,7 +216,7 @@ def card_yaml(
             {
                 "config_name": c["name"],
                 **({"default": True} if c["default"] else {}),
-                "data_files": [{"split": s, "path": paths(c["folders"], s)} for s in c["split_sizes"]],
+                "data_files": [{"split": s, "path": paths(c["folders"][s], s)} for s in c["split_sizes"] if c["folders"].get(s)],
             }
             for c in configs
         ],

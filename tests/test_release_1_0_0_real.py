@@ -14,10 +14,12 @@ from pathlib import Path
 
 import datasets
 import pytest
+import yaml
 
 from covid19_cxr_dataset import manifest as manifest_module, split
 from covid19_cxr_dataset.build import Options, build, check_counts, plan
 from covid19_cxr_dataset.report import exclusion_summary, flag_summary
+from covid19_cxr_dataset.verify import verify_release
 
 from loopback import LoopbackServer, github_raw_path
 
@@ -153,15 +155,16 @@ def fixture_variant(real_fixtures, release, tmp_path_factory):
             rows.append(f"{split},{cls},{image.name},{subtype},{checksums[(split, cls, image.name)]}")
             handle.write(image, f"chest_xray/{split}/{cls}/{image.name}")
     (folder / "locks" / "kaggle.csv").write_text("\n".join(rows) + "\n")
-    text = (folder / "manifest.yaml").read_text()
-    text = text.replace("test_images: 100", "test_images: 4")
-    text = text.split("expected_counts:")[0] + (
-        "expected_counts:\n"
-        "  train: {COVID-19: 9, Normal: 5, Pneumonia: 9}\n"
-        "  test: {COVID-19: 4, Normal: 8, Pneumonia: 8}\n"
-    )
-    (folder / "manifest.yaml").write_text(text)
+    # The real manifest's configurations and rules; only the counts fit the fixture images.
+    data = yaml.safe_load((folder / "manifest.yaml").read_text())
+    data["split"]["rules"][1]["test_images"] = 4
+    for config in data["configs"].values():
+        config["expected_counts"] = FIXTURE_COUNTS
+    (folder / "manifest.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return folder, archive
+
+
+FIXTURE_COUNTS = {"train": {"COVID-19": 9, "Normal": 5, "Pneumonia": 9}, "test": {"COVID-19": 4, "Normal": 8, "Pneumonia": 8}}
 
 
 def test_build_from_the_real_images(fixture_variant, server, tmp_path):
@@ -170,8 +173,14 @@ def test_build_from_the_real_images(fixture_variant, server, tmp_path):
     report = build(manifest_module.load(folder), tmp_path / "out", options)
     assert report["checks"]["unverified_files"] == 0  # GitHub files by blob id, Kaggle files by sha256
     assert report["checks"]["near_duplicate_pairs_across_splits"] == []
+    assert {name: c["counts"] for name, c in report["configs"].items()} == {"paper": FIXTURE_COUNTS, "curated": FIXTURE_COUNTS}
+    assert verify_release(tmp_path / "out").ok
     loaded = datasets.load_dataset(str(tmp_path / "out"))
+    curated = datasets.load_dataset(str(tmp_path / "out"), "curated")
+    # no fixture image carries a flag in the real decisions, so curated holds the same rows here
+    assert {s: sorted(curated[s]["source_path"]) for s in curated} == {s: sorted(loaded[s]["source_path"]) for s in loaded}
     rows = {r["source_path"]: r for split in loaded for r in loaded[split]}
+    assert all(r["flags"] == [] and r["duplicate_of"] == "" for r in rows.values())
     palette, rgba = rows["images/tpmd200203f2-a.png"], rows["images/covid-19-caso-95-1-15.png"]
     assert palette["image"].mode == rgba["image"].mode == "L"
     assert palette["license"] == "" and rows["images/COVID-00001.jpg"]["patient_id"] == "figure1:COVID-00001"

@@ -7,8 +7,9 @@ the manifest's card text under ``card``, see ``card_inputs``) and the rows of th
 their images (``publish.read_row_table``), so ``verify`` regenerates the card byte for byte.
 
 Extra sections (e.g. shortcut evidence from a certificate) are ``{"title", "markdown"}`` items in
-``report["card"]["extra_sections"]``; ``card_inputs(manifest, extra_sections=...)`` puts them
-there at build time and ``card_body`` appends them after "Known risks".
+``report["card"]["extra_sections"]``; ``extra_sections(manifest)`` (the one place to add one)
+returns them, ``card_inputs`` stores them in the report at build time and ``card_body`` appends
+them after "Known risks".
 """
 
 from __future__ import annotations
@@ -70,8 +71,20 @@ def license_warnings(kept: pd.DataFrame) -> list[str]:
 _SPLIT_ORDER = {"train": 0, "test": 1}
 
 
-def card_inputs(manifest: Manifest, *, extra_sections: list[dict[str, str]] | None = None) -> dict[str, Any]:
-    """What the card needs from the manifest, stored in the build report (``report["card"]``)."""
+def extra_sections(manifest: Manifest) -> list[dict[str, str]]:
+    """Sections appended to the card after "Known risks", as ``{"title", "markdown"}`` items.
+
+    The one place to add a section the manifest does not hold (e.g. shortcut evidence from a
+    committed certificate): what this returns is stored in ``build_report.json`` (``card`` ->
+    ``extra_sections``), so ``verify`` regenerates the card with it.
+    """
+    return []
+
+
+def card_inputs(manifest: Manifest, *, sections: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """What the card needs from the manifest, stored in the build report (``report["card"]``);
+    ``sections`` defaults to ``extra_sections(manifest)``."""
+    sections = extra_sections(manifest) if sections is None else sections
     sources = []
     for source in manifest.sources:
         pin = f"`{source['repository']}` at commit `{source['commit']}`" if source["kind"] == "github" else \
@@ -87,7 +100,7 @@ def card_inputs(manifest: Manifest, *, extra_sections: list[dict[str, str]] | No
         "seed": manifest.data["split"]["seed"],
         "sources": sources,
         "citations": [c.bibtex.strip() for c in citations(manifest)],
-        "extra_sections": list(extra_sections or []),
+        "extra_sections": list(sections),
     }
 
 

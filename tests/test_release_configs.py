@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import datasets
 import pyarrow.parquet as pq
@@ -123,3 +124,21 @@ def test_pixel_duplicates_found_at_build_time_are_flagged_not_dropped(built, wor
     arrow = next(f for f in document["files"] if f["source_path"] == "images/c6-arrow.jpg")
     assert arrow["excluded"] == "annotation-arrow" and arrow["in_curated"] is False
     json.dumps(document)
+
+
+def test_an_extra_card_section_is_part_of_the_generated_card(built, tmp_path):
+    import shutil
+
+    from covid19_cxr_dataset import publish, report as report_module
+    from covid19_cxr_dataset.card import render_card
+
+    out = Path(shutil.copytree(built[0], tmp_path / "release"))
+    data = report_module.read_report(out)
+    data["card"]["extra_sections"] = [{"title": "Shortcut evidence", "markdown": "A probe separates the classes by **source**."}]
+    report_module.write_report(out, data)
+    (out / "README.md").write_text(render_card(data, publish.read_row_table(out)), encoding="utf-8")
+    card = (out / "README.md").read_text()
+    assert card.index("## Known risks") < card.index("## Shortcut evidence\n\nA probe separates") < card.index("## Licenses")
+    assert verify_release(out).ok
+    (out / "README.md").write_text(card.replace("by **source**", "by nothing"), encoding="utf-8")
+    assert [p.check for p in verify_release(out).problems] == ["card-generated"]

@@ -157,14 +157,21 @@ def build(version, manifest_path, name, cache_dir, mirror, offline, workers, qui
 
 def _summary(result: dict) -> str:
     lines = [f"{result['dataset']} {result['version']}: fingerprint {result['fingerprint'][:16]}…"]
-    for split, per_class in result["counts"].items():
-        lines.append(f"  {split:5s} " + "  ".join(f"{label} {n:,}" for label, n in per_class.items()) + f"  (total {sum(per_class.values()):,})")
+    configs = result.get("configs") or {"": {"counts": result["counts"], "fingerprint": result["fingerprint"], "default": True}}
+    for name, config in configs.items():
+        if len(configs) > 1:
+            lines.append(f"  configuration {name}{' (default)' if config['default'] else ''}: fingerprint {config['fingerprint'][:16]}…")
+        for split, per_class in config["counts"].items():
+            lines.append(f"  {split:5s} " + "  ".join(f"{label} {n:,}" for label, n in per_class.items()) + f"  (total {sum(per_class.values()):,})")
     lines.append("  excluded: " + ", ".join(f"{reason} {n:,}" for reason, n in result["exclusions_by_reason"].items()))
     checks = result["checks"]
     lines.append(
         f"  checks: patients in both splits {len(checks['patients_in_both_splits'])}, near-duplicate pairs across splits "
         f"{len(checks['near_duplicate_pairs_across_splits'])}, unverified files {checks['unverified_files']}"
     )
+    crossing = checks.get("duplicate_pairs_across_splits") or []
+    if crossing:
+        lines.append(f"  {len(crossing)} duplicate pair(s) sit on both sides of a source's own split (kept there; see the card)")
     return "\n".join(lines)
 
 

@@ -38,10 +38,16 @@ def combine_digests(digests: Iterable[str]) -> str:
     return hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()
 
 
-def fingerprint(out_dir: Path, *, workers: int = 1) -> str:
-    """Recompute a release's fingerprint from its shards (``<out_dir>/data``, every shard folder:
-    the default configuration)."""
-    return combine_digests(d for digests in shard_digests(out_dir, workers=workers).values() for d in digests)
+def fingerprint(out_dir: Path, *, workers: int = 1, config: str | None = None) -> str:
+    """Recompute a release's fingerprint from its shards: every shard folder (the default
+    configuration), or the shards ``build_report.json`` lists for ``config``."""
+    digests = shard_digests(out_dir, workers=workers)
+    if config is not None:
+        from .publish import config_shard_paths
+
+        wanted = {p.relative_to(Path(out_dir)).as_posix() for p in config_shard_paths(out_dir, config)}
+        digests = {shard: rows for shard, rows in digests.items() if shard in wanted}
+    return combine_digests(d for rows in digests.values() for d in rows)
 
 
 def shard_digests(out_dir: Path, *, workers: int = 1) -> dict[str, list[str]]:

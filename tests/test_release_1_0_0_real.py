@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import zipfile
 from pathlib import Path
@@ -185,3 +186,25 @@ def test_build_from_the_real_images(fixture_variant, server, tmp_path):
     assert palette["image"].mode == rgba["image"].mode == "L"
     assert palette["license"] == "" and rows["images/COVID-00001.jpg"]["patient_id"] == "figure1:COVID-00001"
     assert {r["source"] for r in rows.values()} == {"cohen", "figure1", "actualmed", "kaggle"}
+
+
+def test_plan_command_prints_both_configurations_matching(server, tmp_path):
+    from click.testing import CliRunner
+
+    from covid19_cxr_dataset.cli import main
+
+    result = CliRunner().invoke(main, ["plan", "--version", "1.0.0", "--mirror", server.base_url, "--cache-dir", str(tmp_path),
+                                       "-q", "--json", str(tmp_path / "plan.json")])
+    assert result.exit_code == 0, result.output
+    assert "configuration paper (default): 6,354 images, 61 flagged" in result.output
+    assert "  train        398       1,341       3,875    5,614   expected 398 / 1,341 / 3,875" in result.output
+    assert "  test         100         242         398      740   expected 100 / 242 / 398" in result.output
+    assert "configuration curated: 6,293 images" in result.output
+    assert result.output.count("counts match the manifest") == 2
+    document = json.loads((tmp_path / "plan.json").read_text())
+    assert set(document) >= {"configs", "files"}
+    assert document["configs"]["paper"]["actual"] == document["configs"]["paper"]["expected"] == TABLE_1
+    assert document["configs"]["curated"]["matches"] is True
+    row = next(f for f in document["files"] if f["source_path"] == "images/16660_2_1.jpg")
+    assert row["flags"] == ["duplicate-near"] and row["in_curated"] is False and row["excluded"] == ""
+    assert row["duplicate_of"] == "cohen:images/covid-19-rapidly-progressive-acute-respiratory-distress-syndrome-ards-admission.jpg"

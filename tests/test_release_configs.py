@@ -142,3 +142,14 @@ def test_an_extra_card_section_is_part_of_the_generated_card(built, tmp_path):
     assert verify_release(out).ok
     (out / "README.md").write_text(card.replace("by **source**", "by nothing"), encoding="utf-8")
     assert [p.check for p in verify_release(out).problems] == ["card-generated"]
+
+
+def test_fingerprint_of_one_configuration_and_its_shards(built):
+    from covid19_cxr_dataset import publish, report as report_module
+
+    out, report, _ = built
+    assert report_module.fingerprint(out, config="curated") == report["configs"]["curated"]["fingerprint"]
+    assert report_module.fingerprint(out) == report["fingerprint"]
+    curated = publish.config_shard_paths(out, "curated", "train")
+    assert [p.relative_to(out).as_posix() for p in curated] == ["data/curated/train-00000-of-00001.parquet"]
+    assert len(publish.config_shard_paths(out, "paper", "train")) == 2

@@ -89,8 +89,8 @@ FLAGS = {
     "annotation-circle": REASONS["annotation-circle"],
     "annotation-arrow": REASONS["annotation-arrow"],
     "annotation-box": REASONS["annotation-box"],
-    "duplicate-exact": "a copy of another image in the release (same bytes); ``duplicate_of`` names the kept copy",
-    "duplicate-near": "the same radiograph as another image (cropped, rescaled or re-encoded); ``duplicate_of`` names the kept copy",
+    "duplicate-exact": "an identical copy of another image (same bytes or same decoded pixels); `duplicate_of` names the kept copy",
+    "duplicate-near": "the same radiograph as another image (cropped, rescaled or re-encoded); `duplicate_of` names the kept copy",
     "not-reviewed": REASONS["not-reviewed"],
 }
 """Reason codes a configuration may keep as a flag instead of excluding (``flag_instead_of_excluding``)."""

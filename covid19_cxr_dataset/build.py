@@ -24,7 +24,7 @@ import pandas as pd
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from . import CLASS_NAMES, __version__
+from . import __version__
 from . import archive, convert, filters, publish, report, sources, split
 from .card import card_inputs, render_card
 from .download import KAGGLE_BASE_URL, Downloader, FileSpec, default_cache_dir, fetch_kaggle_archive

@@ -177,3 +177,16 @@ def test_plan_resolves_counts_without_downloading_images(world, server, tmp_path
     assert resolution.counts() == EXPECTED
     fetched = {r.path.rsplit("/", 1)[-1] for r in server.requests}
     assert fetched == {"metadata.csv"}
+
+
+def test_exact_duplicates_setting_is_honoured(world, server, tmp_path):
+    import shutil
+
+    folder = tmp_path / "variant"
+    shutil.copytree(world.manifest_dir, folder)
+    text = (folder / "manifest.yaml").read_text()
+    (folder / "manifest.yaml").write_text(text.replace("exact_duplicates: true", "exact_duplicates: false"))
+    options = Options(cache_dir=tmp_path / "cache", mirror=server.base_url, workers=1, progress=False)
+    kept = plan(manifest_module.load(folder), options).kept
+    row = kept[kept["source_path"] == "images/c8-copy-of-c7.png"]
+    assert len(row) == 1 and row.iloc[0]["flags"] == () and row.iloc[0]["duplicate_of"] == ""

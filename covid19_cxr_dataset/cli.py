@@ -215,6 +215,11 @@ def plan(version, manifest_path, name, cache_dir, mirror, offline, workers, quie
             click.echo("  flags: " + ", ".join(f"{flag} {n:,}" for flag, n in report.flag_summary(rows).items()))
         problems = check_counts(manifest, kept, config=config.name)
         click.echo("  counts match the manifest" if not problems else "  COUNTS DIFFER: " + "; ".join(problems))
+        if problems:
+            where = f"configs.{config.name}.expected_counts" if "configs" in manifest.data else "expected_counts"
+            ordered = {s: actual[s] for s in sorted(actual, key=lambda s: (s != "train", s))}
+            click.echo(f"  if the difference is intended (a new decision), record these counts in {manifest.path}, {where}:\n"
+                       + "".join(f"    {s}: {{" + ", ".join(f"{label}: {n}" for label, n in c.items()) + "}\n" for s, c in ordered.items()).rstrip())
         all_problems += problems
     click.echo("excluded by reason (every configuration):")
     for reason, n in report.exclusion_summary(excluded).items():

@@ -153,3 +153,16 @@ def test_fingerprint_of_one_configuration_and_its_shards(built):
     curated = publish.config_shard_paths(out, "curated", "train")
     assert [p.relative_to(out).as_posix() for p in curated] == ["data/curated/train-00000-of-00001.parquet"]
     assert len(publish.config_shard_paths(out, "paper", "train")) == 2
+
+
+def test_plan_prints_the_counts_to_record_when_a_configuration_differs(world, server, tmp_path):
+    from click.testing import CliRunner
+
+    from covid19_cxr_dataset.cli import main
+
+    result = CliRunner().invoke(main, ["plan", "--manifest", str(world.manifest_dir), "--mirror", server.base_url,
+                                       "--cache-dir", str(tmp_path), "-q"])
+    assert result.exit_code == 2  # metadata cannot see the pixel and byte copies the build finds
+    assert result.output.count("counts match the manifest") == 1  # paper
+    assert "COUNTS DIFFER: curated: train/COVID-19: expected 9, got 10; curated: train/Normal: expected 2, got 3" in result.output
+    assert "configs.curated.expected_counts:\n    train: {COVID-19: 10, Normal: 3, Pneumonia: 4}\n    test: {COVID-19: 2, Normal: 3, Pneumonia: 2}" in result.output

@@ -264,7 +264,10 @@ def card_body(report: dict, rows: pd.DataFrame, extra_sections: list[dict[str, s
         "",
         f"Checks: counts match the manifest: **{checks.get('counts_match_manifest')}**; patients in both splits: "
         f"**{len(checks.get('patients_in_both_splits', []))}**; near-duplicate pairs across splits: "
-        f"**{len(checks.get('near_duplicate_pairs_across_splits', []))}**; files without a pinned checksum: **{checks.get('unverified_files', 0)}**.",
+        f"**{len(checks.get('near_duplicate_pairs_across_splits', []))}**; "
+        + ("".join(f"recorded duplicate pairs across splits in `{c['name']}`: **{len(c.get('duplicate_pairs_across_splits') or [])}**; "
+                   for c in configs if "duplicate_pairs_across_splits" in c))
+        + f"files without a pinned checksum: **{checks.get('unverified_files', 0)}**.",
         "Every exclusion and every flagged image is listed in `build_report.json` with its reason.",
         "",
     ]

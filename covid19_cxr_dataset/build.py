@@ -36,9 +36,9 @@ import pandas as pd
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from . import CLASS_NAMES, __version__
+from . import __version__
 from . import archive, convert, filters, publish, report, sources, split, variant
-from .card import card_body
+from .card import card_inputs, render_card
 from .download import (
     KAGGLE_BASE_URL, Downloader, FileSpec, check_base_url, default_cache_dir, fetch_kaggle_archive, kaggle_archive_spec,
 )
@@ -92,8 +92,14 @@ class Resolution:
     excluded: pd.DataFrame
     decisions: filters.Decisions
 
-    def counts(self) -> dict[str, dict[str, int]]:
-        return report.count_table(self.kept)
+    def counts(self, config: str | None = None) -> dict[str, dict[str, int]]:
+        """{split: {class: n}} of one configuration (default: the default configuration)."""
+        return report.count_table(self.rows(config))
+
+    def rows(self, config: str | None = None) -> pd.DataFrame:
+        """The kept rows that belong to ``config`` (default: the default configuration: all of them)."""
+        chosen = self.manifest.config(config) if config else self.manifest.default_config
+        return self.kept[filters.in_config(self.kept, chosen)]
 
 
 # ---- stages ----------------------------------------------------------------------------------
@@ -132,19 +138,21 @@ def finish_selection(resolution: Resolution) -> Resolution:
     """Quota and split: the last steps, run by plan on metadata and by build after conversion."""
     manifest = resolution.manifest
     kept, dropped = filters.apply_quota(manifest, resolution.kept)
-    links = split.duplicate_patient_links(resolution.excluded, resolution.candidates) + resolution.decisions.patient_links()
-    kept = split.assign_splits(kept, manifest.data["split"]["rules"], manifest.data["split"]["seed"], links)
-    kept = kept.sort_values(["split", "label", "source", "source_path"], key=_split_order).reset_index(drop=True)
     excluded = pd.concat([resolution.excluded, dropped], ignore_index=True) if len(dropped) else resolution.excluded
-    return Resolution(manifest, resolution.candidates, kept, excluded, resolution.decisions)
+    # Duplicate links are the duplicate_of column: flagged copies among the kept rows, dropped copies among the excluded.
+    links = split.duplicate_patient_links(pd.concat([kept, excluded], ignore_index=True), resolution.candidates)
+    links += resolution.decisions.patient_links()
+    seed = manifest.data["split"]["seed"]
+    kept = split.assign_splits(kept, manifest.data["split"]["rules"], seed, links)
+    return Resolution(manifest, resolution.candidates, publish_order(kept, seed), excluded, resolution.decisions)
 
 
-def _split_order(column: pd.Series) -> pd.Series:
-    if column.name == "split":
-        return column.map({name: i for i, name in enumerate(publish.SPLITS)})
-    if column.name == "label":
-        return column.map({name: i for i, name in enumerate(CLASS_NAMES)})
-    return column
+def publish_order(kept: pd.DataFrame, seed: str) -> pd.DataFrame:
+    """Train before test; inside a split a seeded shuffle (sha256 of seed and record id), not grouped
+    by class or source, and independent of download or file-system order."""
+    order = kept["record_id"].map(lambda rid: hashlib.sha256(f"{seed}\0row-order\0{rid}".encode()).hexdigest())
+    side = kept["split"].map({name: i for i, name in enumerate(publish.SPLITS)})
+    return kept.assign(_side=side, _order=order).sort_values(["_side", "_order"]).drop(columns=["_side", "_order"]).reset_index(drop=True)
 
 
 def plan(manifest: Manifest, options: Options) -> Resolution:
@@ -152,18 +160,23 @@ def plan(manifest: Manifest, options: Options) -> Resolution:
     return finish_selection(resolve(manifest, options))
 
 
-def check_counts(manifest: Manifest, kept: pd.DataFrame, *, shortfall_only: bool = False) -> list[str]:
-    """Differences between the kept rows and the manifest's expected counts (empty when exact).
+def check_counts(manifest: Manifest, kept: pd.DataFrame, *, shortfall_only: bool = False, config: str | None = None) -> list[str]:
+    """Differences between the kept rows and each configuration's expected counts (empty when exact).
 
+    ``kept`` is the default configuration's selection; each configuration's rows are taken from it
+    (``filters.in_config``). Messages name the configuration when the release has more than one.
     ``shortfall_only``: report only cells with too few images (later stages can still remove some).
     """
-    actual = report.count_table(kept)
+    configs = [manifest.config(config)] if config else manifest.configs
+    named = len(manifest.configs) > 1
     problems = []
-    for split_name, expected in manifest.data["expected_counts"].items():
-        for label, count in expected.items():
-            got = actual.get(split_name, {}).get(label, 0)
-            if got < count or (got > count and not shortfall_only):
-                problems.append(f"{split_name}/{label}: expected {count}, got {got}")
+    for chosen in configs:
+        actual = report.count_table(kept[filters.in_config(kept, chosen)])
+        for split_name, expected in chosen.expected_counts.items():
+            for label, count in expected.items():
+                got = actual.get(split_name, {}).get(label, 0)
+                if got < count or (got > count and not shortfall_only):
+                    problems.append((f"{chosen.name}: " if named else "") + f"{split_name}/{label}: expected {count}, got {got}")
     return problems
 
 
@@ -461,51 +474,84 @@ def _separate_failures(kept: pd.DataFrame, results: list[tuple[str, str]]) -> tu
 
 
 def convert_and_write_shards(
-    kept: pd.DataFrame, data_dir: Path, options: Options, settings: convert.ConvertSettings
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, tuple[int, int]]]:
-    """Convert + publish stages together: each image goes into its split's shard as soon as its
-    conversion arrives, so this process writes parquet while the workers convert.
+    kept: pd.DataFrame, data_dir: Path, options: Options, settings: convert.ConvertSettings, configs: list | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[tuple[str, str], tuple[int, int]]]:
+    """Convert + publish stages together: each image goes into its shard as soon as its conversion
+    arrives, so this process writes parquet while the workers convert.
 
-    ``kept`` must be in publish order with ``split`` filled. Returns the rows written (with
-    ``converted_path``), the rows whose conversion failed (as exclusions) and {split: (rows, bytes)}.
+    ``kept`` must be in publish order with ``split`` (and ``flags``) filled; each row goes to the
+    shard folder of its partition (``publish.partition_of``). Returns the rows written (with
+    ``converted_path``), the rows whose conversion failed (as exclusions) and
+    {(folder, split): (rows, bytes)}.
     """
     data_dir.mkdir(parents=True)
-    writers = {name: publish.SplitShardWriter(data_dir, name, max_shard_bytes=options.max_shard_bytes) for name in publish.SPLITS}
+    folders = publish.partitions(configs) if configs else [""]
+    writers = {
+        (folder, name): publish.SplitShardWriter(_mkdir(data_dir / folder), name, max_shard_bytes=options.max_shard_bytes)
+        for folder in folders for name in publish.SPLITS
+    }
     records = kept.to_dict("records")
     results = []
     bar = tqdm(total=len(records), desc="convert and write", unit="img", disable=not options.progress)
     for record, result in zip(records, _conversions(kept, options, settings)):
         target = result[0]
         if target:
-            writers[record["split"]].add(publish.publish_row(record, Path(target).read_bytes()))
+            folder = publish.partition_of(record["flags"], configs) if configs else ""
+            writers[(folder, record["split"])].add(publish.publish_row(record, Path(target).read_bytes()))
         results.append(result)
         bar.update()
     bar.close()
     sizes = {}
-    for name, writer in writers.items():
+    for key, writer in writers.items():
         writer.close()
-        sizes[name] = (writer.num_rows, writer.num_bytes)
+        sizes[key] = (writer.num_rows, writer.num_bytes)
     written, failed = _separate_failures(kept, results)
     return written, failed, sizes
 
 
-def write_card_and_report(
-    resolution: Resolution, staging: Path, options: Options, *, unverified: list[str], split_sizes: dict[str, tuple[int, int]]
-) -> dict:
-    """The rest of the publish stage and the report stage, beside the shards in ``staging``."""
-    manifest = resolution.manifest
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_card_and_report(resolution: Resolution, staging: Path, options: Options, *, unverified: list[str]) -> dict:
+    """The rest of the publish stage and the report stage, beside the shards in ``staging``.
+
+    The card is rendered from the build report and the shards alone (``card.render_card``), so
+    ``verify`` can regenerate it byte for byte.
+    """
     build_report = make_report(resolution, staging, options, unverified=unverified)
-    header = publish.card_yaml(
-        split_sizes=split_sizes, license_id=manifest.data.get("card_license", "other"),
-        pretty_name=manifest.data["title"], version=manifest.version,
-    )
-    publish.write_card(staging, header_yaml=header, body_markdown=card_body(manifest, build_report, resolution.kept))
+    (staging / "README.md").write_text(render_card(build_report, publish.read_row_table(staging)), encoding="utf-8")
     report.write_report(staging, build_report)
     return build_report
 
 
 def make_report(resolution: Resolution, staging: Path, options: Options, *, unverified: list[str]) -> dict:
     manifest, kept, excluded = resolution.manifest, resolution.kept, resolution.excluded
+    shards = report.shard_hashes(staging)
+    config_shards = {
+        c.name: [p for p in shards if p.split("/")[1] in publish.config_folders(c, manifest.configs)] for c in manifest.configs
+    }
+    fingerprints = report.config_fingerprints(staging, config_shards, workers=options.workers)
+    configs = {}
+    for config in manifest.configs:
+        rows = kept[filters.in_config(kept, config)]
+        configs[config.name] = {
+            "default": config.default,
+            "description": config.description,
+            "folders": publish.config_folders(config, manifest.configs),
+            "counts": report.count_table(rows),
+            "expected_counts": config.expected_counts,
+            "counts_match_manifest": not check_counts(manifest, kept, config=config.name),
+            "source_label_counts": report.source_label_table(rows),
+            "flags": report.flag_summary(rows),
+            "duplicate_pairs_across_splits": split.duplicate_pairs_across_splits(rows),
+            "patients_in_both_splits": split.patients_in_both(rows),
+            "upstream_groups_in_both_splits": split.upstream_groups_in_both(rows),
+            "fingerprint": fingerprints[config.name],
+            "shards": config_shards[config.name],
+        }
+    default = manifest.default_config.name
     return {
         "report_schema": report.REPORT_SCHEMA_VERSION,
         "dataset": manifest.name,
@@ -517,21 +563,27 @@ def make_report(resolution: Resolution, staging: Path, options: Options, *, unve
             for s in manifest.sources
         },
         "convert": manifest.data["convert"],
-        "counts": report.count_table(kept),
-        "expected_counts": manifest.data["expected_counts"],
-        "source_label_counts": report.source_label_table(kept),
+        "default_config": default,
+        "counts": configs[default]["counts"],
+        "expected_counts": configs[default]["expected_counts"],
+        "source_label_counts": configs[default]["source_label_counts"],
         "candidates": int(len(resolution.candidates)),
         "exclusions_by_reason": report.exclusion_summary(excluded),
         "checks": {
             "counts_match_manifest": not check_counts(manifest, kept),
             "patients_in_both_splits": split.patients_in_both(kept),
+            "upstream_groups_in_both_splits": split.upstream_groups_in_both(kept),
+            "duplicate_pairs_across_splits": split.duplicate_pairs_across_splits(kept),
             "near_duplicate_pairs_across_splits": report.cross_split_near_duplicates(kept, workers=options.workers),
             "unverified_files": len(unverified),
         },
+        "configs": configs,
         "unverified_files": unverified,
         "exclusions": report.exclusion_list(excluded),
-        "shards": report.shard_hashes(staging),
-        "fingerprint": report.fingerprint(staging, workers=options.workers),
+        "flagged": report.flagged_list(kept),
+        "card": card_inputs(manifest),
+        "shards": shards,
+        "fingerprint": fingerprints[default],
     }
 
 
@@ -565,7 +617,7 @@ def _build_locked(manifest: Manifest, out: Path, options: Options, downloader: D
     log.info("downloading %d candidate image(s)", len(resolution.kept))
     kept = fetch_images(resolution, options, downloader, out=out)
     kept, unverified = hash_and_verify(kept)
-    kept, exact = filters.exclude_exact_duplicates(kept, "sha256", [s["name"] for s in manifest.sources])
+    kept, exact = filters.exact_duplicates_after_download(manifest, kept)
     settings = convert.ConvertSettings(**manifest.data["convert"])
     excluded = pd.concat([resolution.excluded, exact], ignore_index=True)
     failed = excluded.iloc[0:0]
@@ -575,8 +627,8 @@ def _build_locked(manifest: Manifest, out: Path, options: Options, downloader: D
     try:
         with _disk_full_is_an_error(f"{out.parent} or the cache {options.cache}"):
             # Selection and split come first, so shards are written while images convert. An image
-            # that fails to convert (rare) changes the selection: select again and rewrite the
-            # shards, from the conversion cache this time.
+            # that fails to convert, or two images that turn out to have the same pixels (rare),
+            # change the selection: select again and rewrite the shards, from the conversion cache.
             while True:
                 selection = finish_selection(Resolution(
                     manifest, resolution.candidates, kept[~kept["record_id"].isin(failed["record_id"])],
@@ -585,14 +637,20 @@ def _build_locked(manifest: Manifest, out: Path, options: Options, downloader: D
                 # Too few images is final now; too many may still shrink as images fail to convert.
                 _check_selection(manifest, selection, failed, out, shortfall_only=True)
                 shutil.rmtree(staging / "data", ignore_errors=True)
-                written, new_failures, sizes = convert_and_write_shards(selection.kept, staging / "data", options, settings)
-                if new_failures.empty:
-                    _check_selection(manifest, selection, failed, out)
-                    break
-                new_failures["detail"] = new_failures["detail"].map(lambda text: portable_paths(text, options, manifest))
-                failed = pd.concat([failed, new_failures], ignore_index=True)
+                written, new_failures, sizes = convert_and_write_shards(
+                    selection.kept, staging / "data", options, settings, manifest.configs)
+                if not new_failures.empty:
+                    new_failures["detail"] = new_failures["detail"].map(lambda text: portable_paths(text, options, manifest))
+                    failed = pd.concat([failed, new_failures], ignore_index=True)
+                    continue
+                kept, pixel_copies, found = _pixel_duplicates(manifest, kept, written)
+                if found:
+                    excluded = pd.concat([excluded, pixel_copies], ignore_index=True)
+                    continue
+                _check_selection(manifest, selection, failed, out)
+                break
             selection = Resolution(manifest, selection.candidates, written, selection.excluded, selection.decisions)
-            build_report = write_card_and_report(selection, staging, options, unverified=unverified, split_sizes=sizes)
+            build_report = write_card_and_report(selection, staging, options, unverified=unverified)
             (staging / STAGING_MARKER).unlink()
             _move_into_place(staging, out)
     except KeyboardInterrupt:
@@ -620,6 +678,23 @@ def portable_paths(text: str, options: Options, manifest: Manifest) -> str:
             if form not in ("", ".", "/"):
                 text = text.replace(form.rstrip("/") + "/", name + "/")
     return text
+
+
+def _pixel_duplicates(manifest: Manifest, kept: pd.DataFrame, written: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, bool]:
+    """Mark rows whose converted images are identical (same decoded pixels, different source bytes).
+
+    Returns ``kept`` with the new flags/``duplicate_of`` (or without the copies), the copies it
+    excluded, and whether anything changed (then the selection is made again).
+    """
+    pixels = {rid: publish.sha256_file(Path(p)) for rid, p in zip(written["record_id"], written["converted_path"])}
+    table = kept.assign(pixels_sha256=kept["record_id"].map(pixels).fillna(""))
+    before = dict(zip(table["record_id"], zip(table["flags"], table["duplicate_of"])))
+    marked, copies = filters.exact_duplicates_after_conversion(manifest, table)
+    marked = marked.drop(columns="pixels_sha256")
+    copies = copies.drop(columns="pixels_sha256", errors="ignore")
+    after = dict(zip(marked["record_id"], zip(marked["flags"], marked["duplicate_of"])))
+    changed = len(copies) > 0 or after != {rid: before[rid] for rid in after}
+    return (marked, copies, True) if changed else (kept, copies.iloc[0:0], False)
 
 
 def _check_selection(manifest: Manifest, selection: Resolution, failed: pd.DataFrame, out: Path, *, shortfall_only: bool = False) -> None:

@@ -1,8 +1,15 @@
-"""The dataset card's Markdown body, generated from the manifest, the build report and the kept rows.
+"""The dataset card (README.md), generated from the build report and the shards alone.
 
-The YAML header (the contract with ``load_dataset``) comes from ``publish.card_yaml``; this module
-writes what a person reads: counts, curation, risks, licenses and citations. Nothing is typed by
-hand, so the card always describes the data beside it.
+``render_card(report, rows)`` is the whole file: the YAML header (``publish.card_yaml``, the
+contract with ``load_dataset``) and the Markdown body (``card_body``): counts per configuration,
+flags, curation, risks, licenses and citations. Its inputs are ``build_report.json`` (which carries
+the manifest's card text under ``card``, see ``card_inputs``) and the rows of the shards without
+their images (``publish.read_row_table``), so ``verify`` regenerates the card byte for byte.
+
+Extra sections (e.g. shortcut evidence from a certificate) are ``{"title", "markdown"}`` items in
+``report["card"]["extra_sections"]``; ``extra_sections(manifest)`` (the one place to add one)
+returns them, ``card_inputs`` stores them in the report at build time and ``card_body`` appends
+them after "Known risks".
 """
 
 from __future__ import annotations
@@ -11,10 +18,12 @@ import re
 
 import pandas as pd
 
-from . import CLASS_NAMES
+from typing import Any
+
+from . import CLASS_NAMES, publish
 from .citation import citations
 from .manifest import Manifest
-from .records import REASONS
+from .records import FLAGS, REASONS
 from .variant import card_facts, notice_lines
 
 
@@ -63,65 +72,229 @@ def license_warnings(kept: pd.DataFrame) -> list[str]:
 _SPLIT_ORDER = {"train": 0, "test": 1}
 
 
-def card_body(manifest: Manifest, report: dict, kept: pd.DataFrame) -> str:
-    counts = report["counts"]
-    where = card_facts(manifest)  # published release or not; how commands name this manifest
+def extra_sections(manifest: Manifest) -> list[dict[str, str]]:
+    """Sections appended to the card after "Known risks", as ``{"title", "markdown"}`` items.
+
+    The one place to add a section the manifest does not hold (e.g. shortcut evidence from a
+    committed certificate): what this returns is stored in ``build_report.json`` (``card`` ->
+    ``extra_sections``), so ``verify`` regenerates the card with it.
+    """
+    return []
+
+
+def card_inputs(manifest: Manifest, *, sections: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """What the card needs from the manifest, stored in the build report (``report["card"]``);
+    ``sections`` defaults to ``extra_sections(manifest)``."""
+    sections = extra_sections(manifest) if sections is None else sections
+    sources = []
+    for source in manifest.sources:
+        pin = f"`{source['repository']}` at commit `{source['commit']}`" if source["kind"] == "github" else \
+            f"`{source.get('dataset', source['name'])}` version {source.get('dataset_version', '-')}"
+        sources.append({"name": source["name"], "description": source.get("description", ""), "pin": pin, "license": source["license"]})
+    return {
+        "name": manifest.name,
+        "title": manifest.data["title"],
+        "description": manifest.data.get("description", "").strip(),
+        "release_notes": manifest.data.get("release_notes", "").strip(),
+        "known_risks": manifest.data.get("known_risks", "").strip(),
+        "license": manifest.data.get("card_license", "other"),
+        "seed": manifest.data["split"]["seed"],
+        "sources": sources,
+        "citations": [c.bibtex.strip() for c in citations(manifest)],
+        "extra_sections": list(sections),
+        "variant": card_facts(manifest),  # published release or not; how commands name this manifest
+    }
+
+
+def _configs(report: dict) -> list[dict[str, Any]]:
+    """The report's configurations, default first (one over the flat data/ for older reports)."""
+    configs = report.get("configs") or {"default": {"default": True, "folders": [], "shards": sorted(report.get("shards", {}))}}
+    items = [{"name": name, **spec} for name, spec in configs.items()]
+    return sorted(items, key=lambda c: not c.get("default"))
+
+
+def config_rows(rows: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
+    """The shard rows that belong to a configuration (its shard folders)."""
+    folders = config.get("folders") or [""]
+    return rows[rows["folder"].isin(folders)]
+
+
+def split_sizes(report: dict, rows: pd.DataFrame, config: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """{split: (num_examples from the shards, num_bytes of the shard files)}, train first."""
+    mine = config_rows(rows, config)
+    shards = report.get("shards", {})
+    sizes = {}
+    splits = {p.rsplit("/", 1)[-1].split("-", 1)[0] for p in config.get("shards", [])} | set(mine["split"])
+    for split in sorted(splits, key=lambda s: _SPLIT_ORDER.get(s, 9)):
+        files = [p for p in config.get("shards", []) if p.rsplit("/", 1)[-1].startswith(f"{split}-")]
+        sizes[split] = (int((mine["split"] == split).sum()), int(sum(int(shards.get(p, {}).get("bytes", 0)) for p in files)))
+    return sizes
+
+
+def _folders_by_split(config: dict[str, Any]) -> dict[str, list[str]]:
+    """{split: shard folders holding that split's shards} ("" for shards directly in data/)."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(config.get("shards", [])):
+        parts = path.split("/")
+        folder = "/".join(parts[1:-1])
+        split = parts[-1].split("-", 1)[0]
+        if folder not in found.setdefault(split, []):
+            found[split].append(folder)
+    order = list(config.get("folders") or [""])
+    return {s: sorted(f, key=lambda x: order.index(x) if x in order else len(order)) for s, f in found.items()}
+
+
+def card_header(report: dict, rows: pd.DataFrame) -> str:
+    card = report.get("card", {})
+    configs = _configs(report)
+    return publish.card_yaml(
+        license_id=card.get("license", "other"), pretty_name=card.get("title", report.get("dataset", "")), version=str(report.get("version", "")),
+        configs=[{"name": c["name"], "default": bool(c.get("default")), "folders": _folders_by_split(c),
+                  "split_sizes": split_sizes(report, rows, c)} for c in configs],
+    )
+
+
+def render_card(report: dict, rows: pd.DataFrame) -> str:
+    """README.md of a release, exactly: YAML header and body, from the build report and the shard rows."""
+    return f"---\n{card_header(report, rows)}---\n\n{card_body(report, rows).rstrip()}\n"
+
+
+def _count_lines(rows: pd.DataFrame) -> list[str]:
+    lines = ["| split | " + " | ".join(CLASS_NAMES) + " | total |", "|---|" + "---:|" * (len(CLASS_NAMES) + 1)]
+    for split_name in sorted(set(rows["split"]), key=lambda s: _SPLIT_ORDER.get(s, 9)):
+        part = rows[rows["split"] == split_name]
+        counts = [int((part["label"] == c).sum()) for c in CLASS_NAMES]
+        lines.append(f"| {split_name} | " + " | ".join(f"{n:,}" for n in counts) + f" | {sum(counts):,} |")
+    return lines
+
+
+def _source_lines(rows: pd.DataFrame) -> list[str]:
+    lines = ["| split | source | class | images |", "|---|---|---|---:|"]
+    groups = rows.groupby(["split", "source", "label"]).size()
+    for (split_name, source, label), n in sorted(groups.items(), key=lambda item: (_SPLIT_ORDER.get(item[0][0], 9), item[0][1], item[0][2])):
+        lines.append(f"| {split_name} | {source} | {label} | {int(n):,} |")
+    return lines
+
+
+def _flag_lines(rows: pd.DataFrame) -> list[str]:
+    counts: dict[str, int] = {}
+    for flags in rows["flags"]:
+        for flag in flags:
+            counts[flag] = counts.get(flag, 0) + 1
+    if not counts:
+        return []
+    lines = ["| flag | images | meaning |", "|---|---:|---|"]
+    lines += [f"| `{flag}` | {n:,} | {FLAGS.get(flag, REASONS.get(flag, ''))} |" for flag, n in sorted(counts.items())]
+    return lines
+
+
+def card_body(report: dict, rows: pd.DataFrame, extra_sections: list[dict[str, str]] | None = None) -> str:
+    """The Markdown body. ``extra_sections`` defaults to the report's ``card.extra_sections``."""
+    card = report.get("card", {})
+    version, name = report.get("version", ""), card.get("name", report.get("dataset", ""))
+    configs = _configs(report)
+    default = configs[0]
+    subsets = configs[1:]
+    paper_rows = config_rows(rows, default)
     lines = [
-        f"# {manifest.data['title']}",
+        f"# {card.get('title', name)}",
         "",
-        *notice_lines(where, counts),
-        f"Release **{manifest.version}** of `{manifest.name}`, built by covid19-cxr-dataset {report['package_version']}.",
+        *notice_lines(card.get("variant", {}), report.get("counts", {})),
+        f"Release **{version}** of `{name}`, built by covid19-cxr-dataset {report.get('package_version', '')}.",
         "",
-        manifest.data.get("description", "").strip(),
+        card.get("description", ""),
         "",
         "```python",
         "import datasets",
-        'dataset = datasets.load_dataset("path/to/this/folder")  # DatasetDict with train and test',
-        "```",
-        "",
-        "## Contents",
-        "",
-        "| split | " + " | ".join(CLASS_NAMES) + " | total |",
-        "|---|" + "---:|" * (len(CLASS_NAMES) + 1),
+        f'dataset = datasets.load_dataset("path/to/this/folder")  # DatasetDict with train and test: {default["name"]!r}',
     ]
-    for split_name, per_class in sorted(counts.items(), key=lambda item: _SPLIT_ORDER.get(item[0], 9)):
-        row = [per_class.get(c, 0) for c in CLASS_NAMES]
-        lines.append(f"| {split_name} | " + " | ".join(f"{n:,}" for n in row) + f" | {sum(row):,} |")
-    lines += ["", "Images per source and class:", "", "| split | source | class | images |", "|---|---|---|---:|"]
-    for split_name, per_source in sorted(report["source_label_counts"].items(), key=lambda item: _SPLIT_ORDER.get(item[0], 9)):
-        for source, per_label in sorted(per_source.items()):
-            for label, n in per_label.items():
-                lines.append(f"| {split_name} | {source} | {label} | {n:,} |")
+    lines += [f'{c["name"]} = datasets.load_dataset("path/to/this/folder", "{c["name"]}")' for c in subsets]
+    lines += ["```", "", "## Configurations", ""]
+    if subsets:
+        lines += [
+            f"This folder holds {len(configs)} configurations over one split, and no image twice: "
+            + f"`{default['name']}` (the default) reads every shard folder ("
+            + ", ".join(f"`data/{f}/`" for f in default.get("folders", [])) + "); "
+            + "; ".join(f"`{c['name']}` reads only `data/{c['name']}/`, the rows of `{default['name']}` without any flag" for c in subsets)
+            + ". An image is on the same side of the split in every configuration.",
+            "",
+        ]
+    for config in configs:
+        mine = config_rows(rows, config)
+        title = f"### `{config['name']}`" + (" (default)" if config.get("default") else "")
+        lines += [title, ""] if subsets else []
+        if config.get("description"):
+            lines += [config["description"], ""]
+        lines += _count_lines(mine) + ["", "Images per source and class:", ""] + _source_lines(mine) + [""]
+        flag_lines = _flag_lines(mine)
+        if flag_lines:
+            lines += ["Flags (a row can carry several; column `flags`):", ""] + flag_lines + [""]
+        crossing = config.get("duplicate_pairs_across_splits") or []
+        upstream = config.get("upstream_groups_in_both_splits") or []
+        if crossing or upstream:
+            lines += [
+                f"**Across the source's own split:** {len(crossing):,} duplicate pair(s) and {len(upstream):,} patient group(s) "
+                "sit on both sides because a source's own split (Kaggle's train/test) puts them there. They were kept where "
+                "the source put them, not moved, so that the counts stay those of the source's split; they are listed in "
+                "`build_report.json` (`configs` → `duplicate_pairs_across_splits`, `upstream_groups_in_both_splits`).",
+                "",
+            ]
     lines += [
+        f"Row order: inside each split the rows are in a deterministic shuffled order (sha256 of the seed "
+        f"`{card.get('seed', '')}` and the record id), not grouped by class or source."
+        + (f" `{default['name']}` reads the `{subsets[0]['name']}` shards before the `flagged` ones, so shuffle before "
+           "training on it." if subsets else ""),
         "",
         "Columns: `image` (8-bit grayscale JPEG), `label` (ClassLabel: " + ", ".join(f"{i} = {c}" for i, c in enumerate(CLASS_NAMES)) + "), "
         "`source`, `source_path` (path in the source at the pinned version), `patient_id` (normalized across sources), "
-        "`view`, `finding` (the source's own text), `license` (as the source states it), `sha256` (of the source file).",
+        "`view`, `finding` (the source's own text), `license` (as the source states it), `sha256` (of the source file), "
+        "`flags` (what the curation found on a kept image, empty when clean), `duplicate_of` (`source:source_path` of the "
+        "kept copy when this image is a duplicate, else empty).",
         "",
         "## Sources",
         "",
     ]
-    for source in manifest.sources:
-        pin = f"`{source['repository']}` at commit `{source['commit']}`" if source["kind"] == "github" else \
-            f"`{source.get('dataset', source['name'])}` version {source.get('dataset_version', '-')}"
+    for source in card.get("sources", []):
         described = f" — {source['description']}" if source.get("description") else ""
-        lines.append(f"- **{source['name']}**{described}: {pin}. License: {source['license']}.")
-    lines += ["", "## Curation", "", manifest.data.get("release_notes", "").strip(), "",
-              f"{report['candidates']:,} candidate files were considered; exclusions by reason:", "",
+        lines.append(f"- **{source['name']}**{described}: {source['pin']}. License: {source['license']}.")
+    lines += ["", "## Curation", "", card.get("release_notes", ""), "",
+              f"{report.get('candidates', 0):,} candidate files were considered; excluded from every configuration, by reason:", "",
               "| reason | files | meaning |", "|---|---:|---|"]
-    for reason, n in report["exclusions_by_reason"].items():
+    for reason, n in report.get("exclusions_by_reason", {}).items():
         lines.append(f"| `{reason}` | {n:,} | {REASONS.get(reason, '')} |")
-    checks = report["checks"]
+    checks = report.get("checks", {})
     lines += [
         "",
-        f"Checks: counts match the manifest: **{checks['counts_match_manifest']}**; patients in both splits: "
-        f"**{len(checks['patients_in_both_splits'])}**; near-duplicate pairs across splits: "
-        f"**{len(checks['near_duplicate_pairs_across_splits'])}**; files without a pinned checksum: **{checks['unverified_files']}**.",
-        "Every exclusion is listed in `build_report.json` with its reason.",
+        f"Checks: counts match the manifest: **{checks.get('counts_match_manifest')}**; patients in both splits: "
+        f"**{len(checks.get('patients_in_both_splits', []))}**; near-duplicate pairs across splits: "
+        f"**{len(checks.get('near_duplicate_pairs_across_splits', []))}**; "
+        + ("".join(f"recorded duplicate pairs across splits in `{c['name']}`: **{len(c.get('duplicate_pairs_across_splits') or [])}**; "
+                   for c in configs if "duplicate_pairs_across_splits" in c))
+        + f"files without a pinned checksum: **{checks.get('unverified_files', 0)}**.",
+        "Every exclusion and every flagged image is listed in `build_report.json` with its reason.",
         "",
     ]
-    if manifest.data.get("known_risks"):
-        lines += ["## Known risks", "", manifest.data["known_risks"].strip(), ""]
+    unverified = report.get("unverified_files", [])
+    if unverified:
+        by_source: dict[str, int] = {}
+        for record_id in unverified:
+            by_source[record_id.split(":", 1)[0]] = by_source.get(record_id.split(":", 1)[0], 0) + 1
+        lines += [
+            "## Files without a pinned checksum",
+            "",
+            f"{len(unverified):,} file(s) were used without a recorded sha256 or git blob id ("
+            + ", ".join(f"{s}: {n:,}" for s, n in sorted(by_source.items()))
+            + "); their bytes are what the archive held at build time. `build_report.json` (`unverified_files`) names each; so does this list:",
+            "",
+            "<details><summary>unpinned files</summary>",
+            "",
+        ]
+        lines += [f"- `{record_id}`" for record_id in unverified]
+        lines += ["", "</details>", ""]
+    if card.get("known_risks"):
+        lines += ["## Known risks", "", card["known_risks"], ""]
+    for section in card.get("extra_sections", []) if extra_sections is None else extra_sections:
+        lines += [f"## {section['title']}", "", section["markdown"].strip(), ""]
     lines += [
         "## Licenses",
         "",
@@ -131,17 +304,20 @@ def card_body(manifest: Manifest, report: dict, kept: pd.DataFrame) -> str:
         "| source | license | images |",
         "|---|---|---:|",
     ]
-    for source, license_text, n in license_table(kept):
+    for source, license_text, n in license_table(paper_rows):
         lines.append(f"| {source} | {license_text} | {n:,} |")
-    warnings = license_warnings(kept)
+    warnings = license_warnings(paper_rows)
     if warnings:
         lines += [""] + [f"- {w}" for w in warnings] + ["", "Filter on the `license` column if your use requires it."]
-    lines += ["", "## Provenance", "",
-              f"- manifest sha256: `{report['manifest_sha256']}`",
-              f"- fingerprint (decoded pixels and labels): `{report['fingerprint']}`",
-              "- verify this folder with `cxr-dataset verify <folder>`", "",
+    lines += ["", "## Provenance", "", f"- manifest sha256: `{report.get('manifest_sha256', '')}`"]
+    if subsets:
+        lines += [f"- fingerprint of `{c['name']}` (decoded pixels and labels): `{c.get('fingerprint', '')}`" for c in configs]
+    else:
+        lines += [f"- fingerprint (decoded pixels and labels): `{report.get('fingerprint', '')}`"]
+    lines += ["- verify this folder with `cxr-dataset verify <folder>`", "",
               "## Citation", "", "Please cite this release and the works it is built from "
-              "(`cxr-dataset cite " + where["manifest_option"] + "` prints them in BibTeX, APA or CFF):", "", "```bibtex"]
-    lines += [c.bibtex.strip() + "\n" for c in citations(manifest)]
+              "(`cxr-dataset cite " + card.get("variant", {}).get("manifest_option", f"--version {version}")
+              + "` prints them in BibTeX, APA or CFF):", "", "```bibtex"]
+    lines += [bibtex + "\n" for bibtex in card.get("citations", [])]
     lines += ["```", ""]
     return "\n".join(lines)

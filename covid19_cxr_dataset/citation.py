@@ -55,9 +55,9 @@ class Citation:
     fields: dict[str, str] = field(default_factory=dict)  # parsed BibTeX fields, LaTeX markup removed
 
 
-def citations(manifest: Manifest) -> list[Citation]:
+def citations(manifest: Manifest, config: str | None = None) -> list[Citation]:
     """The release's own citation, then every work the manifest cites (its own, then each source's), no repeats."""
-    out = [release_citation(manifest)]
+    out = [release_citation(manifest, config)]
     seen = {out[0].key}
     listed = [(c, "reference", "") for c in manifest.data.get("citations", [])]
     listed += [(c, "source", s["name"]) for s in manifest.sources for c in s.get("citations", [])]
@@ -71,11 +71,19 @@ def citations(manifest: Manifest) -> list[Citation]:
     return out
 
 
-def release_citation(manifest: Manifest) -> Citation:
-    """How to cite version X of this dataset: title, version, the package that builds it, year, URL."""
+def release_citation(manifest: Manifest, config: str | None = None) -> Citation:
+    """How to cite version X of this dataset: title, version, the package that builds it, year, URL.
+
+    A release with several configurations names them (or, with ``config``, the one used)."""
     title, version = manifest.data["title"], manifest.version
-    key = f"{manifest.name}-{version}"
-    note = f"Dataset release {version} ({manifest.name}), built with the {PACKAGE_NAME} Python package, version {__version__}"
+    configs = manifest.configs
+    key = f"{manifest.name}-{version}" + (f"-{config}" if config and len(configs) > 1 else "")
+    which = ""
+    if config and len(configs) > 1:
+        which = f", configuration {manifest.config(config).name}"
+    elif len(configs) > 1:
+        which = ", configurations " + " and ".join(c.name + (" (default)" if c.default else "") for c in configs)
+    note = f"Dataset release {version} ({manifest.name}){which}, built with the {PACKAGE_NAME} Python package, version {__version__}"
     bibtex = "\n".join([
         f"@misc{{{key},",
         f"  title={{{_bibtex_escape(title)}}},",
@@ -86,16 +94,18 @@ def release_citation(manifest: Manifest) -> Citation:
         f"  note={{{_bibtex_escape(note)}}}",
         "}",
     ])
-    text = (f"{AUTHORS}. ({RELEASE_YEAR}). {title} (Version {version}) [Data set]. "
+    text = (f"{AUTHORS}. ({RELEASE_YEAR}). {title} (Version {version}{which.replace(', c', '; c', 1) if config else ''}) [Data set]. "
             f"Built with the {PACKAGE_NAME} Python package, version {__version__}. {PROJECT_URL}")
     fields = {"title": title, "author": AUTHORS, "year": str(RELEASE_YEAR), "version": version,
               "url": PROJECT_URL, "note": note}
     return Citation(key, text, bibtex, "release", "", key, "misc", fields)
 
 
-def format_citations(manifest: Manifest, fmt: str = "bibtex") -> str:
-    """All citations of a release as one text: ``bibtex``, ``apa`` or ``cff`` (a CITATION.cff for the release)."""
-    entries = citations(manifest)
+def format_citations(manifest: Manifest, fmt: str = "bibtex", config: str | None = None) -> str:
+    """All citations of a release as one text: ``bibtex``, ``apa`` or ``cff`` (a CITATION.cff for the release).
+
+    ``config`` names the configuration used (the release entry then says which)."""
+    entries = citations(manifest, config)
     if fmt == "bibtex":
         release, works = entries[0], entries[1:]
         return "\n\n".join(

@@ -118,14 +118,36 @@ def main(verbose):
 @main.command()
 @_fail_cleanly
 def manifests():
-    """List the releases this package can build."""
-    from . import manifest
+    """List the releases this package can build, with their configurations.
+
+    A release "builds as pinned" when every source is pinned (GitHub commits with locks, the Kaggle
+    file list) and every configuration declares expected counts; Kaggle files without a recorded
+    sha256 are counted (the build reports them as unverified).
+    """
+    from . import manifest, sources
 
     for name, version, folder in manifest.available():
-        loaded = manifest.load(folder)
-        counts = loaded.data["expected_counts"]
-        total = {split: sum(per_class.values()) for split, per_class in counts.items()}
-        click.echo(f"{name} {version}\t{loaded.data['title']}\t" + ", ".join(f"{s} {n:,}" for s, n in total.items()))
+        try:
+            loaded = manifest.load(folder)
+        except CxrDatasetError as error:
+            click.echo(f"{name} {version}\tdoes not load: {error}")
+            continue
+        click.echo(f"{name} {version}\t{loaded.data['title']}\t{_pin_status(loaded, sources)}")
+        for config in loaded.configs:
+            total = {split: sum(per_class.values()) for split, per_class in config.expected_counts.items()}
+            click.echo(f"  {config.name}{' (default)' if config.default else ''}\t"
+                       + ", ".join(f"{s} {n:,}" for s, n in total.items()))
+
+
+def _pin_status(loaded, sources) -> str:
+    unpinned = 0
+    for source in loaded.sources:
+        if source["kind"] == "kaggle":
+            files = sources.read_kaggle_files(loaded.file(source["files"]))
+            unpinned += int(files["sha256"].eq("").sum())
+    if unpinned:
+        return f"builds as pinned (GitHub by commit and blob id); {unpinned:,} Kaggle file(s) without a recorded sha256"
+    return "builds as pinned (every file by checksum)"
 
 
 @main.command()
@@ -167,14 +189,21 @@ def _sigint_ignored():
 
 def _summary(result: dict) -> str:
     lines = [f"{result['dataset']} {result['version']}: fingerprint {result['fingerprint'][:16]}…"]
-    for split, per_class in result["counts"].items():
-        lines.append(f"  {split:5s} " + "  ".join(f"{label} {n:,}" for label, n in per_class.items()) + f"  (total {sum(per_class.values()):,})")
+    configs = result.get("configs") or {"": {"counts": result["counts"], "fingerprint": result["fingerprint"], "default": True}}
+    for name, config in configs.items():
+        if len(configs) > 1:
+            lines.append(f"  configuration {name}{' (default)' if config['default'] else ''}: fingerprint {config['fingerprint'][:16]}…")
+        for split, per_class in config["counts"].items():
+            lines.append(f"  {split:5s} " + "  ".join(f"{label} {n:,}" for label, n in per_class.items()) + f"  (total {sum(per_class.values()):,})")
     lines.append("  excluded: " + ", ".join(f"{reason} {n:,}" for reason, n in result["exclusions_by_reason"].items()))
     checks = result["checks"]
     lines.append(
         f"  checks: patients in both splits {len(checks['patients_in_both_splits'])}, near-duplicate pairs across splits "
         f"{len(checks['near_duplicate_pairs_across_splits'])}, unverified files {checks['unverified_files']}"
     )
+    crossing = checks.get("duplicate_pairs_across_splits") or []
+    if crossing:
+        lines.append(f"  {len(crossing)} duplicate pair(s) sit on both sides of a source's own split (kept there; see the card)")
     return "\n".join(lines)
 
 
@@ -196,7 +225,8 @@ def plan(version, manifest_path, name, cache_dir, mirror, offline, workers, quie
     files the server (or --mirror) holds, and writes the list of the others for
     `cxr-dataset new-variant --exclude-missing`. Exit code 2: the counts differ, or files are unreachable.
     """
-    from . import report
+    from . import CLASS_NAMES, report
+    from . import split as split_stage
     from .build import check_counts, plan as run_plan
 
     manifest = _manifest(version, manifest_path, name)
@@ -204,30 +234,47 @@ def plan(version, manifest_path, name, cache_dir, mirror, offline, workers, quie
     resolution = run_plan(manifest, options)
     kept, excluded = resolution.kept, resolution.excluded
     click.echo(f"{manifest.name} {manifest.version}: {len(resolution.candidates):,} candidate files, {len(kept):,} kept")
-    for split, per_class in report.count_table(kept).items():
-        click.echo(f"  {split:5s} " + "  ".join(f"{label} {n:,}" for label, n in per_class.items()) + f"  (total {sum(per_class.values()):,})")
-    click.echo("  by source:")
-    for split, per_source in report.source_label_table(kept).items():
-        for source, per_label in sorted(per_source.items()):
-            click.echo(f"    {split:5s} {source:10s} " + "  ".join(f"{label} {n:,}" for label, n in per_label.items()))
-    click.echo("  excluded by reason:")
+    all_problems = []
+    for config in manifest.configs:
+        rows = resolution.rows(config.name)
+        flagged = int(rows["flags"].map(bool).sum())
+        click.echo(f"configuration {config.name}{' (default)' if config.default else ''}: {len(rows):,} images"
+                   + (f", {flagged:,} flagged" if flagged else ""))
+        click.echo(f"  {'':5s} " + "  ".join(f"{label:>10s}" for label in CLASS_NAMES) + f"  {'total':>7s}")
+        actual = report.count_table(rows)
+        for split in sorted(config.expected_counts.keys() | actual.keys(), key=lambda s: (s != "train", s)):
+            got = actual.get(split, {})
+            want = config.expected_counts.get(split, {})
+            click.echo(f"  {split:5s} " + "  ".join(f"{got.get(label, 0):>10,}" for label in CLASS_NAMES)
+                       + f"  {sum(got.values()):>7,}   expected " + " / ".join(f"{want.get(label, 0):,}" for label in CLASS_NAMES))
+        click.echo("  by source:")
+        for split, per_source in sorted(report.source_label_table(rows).items(), key=lambda item: item[0] != "train"):
+            for source, per_label in sorted(per_source.items()):
+                click.echo(f"    {split:5s} {source:10s} " + "  ".join(f"{label} {n:,}" for label, n in per_label.items()))
+        if flagged:
+            click.echo("  flags: " + ", ".join(f"{flag} {n:,}" for flag, n in report.flag_summary(rows).items()))
+        problems = check_counts(manifest, kept, config=config.name)
+        click.echo("  counts match the manifest" if not problems else "  COUNTS DIFFER: " + "; ".join(problems))
+        if problems:
+            where = f"configs.{config.name}.expected_counts" if "configs" in manifest.data else "expected_counts"
+            ordered = {s: actual[s] for s in sorted(actual, key=lambda s: (s != "train", s))}
+            click.echo(f"  if the difference is intended (a new decision), record these counts in {manifest.path}, {where}:\n"
+                       + "".join(f"    {s}: {{" + ", ".join(f"{label}: {n}" for label, n in c.items()) + "}\n" for s, c in ordered.items()).rstrip())
+        all_problems += problems
+    click.echo("excluded by reason (every configuration):")
     for reason, n in report.exclusion_summary(excluded).items():
         click.echo(f"    {reason:24s} {n:,}")
-    problems = check_counts(manifest, kept)
-    click.echo("  counts match the manifest" if not problems else "  COUNTS DIFFER: " + "; ".join(problems))
+    crossing = split_stage.upstream_groups_in_both(kept)
+    pairs = split_stage.duplicate_pairs_across_splits(kept)
+    if crossing or pairs:
+        click.echo(f"kept as the source's own split puts them (not moved): {len(crossing)} patient group(s) and "
+                   f"{len(pairs)} duplicate pair(s) on both sides, e.g. {(crossing or [p['record_id'] for p in pairs])[:3]}")
     if json_path:
-        rows = [
-            {"source": r.source, "source_path": r.source_path, "label": r.label, "patient_id": r.patient_id, "split": r.split, "excluded": ""}
-            for r in kept.itertuples()
-        ] + [
-            {"source": r.source, "source_path": r.source_path, "label": r.label, "patient_id": r.patient_id, "split": "",
-             "excluded": r.reason, "detail": r.detail}
-            for r in excluded.itertuples()
-        ]
-        json_path.write_text(json.dumps({"dataset": manifest.name, "version": manifest.version, "files": rows}, indent=1) + "\n", encoding="utf-8")
-        click.echo(f"wrote {json_path} ({len(rows):,} files)")
+        plan_json = plan_document(resolution)
+        json_path.write_text(json.dumps(plan_json, indent=1) + "\n", encoding="utf-8")
+        click.echo(f"wrote {json_path} ({len(plan_json['files']):,} files)")
     unreachable = _check_files(manifest, resolution, options, missing_report) if check_files else []
-    if problems or unreachable:
+    if all_problems or unreachable:
         sys.exit(2)
 
 
@@ -306,6 +353,33 @@ def new_variant(folder, base, exclude_missing, new_version, name, cache_dir, mir
     click.echo(f"  cxr-dataset cite {option}")
 
 
+def plan_document(resolution) -> dict:
+    """``plan --json``: each configuration's expected and actual counts, and one row per candidate."""
+    from . import filters, report
+    from .build import check_counts
+
+    manifest, kept, excluded = resolution.manifest, resolution.kept, resolution.excluded
+    configs = {
+        c.name: {"default": c.default, "expected": c.expected_counts, "actual": report.count_table(resolution.rows(c.name)),
+                 "matches": not check_counts(manifest, kept, config=c.name)}
+        for c in manifest.configs
+    }
+    subsets = [c for c in manifest.configs if not c.default]
+    member = {c.name: dict(zip(kept["record_id"], filters.in_config(kept, c))) for c in subsets}
+    files = [
+        {"source": r.source, "source_path": r.source_path, "label": r.label, "patient_id": r.patient_id, "split": r.split,
+         "excluded": "", "flags": list(r.flags), "duplicate_of": r.duplicate_of,
+         **{f"in_{c.name}": bool(member[c.name][r.record_id]) for c in subsets}}
+        for r in kept.itertuples()
+    ] + [
+        {"source": r.source, "source_path": r.source_path, "label": r.label, "patient_id": r.patient_id, "split": "",
+         "excluded": r.reason, "flags": list(r.flags) if isinstance(r.flags, tuple) else [], "duplicate_of": r.duplicate_of,
+         **{f"in_{c.name}": False for c in subsets}, "detail": r.detail}
+        for r in excluded.itertuples()
+    ]
+    return {"dataset": manifest.name, "version": manifest.version, "configs": configs, "files": files}
+
+
 @main.command()
 @click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               help="A built release folder (what `cxr-dataset build` wrote).")
@@ -351,12 +425,13 @@ def baseline(data_dir, out, recipe, epochs, batch_size, image_size, seed, mixed_
 @click.option("--name", default="covid19-cxr", show_default=True, help="Dataset name under builder_manifests/.")
 @click.option("--format", "fmt", type=click.Choice(["bibtex", "apa", "cff"]), default="bibtex", show_default=True,
               help="BibTeX entries, APA references, or a CITATION.cff (CFF 1.2.0) for the release.")
+@click.option("--config", "config", metavar="NAME", help="The configuration you used (e.g. paper, curated); the release entry names it.")
 @_fail_cleanly
-def cite(version, manifest_path, name, fmt):
+def cite(version, manifest_path, name, fmt, config):
     """Print how to cite a release: the release itself, then every work it is built from."""
     from .citation import format_citations
 
-    click.echo(format_citations(_manifest(version, manifest_path, name), fmt), nl=False)
+    click.echo(format_citations(_manifest(version, manifest_path, name), fmt, config), nl=False)
 
 
 @main.command("verify")

@@ -2,8 +2,14 @@
 
 Each filter is a pure function ``table -> (kept, excluded)``; excluded rows carry ``stage``,
 ``reason`` and ``detail`` (records.exclude). ``metadata_filters`` runs every filter that needs no
-image bytes (what ``plan`` can resolve); ``exclude_exact_duplicates`` on ``sha256`` and
-``apply_quota`` run in the build after download and conversion.
+image bytes (what ``plan`` can resolve); ``exact_duplicates_after_download`` (on ``sha256``) and
+``apply_quota`` run in the build after download.
+
+Flags instead of exclusions: the default configuration's ``flag_instead_of_excluding`` names reason
+codes whose rows stay in the release with the code in their ``flags`` column (``keep_as_flags``);
+a subset configuration (``leave_out_flagged``) is the rows without flags (``in_config``). A filter
+that finds a duplicate writes the kept copy's record id into ``duplicate_of``: the split joins the
+two copies' patients through that column, never through message text.
 
 The manifest's reviewed decisions (views, annotations, duplicates, exclusions) are CSV files
 (see docs/ARCHITECTURE.md); ``load_decisions`` checks that each names a real candidate.
@@ -19,7 +25,8 @@ import pandas as pd
 from . import safe_load
 from .errors import ManifestError
 from .manifest import Manifest
-from .records import REASONS, empty_exclusions, exclude
+from .manifest import Config
+from .records import REASONS, add_flag, empty_exclusions, exclude
 
 STAGE = "filters"
 DECISION_COLUMNS = {
@@ -28,6 +35,7 @@ DECISION_COLUMNS = {
     "duplicates": ["source", "source_path", "duplicate_of_source", "duplicate_of_path", "method", "distance", "note"],
     "exclusions": ["source", "source_path", "reason", "note"],
     "patients": ["patient_id", "same_as", "note"],
+    "unreviewed": ["source", "source_path", "note"],
 }
 
 
@@ -40,6 +48,7 @@ class Decisions:
     duplicates: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DECISION_COLUMNS["duplicates"]))
     exclusions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DECISION_COLUMNS["exclusions"]))
     patients: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DECISION_COLUMNS["patients"]))
+    unreviewed: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DECISION_COLUMNS["unreviewed"] + ["record_id"]))
 
     def patient_links(self) -> list[tuple[str, str]]:
         """Reviewed 'same person' pairs of patient ids (patients.csv)."""
@@ -60,6 +69,7 @@ def load_decisions(manifest: Manifest, candidates: pd.DataFrame | None = None) -
             _check_patient_links(path, table, candidates)
             decisions.patients = table
             continue
+        table = _archive_paths(manifest, table)
         table["record_id"] = table["source"] + ":" + table["source_path"]
         repeated = table[table["record_id"].duplicated()]
         if len(repeated):
@@ -87,6 +97,22 @@ def load_decisions(manifest: Manifest, candidates: pd.DataFrame | None = None) -
     return decisions
 
 
+def _archive_paths(manifest: Manifest, table: pd.DataFrame) -> pd.DataFrame:
+    """Kaggle rows may name a file by its path inside the archive root (``train/NORMAL/x.jpeg``) or
+    with the root (``chest_xray/train/NORMAL/x.jpeg``, the record's ``source_path``): one form inside."""
+    roots = {s["name"]: s["archive_root"].strip("/") + "/" for s in manifest.sources if s["kind"] == "kaggle"}
+    if not roots:
+        return table
+    table = table.copy()
+    for column_source, column_path in (("source", "source_path"), ("duplicate_of_source", "duplicate_of_path")):
+        if column_source not in table.columns:
+            continue
+        prefix = table[column_source].map(roots).fillna("")
+        bare = prefix.ne("") & ~pd.Series([p.startswith(r) for p, r in zip(table[column_path], prefix)], index=table.index)
+        table.loc[bare, column_path] = prefix[bare] + table.loc[bare, column_path]
+    return table
+
+
 def _check_patient_links(path, table: pd.DataFrame, candidates: pd.DataFrame | None) -> None:
     if candidates is None:
         return
@@ -104,7 +130,7 @@ def exclude_unlabelled(table: pd.DataFrame, inconclusive: dict[str, set[str]]) -
         detail="finding " + table["finding"].map(repr),
     )
     kept, dropped = exclude(kept, kept["label"].eq(""), stage=STAGE, reason="label-unmapped", detail="finding " + kept["finding"].map(repr))
-    return kept, pd.concat([dropped_inconclusive, dropped], ignore_index=True)
+    return kept, pd.concat([dropped_inconclusive, dropped])
 
 
 def exclude_non_xray(table: pd.DataFrame, modalities: list[str], paths_under: list[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -131,7 +157,7 @@ def exclude_non_frontal(table: pd.DataFrame, frontal: list[str], lateral: list[s
         kept, ~kept["view"].isin(frontal), stage=STAGE, reason="view-not-frontal",
         detail=kept["view"].map(lambda v: f"view {v!r}" if v else "view not stated and not reviewed"),
     )
-    return kept, pd.concat([laterals, others], ignore_index=True)
+    return kept, pd.concat([laterals, others])
 
 
 def exclude_decided(table: pd.DataFrame, decided: pd.DataFrame, kind: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -157,31 +183,86 @@ def exclude_unpinned(table: pd.DataFrame, pinned_sources: set[str]) -> tuple[pd.
 def exclude_exact_duplicates(table: pd.DataFrame, column: str, source_order: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Keep one row per identical ``column`` value (git blob id, or sha256 after download).
 
-    The kept copy is the one from the source listed first in the manifest, then the smallest path,
-    so the choice never depends on download order.
+    The kept copy is an unflagged one where there is one, then the one from the source listed
+    first in the manifest, then the smallest path, so the choice never depends on download order.
+    The others get ``duplicate_of`` = the kept copy's record id (unless an earlier filter set it).
     """
     rank = table["source"].map({name: i for i, name in enumerate(source_order)})
-    ordered = table.assign(_rank=rank).sort_values(["_rank", "source_path"])
+    flagged = table["flags"].map(bool).astype(int)
+    ordered = table.assign(_flagged=flagged, _rank=rank).sort_values(["_flagged", "_rank", "source_path"])
     has_key = ordered[column].ne("")
     first = ordered[has_key].groupby(column)["record_id"].transform("first")
-    duplicate_of = pd.Series("", index=ordered.index)
-    duplicate_of[has_key] = first
-    mask = has_key & duplicate_of.ne(ordered["record_id"])
-    kept, dropped = exclude(
-        ordered.drop(columns="_rank"), mask, stage=STAGE, reason="duplicate-exact",
-        detail=f"same {column} as " + duplicate_of,
-    )
+    kept_copy = pd.Series("", index=ordered.index)
+    kept_copy[has_key] = first
+    mask = has_key & kept_copy.ne(ordered["record_id"])
+    ordered = ordered.drop(columns=["_flagged", "_rank"])
+    ordered["duplicate_of"] = ordered["duplicate_of"].where(~mask | ordered["duplicate_of"].ne(""), kept_copy)
+    kept, dropped = exclude(ordered, mask, stage=STAGE, reason="duplicate-exact", detail=f"same {column} as " + kept_copy)
     return kept.loc[table.index.intersection(kept.index)], dropped
 
 
 def exclude_listed_duplicates(table: pd.DataFrame, duplicates: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Drop (or flag) the files duplicates.csv names as copies; ``duplicate_of`` names the kept copy."""
     if duplicates.empty:
         return table, empty_exclusions()
     twin = dict(zip(duplicates["record_id"], duplicates["duplicate_of_source"] + ":" + duplicates["duplicate_of_path"]))
     method = dict(zip(duplicates["record_id"], duplicates["method"]))
     mask = table["record_id"].isin(twin)
+    table = table.copy()
+    table.loc[mask, "duplicate_of"] = table.loc[mask, "record_id"].map(twin)
     reason = table["record_id"].map(lambda rid: "duplicate-exact" if method.get(rid) == "exact" else "duplicate-near")
     return exclude(table, mask, stage=STAGE, reason=reason, detail=table["record_id"].map(lambda rid: f"same radiograph as {twin.get(rid, '')}"))
+
+
+def flag_unreviewed(table: pd.DataFrame, unreviewed: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Files unreviewed.csv names (not obtained for review): ``not-reviewed``, a flag in a configuration that says so."""
+    if unreviewed.empty:
+        return table, empty_exclusions()
+    notes = dict(zip(unreviewed["record_id"], unreviewed["note"]))
+    return exclude(table, table["record_id"].isin(notes), stage=STAGE, reason="not-reviewed",
+                   detail=table["record_id"].map(lambda rid: f"unreviewed: {notes.get(rid, '')}"))
+
+
+def keep_as_flags(kept: pd.DataFrame, dropped: pd.DataFrame, flag: frozenset[str] | set[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Move the ``dropped`` rows whose reason is in ``flag`` back into ``kept``, with the reason as a flag.
+
+    Rows keep their original order (``kept`` and ``dropped`` are split from one table by index).
+    """
+    back = dropped["reason"].isin(flag) if len(dropped) else pd.Series(False, index=dropped.index)
+    if not back.any():
+        return kept, dropped
+    returned = dropped[back].copy()
+    for reason in sorted(set(returned["reason"])):
+        returned = add_flag(returned, returned["reason"].eq(reason), reason)
+    returned = returned.drop(columns=["stage", "reason", "detail"])
+    combined = pd.concat([kept, returned]).sort_index(kind="stable")
+    return combined, dropped[~back]
+
+
+def in_config(table: pd.DataFrame, config: Config) -> pd.Series:
+    """Which rows of the default configuration's selection belong to ``config``."""
+    if not config.leave_out_flagged:
+        return pd.Series(True, index=table.index)
+    return table["flags"].map(len).eq(0)
+
+
+def exact_duplicates_after_download(manifest: Manifest, table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Exact duplicates by the downloaded files' sha256 (any source, Kaggle included), if the manifest
+    asks for them (``filters.exact_duplicates``); flagged or excluded as the default configuration says."""
+    if not manifest.data["filters"].get("exact_duplicates", True):
+        return table, empty_exclusions()
+    kept, dropped = exclude_exact_duplicates(table, "sha256", [s["name"] for s in manifest.sources])
+    return keep_as_flags(kept, dropped, manifest.default_config.flag)
+
+
+def exact_duplicates_after_conversion(manifest: Manifest, table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Exact duplicates by decoded pixels: rows whose converted images (``pixels_sha256``, the sha256
+    of the deterministic normalized JPEG) are identical although their source files differ."""
+    if not manifest.data["filters"].get("exact_duplicates", True) or "pixels_sha256" not in table.columns:
+        return table, empty_exclusions()
+    kept, dropped = exclude_exact_duplicates(table, "pixels_sha256", [s["name"] for s in manifest.sources])
+    dropped = dropped.assign(detail=dropped["detail"].str.replace("same pixels_sha256 as", "same decoded pixels as", regex=False))
+    return keep_as_flags(kept, dropped, manifest.default_config.flag)
 
 
 def metadata_filters(manifest: Manifest, table: pd.DataFrame, decisions: Decisions) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -199,11 +280,17 @@ def metadata_filters(manifest: Manifest, table: pd.DataFrame, decisions: Decisio
         lambda t: exclude_decided(t, decisions.annotations, "annotation review"),
         lambda t: exclude_decided(t, decisions.exclusions, "manual exclusion"),
         lambda t: exclude_listed_duplicates(t, decisions.duplicates),
+        lambda t: flag_unreviewed(t, decisions.unreviewed),
     ]
     if spec.get("exact_duplicates", True):
+        # By pinned id before download: git blob ids, and the sha256 pins of the Kaggle files.
         steps.append(lambda t: exclude_exact_duplicates(t, "git_blob_sha1", source_order))
+        steps.append(lambda t: exclude_exact_duplicates(t, "sha256_expected", source_order))
+    flag = manifest.default_config.flag
+    table = table.reset_index(drop=True)
     for step in steps:
-        table, dropped = step(table)
+        kept, dropped = step(table)
+        table, dropped = keep_as_flags(kept, dropped, flag)
         excluded.append(dropped)
     return table.reset_index(drop=True), _concat(excluded)
 

@@ -79,6 +79,7 @@ class PublishPlan:
     files: list[PlannedFile] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # files in the folder that are not part of the release
     commit: str = ""  # the tagged commit, after a real run
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {default, fingerprint, shards, examples}
 
     @property
     def total_bytes(self) -> int:
@@ -97,6 +98,10 @@ class PublishPlan:
             f"  {len(self.files)} file(s), {self.total_bytes:,} bytes:",
         ]
         lines += [f"    {f.path:<{width}}  {f.bytes:>13,}  sha256 {f.sha256}" for f in self.files]
+        for name, config in self.configs.items():
+            lines.append(f"  configuration {name}{' (default)' if config['default'] else ''}: "
+                         + ", ".join(f"{split} {n:,}" for split, n in config["examples"].items())
+                         + f" images in {config['shards']} shard(s), fingerprint {config['fingerprint']}")
         if self.skipped:
             lines.append("  not uploaded (not part of the release): " + ", ".join(self.skipped))
         if self.dry_run:
@@ -104,7 +109,14 @@ class PublishPlan:
         else:
             lines.append(f"  commit {self.commit}: {self.url}/tree/{self.tag}")
         lines.append(f'load it with: datasets.load_dataset("{self.repo_id}", revision="{self.tag}")')
+        lines += [f'          or: datasets.load_dataset("{self.repo_id}", "{name}", revision="{self.tag}")'
+                  for name, config in self.configs.items() if not config["default"]]
         return "\n".join(lines)
+
+    @property
+    def tag_message(self) -> str:
+        fingerprints = "; ".join(f"{name} {c['fingerprint']}" for name, c in self.configs.items() if not c["default"])
+        return f"{self.dataset} {self.version}, fingerprint {self.fingerprint}" + (f" (configurations: {fingerprints})" if fingerprints else "")
 
 
 def publish_release(
@@ -153,9 +165,14 @@ def make_plan(out_dir: Path, repo_id: str, *, private: bool = False, dry_run: bo
     planned = {f.path for f in files}
     skipped = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*")
                      if p.is_file() and p.relative_to(out_dir).as_posix() not in planned)
+    configs = {
+        name: {"default": bool(c.get("default")), "fingerprint": str(c.get("fingerprint", "")), "shards": len(c.get("shards", [])),
+               "examples": {split: sum(per_class.values()) for split, per_class in c.get("counts", {}).items()}}
+        for name, c in (report.get("configs") or {}).items()
+    }
     return PublishPlan(out_dir=out_dir, repo_id=repo_id, dataset=str(report.get("dataset", "")), version=version,
                        fingerprint=fingerprint or str(report["fingerprint"]), branch=branch, tag=tag_name(version),
-                       private=private, dry_run=dry_run, files=files, skipped=skipped)
+                       private=private, dry_run=dry_run, files=files, skipped=skipped, configs=configs)
 
 
 def resolve_token(token: str | None) -> str | None:
@@ -233,7 +250,7 @@ def _upload(api: Any, plan: PublishPlan, token: str | None) -> None:
         )
     step(f"create tag {plan.tag} at {plan.commit}",
          lambda: api.create_tag(repo, tag=plan.tag, revision=plan.commit, repo_type=kind,
-                                tag_message=f"{plan.dataset} {plan.version}, fingerprint {plan.fingerprint}"))
+                                tag_message=plan.tag_message))
     log.info("%s: published %s %s as %s (commit %s)", repo, plan.dataset, plan.version, plan.tag, plan.commit)
 
 

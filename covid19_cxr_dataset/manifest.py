@@ -96,10 +96,29 @@ DICOM_SOURCE = {
         "local_dir": {"type": "string"},
     },
 }
+_EXPECTED_COUNTS = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"train": _COUNTS, "test": _COUNTS},
+}
+_FLAG_REASONS = ["annotation-text", "annotation-other", "annotation-circle", "annotation-arrow", "annotation-box",
+                 "duplicate-exact", "duplicate-near", "not-reviewed"]  # records.FLAGS
+CONFIG_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["expected_counts"],
+    "properties": {
+        "default": {"type": "boolean"},
+        "description": {"type": "string"},
+        "flag_instead_of_excluding": {"type": "array", "items": {"enum": _FLAG_REASONS}},
+        "leave_out_flagged": {"type": "boolean"},
+        "expected_counts": _EXPECTED_COUNTS,
+    },
+}
 MANIFEST_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["schema_version", "name", "version", "title", "sources", "filters", "convert", "split", "expected_counts"],
+    "required": ["schema_version", "name", "version", "title", "sources", "filters", "convert", "split"],
     "properties": {
         "schema_version": {"const": 1},
         "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"},
@@ -137,7 +156,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                 "decisions": {
                     "type": "object",
                     "additionalProperties": False,
-                    "properties": {k: {"type": "string"} for k in ("views", "annotations", "duplicates", "exclusions", "patients")},
+                    "properties": {k: {"type": "string"} for k in ("views", "annotations", "duplicates", "exclusions", "patients", "unreviewed")},
                 },
                 "quota": {
                     "type": "object",
@@ -188,13 +207,33 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                 },
             },
         },
-        "expected_counts": {
+        "configs": {
             "type": "object",
-            "additionalProperties": False,
-            "properties": {"train": _COUNTS, "test": _COUNTS},
+            "minProperties": 1,
+            "propertyNames": {"pattern": "^[a-z][a-z0-9_-]*$"},
+            "additionalProperties": CONFIG_SCHEMA,
         },
+        "expected_counts": _EXPECTED_COUNTS,
     },
 }
+DEFAULT_CONFIG_NAME = "default"  # the one configuration of a manifest without a ``configs`` section
+
+
+@dataclass(frozen=True)
+class Config:
+    """One configuration of a release (docs/MANIFEST.md, "Configurations").
+
+    The default configuration holds every selected row; ``flag`` lists the reason codes its filters
+    record as a flag on the row instead of excluding it. A subset configuration
+    (``leave_out_flagged``) is the default's rows that carry no flag, with the same split.
+    """
+
+    name: str
+    default: bool
+    description: str
+    flag: frozenset[str]
+    leave_out_flagged: bool
+    expected_counts: dict[str, dict[str, int]]
 
 _FIXES = {
     "additionalProperties": "remove the key or check its spelling against docs/MANIFEST.md",
@@ -228,6 +267,29 @@ class Manifest:
     @property
     def sources(self) -> list[dict[str, Any]]:
         return self.data["sources"]
+
+    @property
+    def configs(self) -> list[Config]:
+        """The release's configurations, the default first (one named ``default`` without ``configs``)."""
+        if "configs" not in self.data:
+            return [Config(DEFAULT_CONFIG_NAME, True, "", frozenset(), False, self.data["expected_counts"])]
+        found = [
+            Config(name, bool(spec.get("default", False)), spec.get("description", "").strip(),
+                   frozenset(spec.get("flag_instead_of_excluding", [])), bool(spec.get("leave_out_flagged", False)),
+                   spec["expected_counts"])
+            for name, spec in self.data["configs"].items()
+        ]
+        return sorted(found, key=lambda c: not c.default)
+
+    @property
+    def default_config(self) -> Config:
+        return self.configs[0]
+
+    def config(self, name: str) -> Config:
+        for config in self.configs:
+            if config.name == name:
+                return config
+        raise ManifestError(f"{self.path}: no configuration named {name!r}; configurations are {[c.name for c in self.configs]}")
 
     def source(self, name: str) -> dict[str, Any]:
         for source in self.sources:
@@ -345,8 +407,34 @@ def _key_path(parts) -> str:
     return out
 
 
+def _check_configs(manifest: Manifest) -> None:
+    data, path = manifest.data, manifest.path
+    if "configs" not in data:
+        if "expected_counts" not in data:
+            raise ManifestError(f"{path}: missing key: 'expected_counts' (or a 'configs' section with expected_counts per configuration); see docs/MANIFEST.md")
+        return
+    if "expected_counts" in data:
+        raise ManifestError(f"{path}: top-level 'expected_counts' and 'configs' both given; keep the counts under each configuration")
+    configs = data["configs"]
+    defaults = [name for name, spec in configs.items() if spec.get("default")]
+    if len(defaults) != 1:
+        raise ManifestError(f"{path}: exactly one configuration must have 'default: true', found {len(defaults)} ({defaults}); mark the full one")
+    for name, spec in configs.items():
+        if spec.get("default") and spec.get("leave_out_flagged"):
+            raise ManifestError(f"{path}: configs.{name}: the default configuration holds every row; 'leave_out_flagged' belongs to a subset configuration")
+        if not spec.get("default") and not spec.get("leave_out_flagged"):
+            raise ManifestError(f"{path}: configs.{name}: a configuration besides the default must be 'leave_out_flagged: true' (the default's unflagged rows)")
+        if not spec.get("default") and "flag_instead_of_excluding" in spec:
+            raise ManifestError(f"{path}: configs.{name}: 'flag_instead_of_excluding' belongs to the default configuration, whose filters run")
+    if len(configs) > 2:
+        raise ManifestError(f"{path}: at most two configurations (the default and one subset) are supported, found {list(configs)}")
+    if "flagged" in configs:
+        raise ManifestError(f"{path}: 'flagged' is the shard folder of rows outside the subset; name the configuration otherwise")
+
+
 def _check_references(manifest: Manifest) -> None:
     """Cross-field checks the schema cannot express."""
+    _check_configs(manifest)
     names = [s["name"] for s in manifest.sources]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

@@ -22,6 +22,10 @@ size               pinned size in bytes, or -1 when unknown
 local_path         cached file after download, else ""
 sha256             sha256 of the downloaded source file, else ""
 split              ``train`` / ``test`` after the split stage, else ""
+flags              tuple of flag codes (``FLAGS``): what a filter found on a row it was told to keep
+                   (the default configuration's ``flag_instead_of_excluding``); empty when clean
+duplicate_of       record id of the kept copy, written by the filter that found the duplicate
+                   (listed or exact), else ""; the split joins both copies' patients through it
 =================  ==========================================================================
 
 Excluded rows carry three more columns: ``stage`` (the module that dropped the row), ``reason``
@@ -50,6 +54,8 @@ RECORD_COLUMNS = (
     "local_path",
     "sha256",
     "split",
+    "flags",
+    "duplicate_of",
 )
 EXCLUSION_COLUMNS = RECORD_COLUMNS + ("stage", "reason", "detail")
 
@@ -75,9 +81,22 @@ REASONS = {
     "dicom-undecodable": "DICOM pixel data cannot be decoded (transfer syntax named in detail)",
     "image-too-large": "image exceeds the decompression-bomb limit",
     "over-quota": "beyond the class count the release keeps (deterministic rule in the manifest)",
+    "not-reviewed": "the image could not be obtained for review; metadata alone says it qualifies",
 }
 
-STRING_COLUMNS = tuple(c for c in RECORD_COLUMNS if c != "size")
+FLAGS = {
+    "annotation-text": REASONS["annotation-text"],
+    "annotation-other": REASONS["annotation-other"],
+    "annotation-circle": REASONS["annotation-circle"],
+    "annotation-arrow": REASONS["annotation-arrow"],
+    "annotation-box": REASONS["annotation-box"],
+    "duplicate-exact": "an identical copy of another image (same bytes or same decoded pixels); `duplicate_of` names the kept copy",
+    "duplicate-near": "the same radiograph as another image (cropped, rescaled or re-encoded); `duplicate_of` names the kept copy",
+    "not-reviewed": REASONS["not-reviewed"],
+}
+"""Reason codes a configuration may keep as a flag instead of excluding (``flag_instead_of_excluding``)."""
+
+STRING_COLUMNS = tuple(c for c in RECORD_COLUMNS if c not in ("size", "flags"))
 
 
 def new_record_table(rows: list[dict]) -> pd.DataFrame:
@@ -86,11 +105,21 @@ def new_record_table(rows: list[dict]) -> pd.DataFrame:
     for column in STRING_COLUMNS:
         table[column] = table[column].astype(object).fillna("").astype(str)
     table["size"] = table["size"].fillna(-1).astype("int64")
+    table["flags"] = [tuple(f) if isinstance(f, (list, tuple)) else () for f in table["flags"]]
     return table
 
 
 def empty_exclusions() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype="int64" if c == "size" else "object") for c in EXCLUSION_COLUMNS})
+
+
+def add_flag(table: pd.DataFrame, mask: pd.Series, flag: str) -> pd.DataFrame:
+    """``table`` with ``flag`` added (once, in sorted order) to the ``flags`` of the rows in ``mask``."""
+    if flag not in FLAGS:
+        raise ValueError(f"unknown flag code {flag!r}; add it to records.FLAGS")
+    table = table.copy()
+    table["flags"] = [tuple(sorted(set(f) | {flag})) if m else f for f, m in zip(table["flags"], mask.astype(bool))]
+    return table
 
 
 def exclude(

@@ -19,7 +19,7 @@ import pandas as pd
 from PIL import Image
 
 from . import CLASS_NAMES
-from .publish import iter_rows, sha256_file, shard_paths
+from .publish import sha256_file, shard_paths
 
 REPORT_NAME = "build_report.json"
 REPORT_SCHEMA_VERSION = 1
@@ -38,17 +38,48 @@ def combine_digests(digests: Iterable[str]) -> str:
     return hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()
 
 
-def fingerprint(out_dir: Path, *, workers: int = 1) -> str:
-    """Recompute a release's fingerprint from its shards (``<out_dir>/data``)."""
+def fingerprint(out_dir: Path, *, workers: int = 1, config: str | None = None) -> str:
+    """Recompute a release's fingerprint from its shards: every shard folder (the default
+    configuration), or the shards ``build_report.json`` lists for ``config``."""
+    digests = shard_digests(out_dir, workers=workers)
+    if config is not None:
+        from .publish import config_shard_paths
+
+        wanted = {p.relative_to(Path(out_dir)).as_posix() for p in config_shard_paths(out_dir, config)}
+        digests = {shard: rows for shard, rows in digests.items() if shard in wanted}
+    return combine_digests(d for rows in digests.values() for d in rows)
+
+
+def shard_digests(out_dir: Path, *, workers: int = 1) -> dict[str, list[str]]:
+    """{shard path relative to ``out_dir``: row digests}: decoded once, combined per configuration."""
     def digest(item: tuple[str, dict]) -> str:
         split, row = item
         return row_digest(split, row["source"], row["source_path"], CLASS_NAMES[row["label"]], row["image"]["bytes"])
 
-    rows = iter_rows(Path(out_dir) / "data")
-    if workers <= 1:
-        return combine_digests(map(digest, rows))
-    with ThreadPoolExecutor(workers) as pool:  # Pillow releases the GIL while decoding
-        return combine_digests(pool.map(digest, rows, chunksize=16))
+    out_dir = Path(out_dir)
+    found: dict[str, list[str]] = {}
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # Pillow releases the GIL while decoding
+        for path in shard_paths(out_dir / "data"):
+            rows = iter_rows_of(path)
+            found[path.relative_to(out_dir).as_posix()] = list(pool.map(digest, rows, chunksize=16) if workers > 1 else map(digest, rows))
+    return found
+
+
+def config_fingerprints(out_dir: Path, shards: dict[str, list[str]], *, workers: int = 1) -> dict[str, str]:
+    """{configuration: fingerprint} from {configuration: its shard paths}, decoding every image once."""
+    digests = shard_digests(out_dir, workers=workers)
+    return {name: combine_digests(d for shard in paths for d in digests.get(shard, [])) for name, paths in shards.items()}
+
+
+def iter_rows_of(path: Path) -> Iterable[tuple[str, dict]]:
+    """(split, row) of one shard, one row group at a time."""
+    import pyarrow.parquet as pq
+
+    split = Path(path).name.split("-", 1)[0]
+    parquet = pq.ParquetFile(path)
+    for group in range(parquet.num_row_groups):
+        for row in parquet.read_row_group(group, columns=["image", "label", "source", "source_path"]).to_pylist():
+            yield split, row
 
 
 def shard_hashes(out_dir: Path) -> dict[str, dict[str, Any]]:
@@ -76,10 +107,29 @@ def source_label_table(kept: pd.DataFrame) -> dict[str, dict[str, dict[str, int]
     return table
 
 
+def flagged_list(kept: pd.DataFrame) -> list[dict[str, Any]]:
+    """Every kept row that carries a flag: source, source_path, label, split, flags, duplicate_of."""
+    rows = kept[kept["flags"].map(bool)].sort_values(["source", "source_path"])
+    return [
+        {"source": r.source, "source_path": r.source_path, "label": r.label, "split": r.split,
+         "flags": list(r.flags), "duplicate_of": r.duplicate_of}
+        for r in rows.itertuples()
+    ]
+
+
 def exclusion_list(excluded: pd.DataFrame) -> list[dict[str, str]]:
     columns = ["source", "source_path", "label", "stage", "reason", "detail"]
     rows = excluded[columns].sort_values(["source", "source_path", "stage"]).to_dict("records")
     return [{k: str(v) for k, v in row.items()} for row in rows]
+
+
+def flag_summary(rows: pd.DataFrame) -> dict[str, int]:
+    """{flag: rows carrying it}, in flag order (a row with two flags counts under both)."""
+    counts: dict[str, int] = {}
+    for flags in rows["flags"]:
+        for flag in flags:
+            counts[flag] = counts.get(flag, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def exclusion_summary(excluded: pd.DataFrame) -> dict[str, int]:

@@ -8,9 +8,12 @@ Rules come from the manifest and apply in order to the rows they select (by ``so
   until exactly ``test_images`` images (or ``test_fraction`` of them) are there; a group that would
   overshoot is skipped, so the count is exact whenever single-image patients remain.
 
-A patient group joins every patient id linked by a recorded duplicate (the same radiograph under
-two sources' ids is the same person), so no person ends up on both sides. Nothing depends on file
-system or download order.
+A patient group joins every patient id linked by a duplicate (the same radiograph under two
+sources' ids is the same person: the ``duplicate_of`` column the filters write, on kept and on
+excluded rows) and every reviewed link (patients.csv), so no person ends up on both sides where the
+manifest's rules choose the side. A source that brings its own split (``upstream``) keeps it: a
+group that source's split puts on both sides is reported (``upstream_groups_in_both``), not moved.
+Nothing depends on file system or download order.
 """
 
 from __future__ import annotations
@@ -42,16 +45,16 @@ def patient_groups(table: pd.DataFrame, links: list[tuple[str, str]] = ()) -> pd
     return table["patient_id"].map(root)
 
 
-def duplicate_patient_links(excluded: pd.DataFrame, candidates: pd.DataFrame) -> list[tuple[str, str]]:
-    """Patient-id pairs joined by duplicates (exact or near): the dropped row's patient and its twin's.
+def duplicate_patient_links(rows: pd.DataFrame, candidates: pd.DataFrame) -> list[tuple[str, str]]:
+    """Patient-id pairs joined by duplicates: each row's patient and its ``duplicate_of`` copy's patient.
 
-    ``filters`` writes the twin's record id at the end of ``detail`` ("... as <record_id>").
+    ``rows`` are any rows with a ``duplicate_of`` column (kept rows flagged as copies, excluded copies).
     """
-    if excluded.empty:
+    if rows.empty or "duplicate_of" not in rows.columns:
         return []
     patient_of = dict(zip(candidates["record_id"], candidates["patient_id"]))
-    rows = excluded[excluded["reason"].isin(["duplicate-exact", "duplicate-near"])]
-    pairs = [(rid, detail.rsplit(" as ", 1)[-1]) for rid, detail in zip(rows["record_id"], rows["detail"])]
+    linked = rows[rows["duplicate_of"].ne("")]
+    pairs = zip(linked["record_id"], linked["duplicate_of"])
     return [(patient_of[a], patient_of[b]) for a, b in pairs if a in patient_of and b in patient_of]
 
 
@@ -109,5 +112,31 @@ def _patient_hash_split(rows: pd.DataFrame, rule: dict, seed: str, table: pd.Dat
 
 
 def patients_in_both(table: pd.DataFrame) -> list[str]:
+    """Patient groups on both sides that this package's rules placed (a build error when not empty)."""
+    return [g for g in _groups_in_both(table) if not _upstream_only(table, g)]
+
+
+def upstream_groups_in_both(table: pd.DataFrame) -> list[str]:
+    """Patient groups on both sides only because a source's own split (``upstream``) put them there."""
+    return [g for g in _groups_in_both(table) if _upstream_only(table, g)]
+
+
+def _groups_in_both(table: pd.DataFrame) -> list[str]:
+    if table.empty:
+        return []
     sides = table.groupby("patient_group")["split"].nunique()
     return sorted(sides[sides > 1].index)
+
+
+def _upstream_only(table: pd.DataFrame, group: str) -> bool:
+    return bool(table.loc[table["patient_group"].eq(group), "upstream_split"].ne("").all())
+
+
+def duplicate_pairs_across_splits(table: pd.DataFrame) -> list[dict[str, str]]:
+    """(copy, kept copy) pairs of ``table`` whose two rows sit in different splits."""
+    side = dict(zip(table["record_id"], table["split"]))
+    return [
+        {"record_id": rid, "duplicate_of": twin, "splits": [side[rid], side[twin]]}
+        for rid, twin in zip(table["record_id"], table["duplicate_of"])
+        if twin and twin in side and side[twin] != side[rid]
+    ]

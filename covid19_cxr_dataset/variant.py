@@ -165,7 +165,8 @@ def card_facts(manifest: Manifest) -> dict[str, Any]:
     release it claims to be or derive from (version and expected counts), if any."""
     published = published_release(manifest)
     return {
-        "manifest_option": manifest_option(manifest),
+        # A card is published: name an unbundled manifest by its folder name, never by this machine's path.
+        "manifest_option": manifest_option(manifest) if is_bundled(manifest) else f"--manifest {shlex.quote(manifest.folder.name)}",
         "local": is_local(manifest.version),
         "version": manifest.version,
         "published": None if published is None else {"version": published.version, "expected_counts": expected_counts(published)},

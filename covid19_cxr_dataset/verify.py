@@ -7,7 +7,14 @@ The build report is the reference. ``verify_release`` re-reads the folder and co
 - the fingerprint over DECODED pixels and labels (``report.fingerprint``) equals ``report["fingerprint"]``;
 - the images per split and class, recounted from the shards' ``label`` column, equal ``report["counts"]``;
 - README.md's YAML header parses, names the class labels the shards use (``CLASS_NAMES``), and
-  states the split sizes the shards hold; each shard's embedded ``datasets`` features name them too.
+  states the split sizes the shards hold; each shard's embedded ``datasets`` features name them too;
+- every configuration of the report (``report["configs"]``): its shard list is exactly the shards
+  in its folders, its counts and fingerprint recount from them, a subset's rows carry no flag and
+  the ``flagged`` folder's rows carry one; the card's ``configs`` resolve, per configuration and
+  split, to exactly that configuration's shards of that split (``card-data-files``), and its
+  ``dataset_info`` states every split's size;
+- README.md is exactly what ``card.render_card`` generates from the report and the shards, byte
+  for byte (``card-generated``): the card is generated, so any edit is a difference.
 
 The shard hashes catch any change of bytes. The fingerprint and the counts come from decoded content,
 so an edited label or a re-encoded image is caught even where someone also rewrote the shard hashes
@@ -32,8 +39,8 @@ import yaml
 from . import CLASS_NAMES
 from . import safe_load
 from .errors import VerificationError
-from .publish import sha256_file, shard_paths
-from .report import REPORT_NAME, fingerprint
+from .publish import FLAGGED_FOLDER, read_row_table, sha256_file, shard_paths
+from .report import REPORT_NAME, combine_digests, shard_digests
 
 CARD_NAME = "README.md"
 DATA_DIR = "data"
@@ -70,6 +77,7 @@ class VerifyResult:
     rows: int = 0  # rows recounted
     fingerprint: str = ""  # recomputed; "" when it could not be computed
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # recounted {split: {class: n}}
+    configs: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # recounted per configuration
 
     @property
     def ok(self) -> bool:
@@ -83,9 +91,13 @@ class VerifyResult:
         name = f"{self.dataset} {self.version}".strip() or "release"
         if self.ok:
             per_split = ", ".join(f"{split} {sum(c.values()):,}" for split, c in self.counts.items())
+            configs = "".join(
+                f"\n  configuration {config}: " + ", ".join(f"{split} {sum(c.values()):,}" for split, c in counts.items())
+                for config, counts in self.configs.items()
+            )
             return (
                 f"{self.out_dir}: {name} verified: {self.shards} shard(s), {self.rows:,} images ({per_split}); "
-                f"fingerprint {self.fingerprint} matches build_report.json"
+                f"fingerprint {self.fingerprint} matches build_report.json; the card is the one the build generates" + configs
             )
         lines = [f"{self.out_dir}: {name} FAILED verification: {len(self.problems)} problem(s)"]
         lines += [f"  - {problem}" for problem in self.problems]
@@ -108,9 +120,16 @@ def verify_release(out_dir: Path | str, *, workers: int = 1) -> VerifyResult:
     label_names = _recount(out_dir, result)
     if "counts" in report:
         _check_counts(report["counts"], result)
+    configs = report.get("configs") if isinstance(report.get("configs"), dict) else {}
+    if configs:
+        _check_configs(out_dir, configs, result)
     if "fingerprint" in report:
-        _check_fingerprint(out_dir, str(report["fingerprint"]), result, workers)
-    _check_card(out_dir, result, label_names)
+        _check_fingerprint(out_dir, str(report["fingerprint"]), result, workers, configs)
+    header = _check_card(out_dir, result, label_names)
+    if header is not None and configs:
+        _check_card_configs(out_dir, header, configs, result)
+    if header is not None and report:
+        _check_card_generated(out_dir, report, result)
     return result
 
 
@@ -256,16 +275,58 @@ def _format_counts(counts: dict[str, Any] | None, classes: list[str] | None = No
     return ", ".join(f"{c} {int(counts.get(c, 0)):,}" for c in (classes or list(counts)))
 
 
-def _check_fingerprint(out_dir: Path, expected: str, result: VerifyResult, workers: int) -> None:
+def _check_fingerprint(out_dir: Path, expected: str, result: VerifyResult, workers: int, configs: dict[str, Any] | None = None) -> None:
     try:
-        result.fingerprint = fingerprint(out_dir, workers=workers)
+        digests = shard_digests(out_dir, workers=workers)
     except Exception as error:  # an undecodable image or a broken shard: report it, do not crash
         result.add(f"{DATA_DIR}/*.parquet", "fingerprint", f"fingerprint {expected}",
                    f"none: it could not be computed ({type(error).__name__}: {error})")
         return
+    result.fingerprint = combine_digests(d for rows in digests.values() for d in rows)
     if result.fingerprint != expected:
         result.add(f"{DATA_DIR}/*.parquet", "fingerprint", f"fingerprint {expected}",
                    f"fingerprint {result.fingerprint} (decoded pixels or labels differ)")
+    for name, config in (configs or {}).items():
+        shards = [p for p in config.get("shards", []) if isinstance(p, str)]
+        actual = combine_digests(d for p in shards for d in digests.get(p, []))
+        if actual != config.get("fingerprint"):
+            result.add(f"{DATA_DIR}/ ({name})", "config-fingerprint", f"configuration {name!r}: fingerprint {config.get('fingerprint')}",
+                       f"fingerprint {actual} (decoded pixels or labels differ)")
+
+
+def _check_configs(out_dir: Path, configs: dict[str, Any], result: VerifyResult) -> None:
+    """Each configuration's shard list is exactly the shards in its folders; its counts and flags hold."""
+    try:
+        rows = read_row_table(out_dir)
+    except Exception as error:  # shard problems are reported by _recount
+        result.add(f"{DATA_DIR}/*.parquet", "configs", "readable shards", f"{type(error).__name__}: {error}")
+        return
+    subsets = [name for name, c in configs.items() if isinstance(c, dict) and not c.get("default")]
+    for name, config in configs.items():
+        if not isinstance(config, dict):
+            result.add(REPORT_NAME, "configs", f"configuration {name!r} as an object", type(config).__name__)
+            continue
+        folders = config.get("folders") or []
+        on_disk = sorted(p.relative_to(out_dir).as_posix() for p in shard_paths(out_dir / DATA_DIR, folders=folders))
+        if sorted(config.get("shards", [])) != on_disk:
+            result.add(f"{DATA_DIR}/ ({name})", "config-shards", f"configuration {name!r}: shards {sorted(config.get('shards', []))}",
+                       on_disk)
+        mine = rows[rows["folder"].isin(folders)]
+        counts = {split: {c: int(((mine["split"] == split) & (mine["label"] == c)).sum()) for c in CLASS_NAMES}
+                  for split in sorted(set(mine["split"]), key=_split_order)}
+        result.configs[name] = counts
+        expected = config.get("counts", {})
+        if {s: {c: int(n) for c, n in v.items()} for s, v in expected.items()} != counts:
+            result.add(f"{DATA_DIR}/ ({name})", "config-counts", f"configuration {name!r}: {expected}", counts)
+    for name in subsets:
+        dirty = rows[rows["folder"].eq(name) & rows["flags"].map(bool)]
+        if len(dirty):
+            result.add(f"{DATA_DIR}/{name}/", "flags", f"no flagged row in the {name!r} configuration",
+                       f"{len(dirty)} flagged row(s), e.g. {dirty.iloc[0]['source']}:{dirty.iloc[0]['source_path']}")
+    clean = rows[rows["folder"].eq(FLAGGED_FOLDER) & ~rows["flags"].map(bool)]
+    if subsets and len(clean):
+        result.add(f"{DATA_DIR}/{FLAGGED_FOLDER}/", "flags", "every row of the flagged folder flagged",
+                   f"{len(clean)} row(s) without a flag, e.g. {clean.iloc[0]['source']}:{clean.iloc[0]['source_path']}")
 
 
 # ---- the card --------------------------------------------------------------------------------
@@ -305,16 +366,16 @@ def _dataset_infos(header: dict[str, Any]) -> list[dict[str, Any]]:
     return [info for info in infos if isinstance(info, dict)]
 
 
-def _check_card(out_dir: Path, result: VerifyResult, embedded: list[str] | None) -> None:
+def _check_card(out_dir: Path, result: VerifyResult, embedded: list[str] | None) -> dict[str, Any] | None:
     path = out_dir / CARD_NAME
     try:
         header = card_header(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         result.add(CARD_NAME, "card", "the dataset card with a YAML header", "no such file")
-        return
+        return None
     except (UnicodeDecodeError, ValueError, yaml.YAMLError) as error:
         result.add(CARD_NAME, "card", "a YAML header that parses", f"{type(error).__name__}: {error}")
-        return
+        return None
     label_lists = card_label_names(header)
     if not label_lists:
         result.add(CARD_NAME, "card-labels", f"dataset_info naming class labels {list(CLASS_NAMES)}",
@@ -328,6 +389,64 @@ def _check_card(out_dir: Path, result: VerifyResult, embedded: list[str] | None)
             if not isinstance(split, dict):
                 continue
             name, stated = split.get("name"), split.get("num_examples")
-            if name in result.counts and stated != sum(result.counts[name].values()):
-                result.add(CARD_NAME, "card-splits", f"{name}: {sum(result.counts[name].values()):,} examples (as in the shards)",
+            counts = result.configs.get(info.get("config_name"), result.counts) if info.get("config_name") else result.counts
+            if name in counts and stated != sum(counts[name].values()):
+                where = f" of configuration {info['config_name']!r}" if info.get("config_name") else ""
+                result.add(CARD_NAME, "card-splits", f"{name}{where}: {sum(counts[name].values()):,} examples (as in the shards)",
                            f"{stated} examples")
+    return header
+
+
+def _check_card_configs(out_dir: Path, header: dict[str, Any], configs: dict[str, Any], result: VerifyResult) -> None:
+    """The card's configs resolve, per configuration and split, to exactly that configuration's shards."""
+    stated = {c.get("config_name"): c for c in header.get("configs") or [] if isinstance(c, dict)}
+    for name in sorted(set(stated) - set(configs), key=str):
+        result.add(CARD_NAME, "card-configs", f"only the configurations build_report.json lists ({sorted(configs)})",
+                   f"configuration {name!r}")
+    infos = {info.get("config_name"): info for info in _dataset_infos(header)}
+    for name, config in configs.items():
+        entry = stated.get(name)
+        if entry is None:
+            result.add(CARD_NAME, "card-configs", f"a configs entry for configuration {name!r}", "none")
+            continue
+        if bool(entry.get("default")) != bool(config.get("default")):
+            result.add(CARD_NAME, "card-configs", f"configuration {name!r} {'marked' if config.get('default') else 'not marked'} default: true",
+                       f"default: {entry.get('default', False)}")
+        shards = [p for p in config.get("shards", []) if isinstance(p, str)]
+        splits = sorted({PurePosixPath(p).name.split("-", 1)[0] for p in shards}, key=_split_order)
+        files = {e.get("split"): e.get("path") for e in entry.get("data_files") or [] if isinstance(e, dict)}
+        for split in sorted(set(files) | set(splits), key=lambda s: _split_order(str(s))):
+            want = sorted(p for p in shards if PurePosixPath(p).name.startswith(f"{split}-"))
+            patterns = files.get(split)
+            patterns = [patterns] if isinstance(patterns, str) else [str(p) for p in patterns or []]
+            got = sorted({p.relative_to(out_dir).as_posix() for pattern in patterns for p in out_dir.glob(pattern) if p.is_file()})
+            if got != want:
+                result.add(CARD_NAME, "card-data-files",
+                           f"configuration {name!r}, split {split!r}: data_files resolving to {want or 'no split'}",
+                           f"{patterns} resolving to {got or 'no file'}")
+        info = infos.get(name) if len(configs) > 1 or name in infos else (infos.get(None) or next(iter(infos.values()), None))
+        stated_splits = {s.get("name") for s in (info or {}).get("splits") or [] if isinstance(s, dict)}
+        missing = [s for s in splits if s not in stated_splits]
+        if missing:
+            result.add(CARD_NAME, "card-splits", f"dataset_info of configuration {name!r} stating the splits {splits}",
+                       f"{sorted(stated_splits) or 'no splits'} (missing {missing})")
+
+
+def _check_card_generated(out_dir: Path, report: dict[str, Any], result: VerifyResult) -> None:
+    """README.md must be exactly the card the build generates from build_report.json and the shards."""
+    from .card import render_card
+
+    try:
+        expected = render_card(report, read_row_table(out_dir))
+    except Exception as error:  # a report or shard broken enough to stop rendering: already reported
+        result.add(CARD_NAME, "card-generated", "the card generated from build_report.json and the shards",
+                   f"none: it could not be generated ({type(error).__name__}: {error})")
+        return
+    actual = (out_dir / CARD_NAME).read_text(encoding="utf-8")
+    if actual == expected:
+        return
+    want, have = expected.splitlines(), actual.splitlines()
+    line = next((i for i, (a, b) in enumerate(zip(want, have)) if a != b), min(len(want), len(have)))
+    result.add(CARD_NAME, "card-generated",
+               f"the card generated from build_report.json and the shards; line {line + 1}: {want[line] if line < len(want) else '<end of file>'!r}",
+               f"{have[line] if line < len(have) else '<end of file>'!r}", hint="the card is generated: rebuild instead of editing it")

@@ -155,7 +155,32 @@ EXPECTED_EXCLUSIONS = {
 }
 
 
-def make_world(root: Path, *, extra_zip_entries: bool = True) -> World:
+# The configurations world (make_world(..., configs=True)): 1.0.0's shape, a `paper` default that
+# flags instead of excluding and a `curated` subset. Besides the rows above it has a Kaggle file that
+# is a byte copy of another across Kaggle's own split, an Actualmed PNG with other bytes but the
+# same pixels as CR.1.1.png (found only after conversion), a lesion-text film and an unreviewed file.
+CONFIG_EXTRA_KAGGLE = ("test", "NORMAL", "IM-0101-0001.jpeg", "normal")  # same bytes as train/NORMAL/IM-0001-0001.jpeg
+CONFIG_FLAGS = {
+    "cohen:images/c8-copy-of-c7.png": ["duplicate-exact"],
+    "cohen:images/c10-figure1-repost.jpg": ["duplicate-exact", "duplicate-near"],  # listed, and the same bytes too
+    "cohen:images/c9.jpg": ["annotation-text"],
+    "actualmed:images/CR.2.1.png": ["not-reviewed"],
+    "actualmed:images/CR.5.1.png": ["duplicate-exact"],  # same decoded pixels as CR.1.1.png
+    "kaggle:chest_xray/train/NORMAL/IM-0001-0001.jpeg": ["duplicate-exact"],  # the test copy is kept
+}
+CONFIG_DUPLICATE_OF = {
+    "cohen:images/c8-copy-of-c7.png": "cohen:images/c7.png",
+    "cohen:images/c10-figure1-repost.jpg": "figure1:images/COVID-00006.jpg",
+    "actualmed:images/CR.5.1.png": "actualmed:images/CR.1.1.png",
+    "kaggle:chest_xray/train/NORMAL/IM-0001-0001.jpeg": "kaggle:chest_xray/test/NORMAL/IM-0101-0001.jpeg",
+}
+CONFIG_EXPECTED = {
+    "paper": {"train": {"COVID-19": 13, "Normal": 3, "Pneumonia": 4}, "test": {"COVID-19": 3, "Normal": 3, "Pneumonia": 2}},
+    "curated": {"train": {"COVID-19": 9, "Normal": 2, "Pneumonia": 4}, "test": {"COVID-19": 2, "Normal": 3, "Pneumonia": 2}},
+}
+
+
+def make_world(root: Path, *, extra_zip_entries: bool = True, configs: bool = False) -> World:
     world = World(root=Path(root))
     world.root.mkdir(parents=True, exist_ok=True)
     locks: dict[str, list[tuple[str, str, int]]] = {"cohen": [], "figure1": [], "actualmed": []}
@@ -186,12 +211,19 @@ def make_world(root: Path, *, extra_zip_entries: bool = True) -> World:
         rows.append({"patientid": pid, "finding": finding, "view": view, "modality": "X-ray", "imagename": name,
                      "notes": "Négatif" if not finding else ""})
         publish("actualmed", ACTUALMED, f"images/{name}", radiograph(seed, mode="L"))
+    if configs:  # CR.1.1.png's pixels in a PNG with other bytes
+        rows.append({"patientid": "ANON5", "finding": "COVID-19", "view": "PA", "modality": "X-ray", "imagename": "CR.5.1.png"})
+        with Image.open(io.BytesIO(radiograph(31, mode="L"))) as same:
+            buffer = io.BytesIO()
+            same.save(buffer, "PNG", compress_level=1)
+        publish("actualmed", ACTUALMED, "images/CR.5.1.png", buffer.getvalue())
     publish("actualmed", ACTUALMED, "metadata.csv", _csv(ACTUALMED_COLUMNS, rows, "iso-8859-1"))
 
     world.kaggle_zip = world.root / "chest-xray-pneumonia.zip"
+    kaggle_files = KAGGLE_FILES + ([CONFIG_EXTRA_KAGGLE] if configs else [])
     with zipfile.ZipFile(world.kaggle_zip, "w", zipfile.ZIP_STORED) as archive:
-        for index, (split, cls, filename, _) in enumerate(KAGGLE_FILES):
-            data = radiograph(100 + index, size=(110, 90), mode="JPEG-L")
+        for index, (split, cls, filename, _) in enumerate(kaggle_files):
+            data = radiograph(100 + (index if index < len(KAGGLE_FILES) else 0), size=(110, 90), mode="JPEG-L")
             archive.writestr(f"chest_xray/{split}/{cls}/{filename}", data)
             if extra_zip_entries:
                 archive.writestr(f"chest_xray/chest_xray/{split}/{cls}/{filename}", data)
@@ -200,17 +232,36 @@ def make_world(root: Path, *, extra_zip_entries: bool = True) -> World:
             archive.writestr("chest_xray/.DS_Store", b"\0\0\0\1Bud1")
     world.served[f"/api/v1/datasets/download/{KAGGLE_DATASET}"] = world.kaggle_zip.read_bytes()
 
-    world.manifest_dir = write_manifest(world.root / "manifest", locks)
+    world.manifest_dir = write_manifest(world.root / "manifest", locks, configs=configs, kaggle_files=kaggle_files)
     return world
 
 
-def write_manifest(folder: Path, locks) -> Path:
+CONFIGS_YAML = """\
+configs:
+  paper:
+    default: true
+    description: Every film the paper's rule keeps; marks other than arrows and every duplicate are flagged.
+    flag_instead_of_excluding: [annotation-text, annotation-other, duplicate-exact, duplicate-near, not-reviewed]
+    expected_counts:
+      train: {COVID-19: 13, Normal: 3, Pneumonia: 4}
+      test: {COVID-19: 3, Normal: 3, Pneumonia: 2}
+  curated:
+    description: paper without the flagged films.
+    leave_out_flagged: true
+    expected_counts:
+      train: {COVID-19: CURATED_TRAIN_COVID, Normal: 2, Pneumonia: 4}
+      test: {COVID-19: CURATED_TEST_COVID, Normal: 3, Pneumonia: 2}
+"""
+
+
+def write_manifest(folder: Path, locks, *, configs: bool = False, kaggle_files=KAGGLE_FILES,
+                   curated_covid: tuple[int, int] = (9, 2)) -> Path:
     (folder / "locks").mkdir(parents=True)
     (folder / "decisions").mkdir()
     for name, rows in locks.items():
         lines = ["path\tgit_blob_sha1\tsize"] + [f"{p}\t{b}\t{s}" for p, b, s in sorted(rows)]
         (folder / "locks" / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    kaggle = ["split,class,filename,subtype,sha256"] + [f"{s},{c},{f},{t}," for s, c, f, t in KAGGLE_FILES]
+    kaggle = ["split,class,filename,subtype,sha256"] + [f"{s},{c},{f},{t}," for s, c, f, t in kaggle_files]
     (folder / "locks" / "kaggle.csv").write_text("\n".join(kaggle) + "\n", encoding="utf-8")
     (folder / "decisions" / "views.csv").write_text(
         "source,source_path,view,note\n"
@@ -219,7 +270,12 @@ def write_manifest(folder: Path, locks) -> Path:
     (folder / "decisions" / "annotations.csv").write_text(
         "source,source_path,decision,reason,note\n"
         "cohen,images/c6-arrow.jpg,exclude,annotation-arrow,green arrow at the right lower zone\n"
-        "cohen,images/c2.png,keep,,purple cast is not a mark\n", encoding="utf-8")
+        "cohen,images/c2.png,keep,,purple cast is not a mark\n"
+        + ("cohen,images/c9.jpg,exclude,annotation-text,severity score written over the lungs\n" if configs else ""),
+        encoding="utf-8")
+    if configs:
+        (folder / "decisions" / "unreviewed.csv").write_text(
+            "source,source_path,note\nactualmed,images/CR.2.1.png,not obtained for review\n", encoding="utf-8")
     (folder / "decisions" / "duplicates.csv").write_text(
         "source,source_path,duplicate_of_source,duplicate_of_path,method,distance,note\n"
         "cohen,images/c10-figure1-repost.jpg,figure1,images/COVID-00006.jpg,near,0.01,Cohen re-published the Figure1 case\n",
@@ -283,15 +339,21 @@ def write_manifest(folder: Path, locks) -> Path:
             annotations: decisions/annotations.csv
             duplicates: decisions/duplicates.csv
             exclusions: decisions/exclusions.csv
+            UNREVIEWED
         convert: {{quality: 95, max_side: null}}
         split:
           seed: tiny-seed
           rules:
             - {{source: kaggle, method: upstream, map: {{train: train, val: test, test: test}}}}
             - {{label: COVID-19, method: patient-hash, test_images: 3}}
-        expected_counts:
-          train: {{COVID-19: 10, Normal: 3, Pneumonia: 4}}
-          test: {{COVID-19: 3, Normal: 2, Pneumonia: 2}}
+        EXPECTED_COUNTS
         """)
+    if configs:
+        counts = CONFIGS_YAML.replace("CURATED_TRAIN_COVID", str(curated_covid[0])).replace("CURATED_TEST_COVID", str(curated_covid[1]))
+        manifest = manifest.replace("    UNREVIEWED\n", "    unreviewed: decisions/unreviewed.csv\n")
+    else:
+        counts = "expected_counts:\n  train: {COVID-19: 10, Normal: 3, Pneumonia: 4}\n  test: {COVID-19: 3, Normal: 2, Pneumonia: 2}\n"
+        manifest = manifest.replace("    UNREVIEWED\n", "")
+    manifest = manifest.replace("EXPECTED_COUNTS\n", counts)
     (folder / "manifest.yaml").write_text(manifest, encoding="utf-8")
     return folder

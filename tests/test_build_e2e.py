@@ -95,7 +95,7 @@ def test_card_is_generated_from_the_features(built):
     card = (out / "README.md").read_text()
     assert card.startswith("---\n")
     header = card.split("---\n")[1]
-    assert "class_label" in header and "COVID-19" in header and "data/train-*.parquet" in header
+    assert "class_label" in header and "COVID-19" in header and "data/default/train-*.parquet" in header
     assert "DeGrave" in card and "CC BY-NC-SA" in card and "NonCommercial" in card
     assert report["fingerprint"] in card
 
@@ -106,8 +106,8 @@ def test_rebuild_is_byte_identical_and_reuses_the_cache(built, world, server, tm
     manifest = manifest_module.load(world.manifest_dir)
     again = build(manifest, tmp_path / "again", options)
     assert again["fingerprint"] == report["fingerprint"]
-    for shard in sorted((out / "data").glob("*.parquet")):
-        assert (tmp_path / "again" / "data" / shard.name).read_bytes() == shard.read_bytes()
+    for shard in sorted((out / "data").rglob("*.parquet")):
+        assert (tmp_path / "again" / shard.relative_to(out)).read_bytes() == shard.read_bytes()
     assert server.requests == []  # every file came from the verified cache
     assert fingerprint(out) == report["fingerprint"]
 
@@ -116,13 +116,13 @@ def test_fingerprint_changes_when_a_label_changes(built, tmp_path):
     import pyarrow.parquet as pq
 
     out, report, _ = built
-    shard = sorted((out / "data").glob("train-*.parquet"))[0]
+    shard = sorted((out / "data").rglob("train-*.parquet"))[0]
     table = pq.read_table(shard)
     labels = table.column("label").to_pylist()
     labels[0] = (labels[0] + 1) % 3
     copy = tmp_path / "copy"
     (copy / "data").mkdir(parents=True)
-    for other in (out / "data").glob("*.parquet"):
+    for other in (out / "data").rglob("*.parquet"):
         (copy / "data" / other.name).write_bytes(other.read_bytes())
     pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", __import__("pyarrow").array(labels)), copy / "data" / shard.name)
     assert fingerprint(copy) != report["fingerprint"]
@@ -178,3 +178,16 @@ def test_plan_resolves_counts_without_downloading_images(world, server, tmp_path
     assert resolution.counts() == EXPECTED
     fetched = {r.path.rsplit("/", 1)[-1] for r in server.requests}
     assert fetched == {"metadata.csv"}
+
+
+def test_exact_duplicates_setting_is_honoured(world, server, tmp_path):
+    import shutil
+
+    folder = tmp_path / "variant"
+    shutil.copytree(world.manifest_dir, folder)
+    text = (folder / "manifest.yaml").read_text()
+    (folder / "manifest.yaml").write_text(text.replace("exact_duplicates: true", "exact_duplicates: false"))
+    options = Options(cache_dir=tmp_path / "cache", mirror=server.base_url, workers=1, progress=False)
+    kept = plan(manifest_module.load(folder), options).kept
+    row = kept[kept["source_path"] == "images/c8-copy-of-c7.png"]
+    assert len(row) == 1 and row.iloc[0]["flags"] == () and row.iloc[0]["duplicate_of"] == ""

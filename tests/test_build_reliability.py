@@ -130,8 +130,10 @@ def test_killed_build_then_rerun_is_identical_to_an_uninterrupted_one(tmp_path):
                        Options(cache_dir=tmp_path / "cache", mirror=server.base_url, workers=1, progress=False,
                                kaggle_archive=world.kaggle_zip))
     assert report["fingerprint"] == reference["fingerprint"]
-    for shard in (tmp_path / "reference" / "data").glob("*.parquet"):
-        assert (tmp_path / "out" / "data" / shard.name).read_bytes() == shard.read_bytes()
+    shards = sorted((tmp_path / "reference" / "data").rglob("*.parquet"))
+    assert shards  # shards sit in per-configuration folders under data/
+    for shard in shards:
+        assert (tmp_path / "out" / shard.relative_to(tmp_path / "reference")).read_bytes() == shard.read_bytes()
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
 
 

@@ -191,3 +191,15 @@ def test_package_citation_cff_is_current():
     text = yaml.safe_dump(on_disk)
     for needle in ("2007.09695", "2006.11988", "10.17632/rscbjbr9sj.2", "paultimothymooney", "Figure1", "Actualmed"):
         assert needle in text
+
+
+def test_cite_names_the_configuration_used(release_manifest):
+    from covid19_cxr_dataset.errors import ManifestError
+
+    default = citation.format_citations(release_manifest, "bibtex")
+    assert "configurations paper (default) and curated" in default
+    curated = citation.format_citations(release_manifest, "bibtex", "curated")
+    assert "@misc{covid19-cxr-1.0.0-curated," in curated and "configuration curated, built with" in curated
+    assert "(Version 1.0.0; configuration paper)" in citation.format_citations(release_manifest, "apa", "paper")
+    with pytest.raises(ManifestError, match="no configuration named 'strict'"):
+        citation.format_citations(release_manifest, "apa", "strict")

@@ -29,6 +29,8 @@ def test_manifests_lists_release_1_0_0():
     result = CliRunner().invoke(main, ["manifests"])
     assert result.exit_code == 0
     assert "covid19-cxr 1.0.0" in result.output and "train 5,614" in result.output and "test 740" in result.output
+    assert "  paper (default)\ttrain 5,614, test 740" in result.output and "  curated\ttrain " in result.output
+    assert "builds as pinned" in result.output
 
 
 def test_plan_and_build_through_the_cli(world, tmp_path):

@@ -249,3 +249,16 @@ def test_missing_huggingface_hub_says_what_to_install(release, monkeypatch):
     assert hub.publish_release(release, REPO, dry_run=True).dry_run  # a dry run does not need it
     with pytest.raises(CxrDatasetError, match=r"pip install 'covid19-cxr-dataset\[publish\]'"):
         hub.publish_release(release, REPO, token=FAKE_TOKEN)
+
+
+def test_dry_run_and_upload_of_a_release_with_configurations(tmp_path):
+    release = make_release(tmp_path / "release", per_class={"train": 4, "test": 4}, size=(32, 32), version=VERSION, configs=True)
+    built = report.read_report(release)
+    plan = hub.publish_release(release, REPO, dry_run=True, api=NoNetwork())
+    assert {f.path for f in plan.files} == {"README.md", "build_report.json", *built["shards"]}
+    assert any(f.path.startswith("data/flagged/") for f in plan.files) and any(f.path.startswith("data/curated/") for f in plan.files)
+    text = plan.summary()
+    assert f"configuration paper (default): train 12, test 12 images in 4 shard(s), fingerprint {built['configs']['paper']['fingerprint']}" in text
+    assert f"configuration curated: train 9, test 9 images in 2 shard(s), fingerprint {built['configs']['curated']['fingerprint']}" in text
+    assert f'load_dataset("{REPO}", "curated", revision="v{VERSION}")' in text
+    assert built["configs"]["curated"]["fingerprint"] in plan.tag_message and built["fingerprint"] in plan.tag_message

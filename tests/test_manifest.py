@@ -16,10 +16,16 @@ RELEASE = manifest.manifests_root() / "covid19-cxr" / "1.0.0"
 def test_release_1_0_0_is_listed_and_expects_table_1():
     assert ("covid19-cxr", "1.0.0") in [(n, v) for n, v, _ in manifest.available()]
     loaded = manifest.load(manifest.find("1.0.0"))
-    assert loaded.data["expected_counts"] == {
+    assert [c.name for c in loaded.configs] == ["paper", "curated"]
+    paper, curated = loaded.configs
+    assert paper.default and not curated.default and curated.leave_out_flagged
+    assert paper.expected_counts == {
         "train": {"COVID-19": 398, "Normal": 1341, "Pneumonia": 3875},
         "test": {"COVID-19": 100, "Normal": 242, "Pneumonia": 398},
     }
+    assert paper.flag == {"annotation-text", "annotation-other", "duplicate-exact", "duplicate-near", "not-reviewed"}
+    # curated's counts fall out of the curation (recorded, asserted by the real tier against `plan`)
+    assert set(curated.expected_counts) == {"train", "test"}
     commits = {s["name"]: s.get("commit") for s in loaded.sources}
     assert commits["cohen"] == "0f7245db6f5aa4001ea75cf69fe6cfe091928403"
 
@@ -70,6 +76,10 @@ def _edit(folder, old, new):
         ("dataset_version: 2", "dataset_version: two", r"dataset_version.*not of type 'integer'"),
         ("schema_version: 1\n", "", r"missing key.*schema_version"),
         ("seed: covid19-cxr-1.0.0", "seed: [unclosed", r"not valid YAML at line \d+"),
+        ("    leave_out_flagged: true\n", "", r"configs\.curated: a configuration besides the default must be 'leave_out_flagged: true'"),
+        ("    default: true\n", "", r"exactly one configuration must have 'default: true', found 0"),
+        ("flag_instead_of_excluding: [annotation-text,", "flag_instead_of_excluding: [annotation-tetx,", r"configs\.paper\.flag_instead_of_excluding\[0\]"),
+        ("configs:\n", "expected_counts: {}\nconfigs:\n", r"top-level 'expected_counts' and 'configs' both given"),
     ],
 )
 def test_broken_manifest_names_file_key_and_fix(copy, old, new, expected):

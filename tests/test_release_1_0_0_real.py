@@ -1,22 +1,26 @@
 """Release 1.0.0 against the real upstream files in ../shared/fixtures/real, served on 127.0.0.1.
 
-* ``plan`` on the real metadata tables with the real manifest and decisions: the curation numbers.
+* ``plan`` on the real metadata tables with the real manifest and decisions: Table 1 for ``paper``,
+  the curation numbers, and ``curated`` as the same split without the flagged films.
 * A build of a variant of 1.0.0 whose locks hold only the real images the fixtures carry: the hard
   cases land where they must (lateral, CT, annotated, out-of-class excluded; coloured text kept).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import zipfile
 from pathlib import Path
 
 import datasets
 import pytest
+import yaml
 
-from covid19_cxr_dataset import manifest as manifest_module
+from covid19_cxr_dataset import manifest as manifest_module, split
 from covid19_cxr_dataset.build import Options, build, check_counts, plan
-from covid19_cxr_dataset.report import exclusion_summary
+from covid19_cxr_dataset.report import exclusion_summary, flag_summary
+from covid19_cxr_dataset.verify import verify_release
 
 from loopback import LoopbackServer, github_raw_path
 
@@ -55,25 +59,52 @@ def planned(release, server, tmp_path_factory):
     return plan(release, options)
 
 
+TABLE_1 = {"train": {"COVID-19": 398, "Normal": 1341, "Pneumonia": 3875}, "test": {"COVID-19": 100, "Normal": 242, "Pneumonia": 398}}
+
+
 def test_plan_curation_numbers_on_the_real_metadata(planned):
     covid_candidates = planned.candidates[planned.candidates["label"] == "COVID-19"]
     assert covid_candidates["source"].value_counts().to_dict() == {"cohen": 538, "actualmed": 58, "figure1": 35}
+    # paper excludes only CT, laterals, out-of-class findings and arrow/box marks ...
     excluded = exclusion_summary(planned.excluded[planned.excluded["label"] == "COVID-19"])
-    assert excluded == {
-        "annotation-arrow": 27, "annotation-box": 2, "annotation-other": 1, "annotation-text": 7,
-        "duplicate-near": 14, "modality-not-xray": 80, "view-lateral": 24,
-    }
-    kept = planned.kept
-    assert kept[kept["label"] == "COVID-19"]["source"].value_counts().to_dict() == {"cohen": 385, "actualmed": 57, "figure1": 34}
-    assert planned.counts() == {
-        "test": {"COVID-19": 100, "Normal": 242, "Pneumonia": 398},
-        "train": {"COVID-19": 376, "Normal": 1341, "Pneumonia": 3875},
-    }
+    assert excluded == {"annotation-arrow": 27, "annotation-box": 2, "modality-not-xray": 80, "view-lateral": 24}
+    # ... and keeps every other mark, duplicate and unreviewed file, flagged (Kaggle duplicates,
+    # recorded separately, only add Normal/Pneumonia flags).
+    paper = planned.rows("paper")
+    covid = paper[paper["label"] == "COVID-19"]
+    assert flag_summary(covid) == {"annotation-other": 1, "annotation-text": 7, "duplicate-near": 14, "not-reviewed": 39}
+    assert covid["source"].value_counts().to_dict() == {"cohen": 405, "actualmed": 58, "figure1": 35}
+    assert (covid["duplicate_of"] != "").sum() == 14
+    curated = planned.rows("curated")
+    assert curated[curated["label"] == "COVID-19"]["source"].value_counts().to_dict() == {"cohen": 378, "actualmed": 25, "figure1": 34}
 
 
-def test_plan_says_exactly_where_the_release_falls_short_of_table_1(planned, release):
-    # Honest curation leaves 476 COVID-19 images for Table 1's 498: the plan reports it, the build refuses.
-    assert check_counts(release, planned.kept) == ["train/COVID-19: expected 398, got 376"]
+def test_paper_configuration_is_table_1_from_the_real_manifest(planned, release):
+    assert planned.counts("paper") == TABLE_1
+    assert check_counts(release, planned.kept) == []  # both configurations, as the real manifest states them
+    curated = planned.counts("curated")
+    assert curated == release.config("curated").expected_counts
+    assert curated["train"]["COVID-19"] + curated["test"]["COVID-19"] == 498 - 61
+    flagged = planned.rows("paper")["flags"].map(bool).sum()
+    assert sum(sum(c.values()) for c in curated.values()) == sum(sum(c.values()) for c in TABLE_1.values()) - flagged
+
+
+def test_curated_is_the_paper_split_without_flagged_films(planned):
+    paper, curated = planned.rows("paper"), planned.rows("curated")
+    assert set(curated["record_id"]) <= set(paper["record_id"])
+    assert curated["flags"].map(len).eq(0).all()
+    assert len(paper) - len(curated) == paper["flags"].map(bool).sum() >= 61
+    side = dict(zip(paper["record_id"], paper["split"]))
+    assert all(side[rid] == s for rid, s in zip(curated["record_id"], curated["split"]))
+
+
+def test_every_duplicate_pair_and_patient_link_on_one_side(planned):
+    assert split.duplicate_pairs_across_splits(planned.kept) == []
+    assert split.patients_in_both(planned.kept) == []
+    side = dict(zip(planned.kept["record_id"], planned.kept["split"]))
+    for rid, twin in zip(planned.kept["record_id"], planned.kept["duplicate_of"]):
+        if twin:
+            assert side[twin] == side[rid], (rid, twin)
 
 
 def test_no_patient_on_both_sides_after_merging_reviewed_links(planned):
@@ -128,15 +159,16 @@ def fixture_variant(real_fixtures, release, tmp_path_factory):
             rows.append(f"{split},{cls},{image.name},{subtype},{checksums[(split, cls, image.name)]}")
             handle.write(image, f"chest_xray/{split}/{cls}/{image.name}")
     (folder / "locks" / "kaggle.csv").write_text("\n".join(rows) + "\n")
-    text = (folder / "manifest.yaml").read_text()
-    text = text.replace("test_images: 100", "test_images: 4")
-    text = text.split("expected_counts:")[0] + (
-        "expected_counts:\n"
-        "  train: {COVID-19: 9, Normal: 5, Pneumonia: 9}\n"
-        "  test: {COVID-19: 4, Normal: 8, Pneumonia: 8}\n"
-    )
-    (folder / "manifest.yaml").write_text(text)
+    # The real manifest's configurations and rules; only the counts fit the fixture images.
+    data = yaml.safe_load((folder / "manifest.yaml").read_text())
+    data["split"]["rules"][1]["test_images"] = 4
+    for config in data["configs"].values():
+        config["expected_counts"] = FIXTURE_COUNTS
+    (folder / "manifest.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return folder, archive
+
+
+FIXTURE_COUNTS = {"train": {"COVID-19": 9, "Normal": 5, "Pneumonia": 9}, "test": {"COVID-19": 4, "Normal": 8, "Pneumonia": 8}}
 
 
 def test_build_from_the_real_images(fixture_variant, server, tmp_path):
@@ -145,9 +177,38 @@ def test_build_from_the_real_images(fixture_variant, server, tmp_path):
     report = build(manifest_module.load(folder), tmp_path / "out", options)
     assert report["checks"]["unverified_files"] == 0  # GitHub files by blob id, Kaggle files by sha256
     assert report["checks"]["near_duplicate_pairs_across_splits"] == []
+    assert {name: c["counts"] for name, c in report["configs"].items()} == {"paper": FIXTURE_COUNTS, "curated": FIXTURE_COUNTS}
+    assert verify_release(tmp_path / "out").ok
     loaded = datasets.load_dataset(str(tmp_path / "out"))
+    curated = datasets.load_dataset(str(tmp_path / "out"), "curated")
+    # no fixture image carries a flag in the real decisions, so curated holds the same rows here
+    assert {s: sorted(curated[s]["source_path"]) for s in curated} == {s: sorted(loaded[s]["source_path"]) for s in loaded}
     rows = {r["source_path"]: r for split in loaded for r in loaded[split]}
+    assert all(r["flags"] == [] and r["duplicate_of"] == "" for r in rows.values())
     palette, rgba = rows["images/tpmd200203f2-a.png"], rows["images/covid-19-caso-95-1-15.png"]
     assert palette["image"].mode == rgba["image"].mode == "L"
     assert palette["license"] == "" and rows["images/COVID-00001.jpg"]["patient_id"] == "figure1:COVID-00001"
     assert {r["source"] for r in rows.values()} == {"cohen", "figure1", "actualmed", "kaggle"}
+
+
+def test_plan_command_prints_both_configurations_matching(server, tmp_path):
+    from click.testing import CliRunner
+
+    from covid19_cxr_dataset.cli import main
+
+    result = CliRunner().invoke(main, ["plan", "--version", "1.0.0", "--mirror", server.base_url, "--cache-dir", str(tmp_path),
+                                       "-q", "--json", str(tmp_path / "plan.json")])
+    assert result.exit_code == 0, result.output
+    assert "configuration paper (default): 6,354 images, " in result.output
+    assert "  train        398       1,341       3,875    5,614   expected 398 / 1,341 / 3,875" in result.output
+    assert "  test         100         242         398      740   expected 100 / 242 / 398" in result.output
+    curated = sum(sum(c.values()) for c in manifest_module.load(RELEASE).config("curated").expected_counts.values())
+    assert f"configuration curated: {curated:,} images" in result.output
+    assert result.output.count("counts match the manifest") == 2
+    document = json.loads((tmp_path / "plan.json").read_text())
+    assert set(document) >= {"configs", "files"}
+    assert document["configs"]["paper"]["actual"] == document["configs"]["paper"]["expected"] == TABLE_1
+    assert document["configs"]["curated"]["matches"] is True
+    row = next(f for f in document["files"] if f["source_path"] == "images/16660_2_1.jpg")
+    assert row["flags"] == ["duplicate-near"] and row["in_curated"] is False and row["excluded"] == ""
+    assert row["duplicate_of"] == "cohen:images/covid-19-rapidly-progressive-acute-respiratory-distress-syndrome-ards-admission.jpg"

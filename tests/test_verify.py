@@ -78,7 +78,8 @@ def test_edited_label_is_caught_even_when_the_shard_hashes_were_rewritten(releas
     tamper_label(release, "test", row=1)
     refresh_shard_hashes(release)
     result = verify_release(release)
-    assert checks(result) == {("data/test-*.parquet", "counts"), ("data/*.parquet", "fingerprint")}
+    # the card's counts table is generated from the shards, so it no longer matches either
+    assert checks(result) == {("data/test-*.parquet", "counts"), ("data/*.parquet", "fingerprint"), ("README.md", "card-generated")}
 
 
 def test_reencoded_image_is_caught(release):
@@ -92,8 +93,9 @@ def test_reencoded_image_is_caught(release):
     assert ("data/train-00000-of-00001.parquet", "shard-sha256") in checks(verify_release(release))
     refresh_shard_hashes(release)
     result = verify_release(release)
-    assert checks(result) == {("data/*.parquet", "fingerprint")}  # counts are unchanged, the pixels are not
-    assert "decoded pixels or labels differ" in result.problems[0].actual
+    # counts are unchanged, the pixels are not (and the card states the shard's new size)
+    assert checks(result) == {("data/*.parquet", "fingerprint"), ("README.md", "card-generated")}
+    assert "decoded pixels or labels differ" in next(p for p in result.problems if p.check == "fingerprint").actual
 
 
 def test_lossless_reencode_changes_the_shard_hash_only(release):
@@ -228,3 +230,102 @@ def test_default_images_survive_the_check(tmp_path):
     flat = make_release(tmp_path / "flat", per_class={"train": 1, "test": 1}, size=(16, 16),
                         image_fn=lambda label, split, index, size: np.full(size[::-1], 40 * label, np.uint8))
     assert verify_release(flat).ok
+
+
+# ---- a release with configurations (1.0.0's layout) -------------------------------------------
+
+@pytest.fixture(scope="module")
+def pristine_configs(tmp_path_factory) -> Path:
+    return make_release(tmp_path_factory.mktemp("configs") / "release", per_class={"train": 8, "test": 4}, size=(32, 32), configs=True)
+
+
+@pytest.fixture
+def configured(pristine_configs, tmp_path) -> Path:
+    return Path(shutil.copytree(pristine_configs, tmp_path / "release"))
+
+
+def _edit_card(release: Path, old: str, new: str) -> None:
+    card = release / "README.md"
+    text = card.read_text(encoding="utf-8")
+    assert old in text, old
+    card.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+
+def _verify_cli(release: Path):
+    from click.testing import CliRunner
+
+    from covid19_cxr_dataset.cli import main
+
+    return CliRunner().invoke(main, ["verify", str(release), "--workers", "1"])
+
+
+def test_release_with_configurations_verifies(configured):
+    result = verify_release(configured)
+    assert result.ok, result.summary()
+    assert result.configs["paper"] == {s: {c: n for c in CLASS_NAMES} for s, n in (("train", 8), ("test", 4))}
+    assert result.configs["curated"] == {s: {c: n for c in CLASS_NAMES} for s, n in (("train", 6), ("test", 3))}
+    outcome = _verify_cli(configured)
+    assert outcome.exit_code == 0 and "configuration curated: train 18, test 9" in outcome.output
+
+
+@pytest.mark.parametrize(
+    "old, new, check, named",
+    [
+        # train and test data_files swapped in the curated configuration
+        ("  - split: train\n    path: data/curated/train-*.parquet\n  - split: test\n    path: data/curated/test-*.parquet",
+         "  - split: train\n    path: data/curated/test-*.parquet\n  - split: test\n    path: data/curated/train-*.parquet",
+         "card-data-files", "configuration 'curated', split 'train'"),
+        # train pointed at every shard
+        ("  - split: train\n    path: data/curated/train-*.parquet", "  - split: train\n    path: data/*.parquet",
+         "card-data-files", "configuration 'curated', split 'train'"),
+        # paper reads only the curated folder
+        ("    path:\n    - data/curated/train-*.parquet\n    - data/flagged/train-*.parquet", "    path: data/curated/train-*.parquet",
+         "card-data-files", "configuration 'paper', split 'train'"),
+    ],
+    ids=["swapped-train-test", "train-at-data-star", "paper-without-flagged"],
+)
+def test_card_data_files_must_resolve_to_each_configurations_shards(configured, old, new, check, named):
+    _edit_card(configured, old, new)
+    problems = [p for p in verify_release(configured).problems if p.check == check]
+    assert problems and named in problems[0].expected, problems
+    outcome = _verify_cli(configured)
+    assert outcome.exit_code == 1 and check in outcome.output and named in outcome.output
+
+
+def test_card_without_dataset_info_splits_fails(configured):
+    card = configured / "README.md"
+    text = card.read_text(encoding="utf-8")
+    start = text.index("  splits:\n")
+    end = text.index("\n- config_name:", start) if "\n- config_name:" in text[start:] else text.index("\n---\n", start)
+    card.write_text(text[:start] + text[end + 1:] if text[end] == "\n" else text[:start] + text[end:], encoding="utf-8")
+    result = verify_release(configured)
+    assert ("README.md", "card-splits") in checks(result)
+    assert "dataset_info of configuration 'paper' stating the splits ['train', 'test']" in str(result.problems)
+    assert _verify_cli(configured).exit_code == 1
+
+
+@pytest.mark.parametrize("old, new", [
+    ("license: cc0-1.0", "license: mit"),
+    ("- fingerprint of `curated` (decoded pixels and labels): `", "- fingerprint of `curated` (decoded pixels and labels): `0"),
+], ids=["license", "fingerprint"])
+def test_any_edit_of_the_generated_card_fails(configured, old, new):
+    _edit_card(configured, old, new)
+    result = verify_release(configured)
+    assert checks(result) == {("README.md", "card-generated")}
+    problem = result.problems[0]
+    assert repr(new.split("\n")[0])[1:-1] in problem.actual and "line " in problem.expected
+    outcome = _verify_cli(configured)
+    assert outcome.exit_code == 1 and "card-generated" in outcome.output and "rebuild instead of editing it" in outcome.output
+
+
+def test_a_flagged_shard_moved_into_the_subset_is_caught(configured):
+    flagged = next((configured / "data" / "flagged").glob("test-*.parquet"))
+    shutil.move(flagged, configured / "data" / "curated" / "test-00001-of-00001.parquet")
+    found = checks(verify_release(configured))
+    assert {("data/ (curated)", "config-shards"), ("data/curated/", "flags"), ("data/ (curated)", "config-counts")} <= found
+
+
+def test_configuration_fingerprint_in_the_report_is_checked(configured):
+    rewrite_report(configured, lambda data: data["configs"]["curated"].update(fingerprint="0" * 64))
+    found = checks(verify_release(configured))
+    assert ("data/ (curated)", "config-fingerprint") in found

@@ -159,6 +159,15 @@ def count_differences(published: dict[str, dict[str, int]], actual: dict[str, di
     return out
 
 
+def _portable_manifest_option(manifest: Manifest) -> str:
+    """:func:`manifest_option` without this machine's absolute paths (the card is published): a
+    folder outside the working folder is named by its folder name alone."""
+    option = manifest_option(manifest)
+    if is_bundled(manifest) or shown_path(manifest.folder).startswith("."):
+        return option
+    return f"--manifest {shlex.quote(manifest.folder.name)}"
+
+
 def card_facts(manifest: Manifest) -> dict[str, Any]:
     """What the card needs to know about where its manifest stands, as plain data (it can live in the
     build report): how commands name the manifest, whether its version is local, and the published
@@ -166,7 +175,7 @@ def card_facts(manifest: Manifest) -> dict[str, Any]:
     published = published_release(manifest)
     return {
         # A card is published: name an unbundled manifest by its folder name, never by this machine's path.
-        "manifest_option": manifest_option(manifest) if is_bundled(manifest) else f"--manifest {shlex.quote(manifest.folder.name)}",
+        "manifest_option": _portable_manifest_option(manifest),
         "local": is_local(manifest.version),
         "version": manifest.version,
         "published": None if published is None else {"version": published.version, "expected_counts": expected_counts(published)},
@@ -412,7 +421,11 @@ def _with_exclusions(base: Manifest, staging: Path, filters_spec: dict, missing:
 
 
 class _Dumper(yaml.SafeDumper):
-    """Multi-line strings as literal blocks, so notes and BibTeX stay readable."""
+    """Multi-line strings as literal blocks, so notes and BibTeX stay readable; no anchors or aliases
+    (safe_load.yaml_load refuses them, so a repeated value, e.g. equal counts, is written out twice)."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
 
 
 def _represent_str(dumper: yaml.SafeDumper, value: str):

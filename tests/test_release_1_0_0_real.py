@@ -164,7 +164,8 @@ def fixture_variant(real_fixtures, release, tmp_path_factory):
     data["split"]["rules"][1]["test_images"] = 4
     for config in data["configs"].values():
         config["expected_counts"] = FIXTURE_COUNTS
-    (folder / "manifest.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    # json round trip: no shared objects, so no YAML aliases (which the manifest reader refuses)
+    (folder / "manifest.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False))
     return folder, archive
 
 

@@ -122,7 +122,7 @@ DECISION_COLUMNS = {
     "duplicates.csv": ["source", "source_path", "duplicate_of_source", "duplicate_of_path", "method", "distance", "note"],
     "exclusions.csv": ["source", "source_path", "reason", "note"],
 }
-SOURCES = {"cohen", "figure1", "actualmed"}
+SOURCES = {"cohen", "figure1", "actualmed", "kaggle"}
 
 
 def read_decisions(name: str) -> list[dict]:
@@ -133,6 +133,9 @@ def read_decisions(name: str) -> list[dict]:
 
 
 def tree_paths(source: str) -> set[str]:
+    if source == "kaggle":  # no tree: the release's file list, as the records' source_path
+        with open(DECISIONS.parent / "locks" / "kaggle.csv", encoding="utf-8", newline="") as handle:
+            return {f"chest_xray/{r['split']}/{r['class']}/{r['filename']}" for r in csv.DictReader(handle)}
     with open(Path(REAL) / source / "tree.tsv", encoding="utf-8", newline="") as handle:
         return {row["path"] for row in csv.DictReader(handle, delimiter="\t")}
 
@@ -159,7 +162,7 @@ def test_decisions_parse_with_known_codes_notes_and_no_repeats(name):
             assert row["reason"] in REASONS
         if name == "duplicates.csv":
             assert row["duplicate_of_source"] in SOURCES
-            assert row["method"] in {"git-blob", "near-duplicate"}
+            assert row["method"] in {"git-blob", "near-duplicate", "exact"}  # filters: "exact" -> duplicate-exact
             assert float(row["distance"]) >= 0
             assert (row["source"], row["source_path"]) != (row["duplicate_of_source"], row["duplicate_of_path"])
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import zipfile
@@ -159,6 +160,17 @@ def fixture_variant(real_fixtures, release, tmp_path_factory):
             rows.append(f"{split},{cls},{image.name},{subtype},{checksums[(split, cls, image.name)]}")
             handle.write(image, f"chest_xray/{split}/{cls}/{image.name}")
     (folder / "locks" / "kaggle.csv").write_text("\n".join(rows) + "\n")
+    # Kaggle duplicate decisions naming files outside the fixture's cut-down Kaggle list are dropped.
+    zipped = {f"chest_xray/{i.parent.parent.name}/{i.parent.name}/{i.name}" for i in images}
+    decisions = folder / "decisions" / "duplicates.csv"
+    with open(decisions, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        fields, kept_rows = reader.fieldnames, [r for r in reader if r["source"] != "kaggle"
+                                                 or {r["source_path"], r["duplicate_of_path"]} <= zipped]
+    with open(decisions, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fields)
+        writer.writeheader()
+        writer.writerows(kept_rows)
     # The real manifest's configurations and rules; only the counts fit the fixture images.
     data = yaml.safe_load((folder / "manifest.yaml").read_text())
     data["split"]["rules"][1]["test_images"] = 4

@@ -223,25 +223,27 @@ def hash_and_verify(kept: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 def conversion_cache(options: Options, settings: convert.ConvertSettings) -> Path:
     # Every library that can change the output bytes is part of the key (convert.output_fingerprint).
-    identity = f"{settings.quality}|{settings.max_side}|{settings.max_pixels}|{convert.output_fingerprint()}"
+    identity = f"{settings.cache_identity()}|{convert.output_fingerprint()}"
     key = f"q{settings.quality}-side{settings.max_side or 'orig'}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
     return options.cache / "converted" / key
 
 
 def _convert_one(task: tuple[str, str, convert.ConvertSettings]) -> tuple[str, str]:
-    """Worker: convert one file into the conversion cache; returns (target path, error) with reason."""
-    source_path, target, settings = task
-    target_path = Path(target)
-    if target_path.is_file():
-        return target, ""
+    """Worker: convert one file into the conversion cache; returns (target path, error) with reason.
+    The cached file's name says its conversion path (convert.cache_path)."""
+    source_path, stem, settings = task
+    cached = convert.cached_output(Path(stem))
+    if cached is not None:
+        return str(cached), ""
     try:
         result = convert.convert_file(Path(source_path), settings)
     except ConversionError as error:
         return "", f"{error.reason}\t{error}"
+    target_path = convert.cache_path(Path(stem), result.conversion)
     temporary = target_path.with_name(f"{target_path.name}.{os.getpid()}.tmp")  # one writer per process
-    temporary.write_bytes(result.jpeg)
+    temporary.write_bytes(result.data)
     os.replace(temporary, target_path)
-    return target, ""
+    return str(target_path), ""
 
 
 def _conversions(kept: pd.DataFrame, options: Options, settings: convert.ConvertSettings) -> Iterator[tuple[str, str]]:
@@ -249,7 +251,7 @@ def _conversions(kept: pd.DataFrame, options: Options, settings: convert.Convert
     cache = conversion_cache(options, settings)
     for prefix in {s[:2] for s in kept["sha256"]}:  # once here, not once per image in the workers
         (cache / prefix).mkdir(parents=True, exist_ok=True)
-    tasks = [(p, str(cache / s[:2] / f"{s}.jpg"), settings) for p, s in zip(kept["local_path"], kept["sha256"])]
+    tasks = [(p, str(cache / s[:2] / s), settings) for p, s in zip(kept["local_path"], kept["sha256"])]
     if options.workers <= 1:
         yield from map(_convert_one, tasks)
         return
@@ -287,7 +289,7 @@ def convert_and_write_shards(
     for record, result in zip(records, _conversions(kept, options, settings)):
         target = result[0]
         if target:
-            writers[record["split"]].add(publish.publish_row(record, Path(target).read_bytes()))
+            writers[record["split"]].add(publish.publish_row(record, Path(target).read_bytes(), convert.conversion_of(target)))
         results.append(result)
         bar.update()
     bar.close()
@@ -327,6 +329,7 @@ def make_report(resolution: Resolution, staging: Path, options: Options, *, unve
             for s in manifest.sources
         },
         "convert": manifest.data["convert"],
+        "conversions": convert.conversion_summary(kept.get("converted_path", pd.Series(dtype=str))),
         "counts": report.count_table(kept),
         "expected_counts": manifest.data["expected_counts"],
         "source_label_counts": report.source_label_table(kept),

@@ -33,21 +33,24 @@ FEATURES = Features(
         "finding": Value("string"),
         "license": Value("string"),
         "sha256": Value("string"),
+        "conversion": Value("string"),
     }
 )
-"""The release's columns. ``sha256`` is the hash of the upstream source file, not of the JPEG."""
+"""The release's columns. ``sha256`` is the hash of the upstream source file, not of the JPEG;
+``conversion`` the path its image took (a key of ``convert.CONVERSIONS``)."""
 
 SPLITS = ("train", "test")
 DEFAULT_MAX_SHARD_BYTES = 256 * 1024 * 1024
 ROW_GROUP_ROWS = 64  # small row groups keep random access to images cheap for readers
 _SCHEMA = FEATURES.arrow_schema
-_DICTIONARY_COLUMNS = ["source", "view", "finding", "license"]
+_DICTIONARY_COLUMNS = ["source", "view", "finding", "license", "conversion"]
 
 
-def publish_row(record: dict, jpeg: bytes) -> dict:
-    """One parquet row from a record (see records.py) and its converted JPEG bytes."""
+def publish_row(record: dict, jpeg: bytes, conversion: str = "") -> dict:
+    """One parquet row from a record (see records.py), its converted image bytes (JPEG, or PNG
+    for ``normalized-png``) and its conversion path."""
     return {
-        "image": {"bytes": jpeg, "path": _image_name(record)},
+        "image": {"bytes": jpeg, "path": _image_name(record, ".png" if conversion == "normalized-png" else ".jpg")},
         "label": CLASS_NAMES.index(record["label"]),
         "source": record["source"],
         "source_path": record["source_path"],
@@ -56,13 +59,14 @@ def publish_row(record: dict, jpeg: bytes) -> dict:
         "finding": record["finding"],
         "license": record["license"],
         "sha256": record["sha256"],
+        "conversion": conversion,
     }
 
 
-def _image_name(record: dict) -> str:
-    """A stable, unique file name for the image inside the release (always .jpg)."""
+def _image_name(record: dict, suffix: str = ".jpg") -> str:
+    """A stable, unique file name for the image inside the release (.jpg, or .png for PNG output)."""
     stem = Path(record["source_path"]).stem
-    return f"{record['source']}/{stem}.jpg"
+    return f"{record['source']}/{stem}{suffix}"
 
 
 class SplitShardWriter:

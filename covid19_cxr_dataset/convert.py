@@ -29,7 +29,7 @@ Policy, in the order it is applied
    grayscale baseline JPEG with optimized Huffman tables (``optimize_huffman``), no metadata. It
    decodes to exactly the luminance libjpeg decodes from the source (for colour sources the Y
    channel the encoder stored: ITU-R 601 luma, within one level of rounding of the luma of the
-   decoded RGB). 12-bit, lossless (SOF3) and hierarchical JPEGs, CMYK/YCCK/RGB components, and
+   decoded RGB wherever that RGB is not clipped at 0 or 255; saturated colour marks differ more). 12-bit, lossless (SOF3) and hierarchical JPEGs, CMYK/YCCK/RGB components, and
    streams libjpeg-turbo reports as corrupt (bad restart markers, premature end) take the path
    below; a stream that fails there too is ``undecodable``.
 4. **Decoding** (the other path). A multi-frame format (MPO) gives its first frame. Colour JPEGs

@@ -1262,3 +1262,75 @@ def test_real_jpegs_keep_their_luminance_bit_for_bit(path):
 def test_real_fixture_jpegs_cover_grayscale_colour_and_progressive():
     modes = {(Image.open(p).mode, bool(Image.open(p).info.get("progressive"))) for p in _real_jpegs()}
     assert {("L", False), ("RGB", False), ("RGB", True), ("L", True)} <= modes
+
+
+# ---------------------------------------------------------------------------------------------
+# In a build: the conversion column, exclusions instead of crashes, byte-identical rebuilds
+
+
+def _build_world(tmp_path, fallback: str = "jpeg"):
+    from synthetic import COHEN, git_blob_sha1, make_world
+
+    world = make_world(tmp_path / "world")
+
+    def replace(path: str, data: bytes) -> None:
+        world.served[f"/{COHEN[0]}/{COHEN[1]}/{path}"] = data
+        lock = world.manifest_dir / "locks" / "cohen.tsv"
+        lines = [f"{path}\t{git_blob_sha1(data)}\t{len(data)}" if line.startswith(path + "\t") else line
+                 for line in lock.read_text().splitlines()]
+        lock.write_text("\n".join(lines) + "\n")
+
+    replace("images/c9.jpg", encoded(Image.fromarray(smooth_image(96, 120)), "GIF"))  # a GIF named .jpg
+    replace("images/c1-b.jpg", _wide_png(65_600))  # wider than JPEG allows
+    replace("images/c1-a.jpg", _restart_marker_corrupted())  # decodable, but not transcodable
+    text = (world.manifest_dir / "manifest.yaml").read_text()
+    kept = 8 if fallback == "jpeg" else 9  # a PNG holds the 65,600 px wide film
+    text = text.replace("train: {COVID-19: 10,", f"train: {{COVID-19: {kept},")
+    text = text.replace("convert: {quality: 95, max_side: null}",
+                        f"convert: {{quality: 95, max_side: null, lossless_jpeg: true, fallback_format: {fallback}, input_formats: [jpeg, png]}}")
+    (world.manifest_dir / "manifest.yaml").write_text(text)
+    return world
+
+
+def _build(world, out: Path, cache: Path) -> dict:
+    from covid19_cxr_dataset import manifest as manifest_module
+    from covid19_cxr_dataset.build import Options, build
+    from loopback import LoopbackServer
+
+    with LoopbackServer(dict(world.served)) as server:
+        options = Options(cache_dir=cache, mirror=server.base_url, workers=2, progress=False, kaggle_archive=world.kaggle_zip)
+        return build(manifest_module.load(world.manifest_dir), out, options)
+
+
+def test_build_records_each_images_conversion_and_excludes_what_it_cannot_convert(tmp_path):
+    import pyarrow.parquet as pq
+
+    world = _build_world(tmp_path)
+    report = _build(world, tmp_path / "out", tmp_path / "cache")
+    reasons = {e["source_path"]: e["reason"] for e in report["exclusions"] if e["stage"] == "convert"}
+    assert reasons == {"images/c9.jpg": "format-not-accepted", "images/c1-b.jpg": "image-too-large"}
+    rows = pq.read_table(sorted((tmp_path / "out" / "data").glob("*.parquet"))).to_pylist()
+    conversion = {(r["source"], r["source_path"]): r["conversion"] for r in rows}
+    assert conversion[("cohen", "images/c1-a.jpg")] == "normalized-jpeg"  # corrupt restart marker
+    assert conversion[("cohen", "images/c2.png")] == "normalized-jpeg"
+    assert {c for (source, _), c in conversion.items() if source == "kaggle"} == {"lossless-jpeg"}
+    counts = report["conversions"]["counts"]
+    assert sum(counts.values()) == len(rows) and counts["lossless-jpeg"] >= 7
+    assert report["conversions"]["libraries"]["turbojpeg"] not in ("", "absent")
+
+
+def test_two_builds_give_byte_identical_shards_with_png_fallback(tmp_path):
+    import datasets
+
+    world = _build_world(tmp_path, fallback="png")
+    first = _build(world, tmp_path / "one", tmp_path / "cache-one")
+    second = _build(world, tmp_path / "two", tmp_path / "cache-two")
+    assert first["shards"] == second["shards"] and first["fingerprint"] == second["fingerprint"]
+    for shard in first["shards"]:
+        assert (tmp_path / "one" / shard).read_bytes() == (tmp_path / "two" / shard).read_bytes()
+    loaded = datasets.load_dataset(str(tmp_path / "one"))
+    by_path = {r["source_path"]: r for split in loaded.values() for r in split}
+    assert by_path["images/c2.png"]["conversion"] == "normalized-png" and by_path["images/c2.png"]["image"].format == "PNG"
+    assert by_path["images/c1-a.jpg"]["image"].format == "PNG"
+    assert by_path["images/c1-b.jpg"]["image"].size == (65_600, 16)
+    assert first["conversions"]["counts"]["normalized-png"] >= 3

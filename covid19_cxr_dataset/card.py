@@ -47,7 +47,7 @@ def license_warnings(kept: pd.DataFrame) -> list[str]:
     if nd:
         out.append(
             f"**NoDerivatives:** {nd:,} image(s) carry an ND license. This release stores them converted to grayscale "
-            "JPEG, a change of format that Creative Commons licenses allow as a technical modification; do not "
+            "(JPEG or PNG), a change of format that Creative Commons licenses allow as a technical modification; do not "
             "redistribute edited versions of them (crops, annotations, augmentations)."
         )
     if unstated:
@@ -91,9 +91,11 @@ def card_body(manifest: Manifest, report: dict, kept: pd.DataFrame) -> str:
                 lines.append(f"| {split_name} | {source} | {label} | {n:,} |")
     lines += [
         "",
-        "Columns: `image` (8-bit grayscale JPEG), `label` (ClassLabel: " + ", ".join(f"{i} = {c}" for i, c in enumerate(CLASS_NAMES)) + "), "
+        "Columns: `image` (8-bit grayscale; JPEG sources as JPEG with their luminance kept bit for bit, the others as "
+        "the manifest's fallback format), `label` (ClassLabel: " + ", ".join(f"{i} = {c}" for i, c in enumerate(CLASS_NAMES)) + "), "
         "`source`, `source_path` (path in the source at the pinned version), `patient_id` (normalized across sources), "
-        "`view`, `finding` (the source's own text), `license` (as the source states it), `sha256` (of the source file).",
+        "`view`, `finding` (the source's own text), `license` (as the source states it), `sha256` (of the source file), "
+        "`conversion` (`lossless-jpeg`, `normalized-jpeg` or `normalized-png`: the path the image took).",
         "",
         "## Sources",
         "",

@@ -1186,7 +1186,7 @@ def _sixteen_bit_png(width: int, height: int) -> bytes:
 
 
 _RSS_SCRIPT = """
-import resource, sys
+import sys
 from pathlib import Path
 from covid19_cxr_dataset.convert import convert_file
 from covid19_cxr_dataset.errors import ConversionError
@@ -1195,7 +1195,9 @@ try:
     outcome = result.conversion
 except ConversionError as error:
     outcome = error.reason
-print(outcome, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(outcome, peak * 1024)
 """
 
 

@@ -93,7 +93,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_windowing, get_decoder
 
 from . import jpeg_transcode
-from .errors import ConversionError
+from .errors import ConversionError, CxrDatasetError
 
 MAX_PIXELS = 100_000_000
 """Decompression-bomb limit: images with more pixels are refused (``image-too-large``)."""
@@ -405,12 +405,22 @@ def _transcode_jpeg(data: bytes, settings: ConvertSettings, name: str) -> Conver
         return None  # the decoder says what is wrong with it
     if jpeg_transcode.lossless_obstacle(header):
         return None
+    if not jpeg_transcode.available():  # never a silent change of output: the release asks for this path
+        raise CxrDatasetError(
+            "the release transcodes JPEG sources losslessly (convert.lossless_jpeg), but the 'turbojpeg' package "
+            "(libjpeg-turbo's transform API) is missing or shadowed by PyTurboJPEG, which installs a module of the "
+            "same name; run: pip install --force-reinstall 'turbojpeg>=0.0.2,<0.1' (and uninstall PyTurboJPEG)"
+        )
     width, height = header.width, header.height
     _check_size(width, height, settings, name, decode_bytes=header.coefficient_bytes + 2 * len(data), jpeg_output=False)
     if target_size(width, height, settings.max_side) != (width, height):
         return None
-    if header.has_exif and _exif_orientation(Image.open(io.BytesIO(data))) not in (0, 1):
-        return None
+    if header.has_exif:
+        try:
+            if _exif_orientation(Image.open(io.BytesIO(data))) not in (0, 1):
+                return None  # the decode path rotates it
+        except _PIL_DECODE_ERRORS:
+            return None  # the decode path reports the damage
     try:
         output = jpeg_transcode.transcode_luminance(data, optimize=settings.optimize_huffman)
         check = jpeg_transcode.read_header(output)

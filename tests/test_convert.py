@@ -1336,3 +1336,16 @@ def test_two_builds_give_byte_identical_shards_with_png_fallback(tmp_path):
     assert by_path["images/c1-a.jpg"]["image"].format == "PNG"
     assert by_path["images/c1-b.jpg"]["image"].size == (65_600, 16)
     assert first["conversions"]["counts"]["normalized-png"] >= 3
+
+
+def test_missing_transform_library_is_one_clear_error_not_a_silent_change_of_output(monkeypatch):
+    from covid19_cxr_dataset import jpeg_transcode
+    from covid19_cxr_dataset.errors import CxrDatasetError
+
+    monkeypatch.setattr(jpeg_transcode, "_HAVE_TRANSFORM", False)
+    data = encoded(Image.fromarray(smooth_image(48, 64)), "JPEG", quality=90)
+    with pytest.raises(CxrDatasetError) as raised:
+        convert_bytes(data)
+    assert not isinstance(raised.value, ConversionError)  # the build stops instead of excluding every JPEG
+    assert "pip install" in str(raised.value) and "turbojpeg" in str(raised.value)
+    assert convert_bytes(data, ConvertSettings(lossless_jpeg=False)).conversion == "normalized-jpeg"

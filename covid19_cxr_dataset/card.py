@@ -62,6 +62,15 @@ def license_warnings(kept: pd.DataFrame) -> list[str]:
 _SPLIT_ORDER = {"train": 0, "test": 1}
 
 
+def _conversion_lines(conversions: dict | None) -> list[str]:
+    """Images per conversion path and the library versions their bytes depend on (from the report)."""
+    if not conversions:
+        return []
+    counts = ", ".join(f"{name} {n:,}" for name, n in conversions["counts"].items() if n)
+    libraries = ", ".join(f"{name} {version}" for name, version in conversions["libraries"].items())
+    return ["", f"Conversions: {counts}. The image bytes depend on these versions (rebuild with them for identical shards): {libraries}."]
+
+
 def card_body(manifest: Manifest, report: dict, kept: pd.DataFrame) -> str:
     counts = report["counts"]
     lines = [
@@ -96,6 +105,7 @@ def card_body(manifest: Manifest, report: dict, kept: pd.DataFrame) -> str:
         "`source`, `source_path` (path in the source at the pinned version), `patient_id` (normalized across sources), "
         "`view`, `finding` (the source's own text), `license` (as the source states it), `sha256` (of the source file), "
         "`conversion` (`lossless-jpeg`, `normalized-jpeg` or `normalized-png`: the path the image took).",
+        *_conversion_lines(report.get("conversions")),
         "",
         "## Sources",
         "",

@@ -1319,6 +1319,8 @@ def test_build_records_each_images_conversion_and_excludes_what_it_cannot_conver
     counts = report["conversions"]["counts"]
     assert sum(counts.values()) == len(rows) and counts["lossless-jpeg"] >= 7
     assert report["conversions"]["libraries"]["turbojpeg"] not in ("", "absent")
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert f"lossless-jpeg {counts['lossless-jpeg']}" in card and f"turbojpeg {report['conversions']['libraries']['turbojpeg']}" in card
 
 
 def test_two_builds_give_byte_identical_shards_with_png_fallback(tmp_path):

@@ -145,22 +145,25 @@ CONTENDERS = (  # (label, mode, workers: None = --workers)
 )
 
 
-def bench(paths: list[Path], listing: Path, rounds: int, workers: int) -> dict[str, dict]:
-    runs: dict[str, list[dict]] = {label: [] for label, _, _ in CONTENDERS}
+def bench(paths: list[Path], listing: Path, rounds: int, workers: int, only: str = "") -> dict[str, dict]:
+    chosen = [c for c in CONTENDERS if only in c[0]]
+    runs: dict[str, list[dict]] = {label: [] for label, _, _ in chosen}
     for _ in range(rounds):  # rounds take turns: drifting load from elsewhere hits every contender alike
-        for label, mode, count in CONTENDERS:
+        for label, mode, count in chosen:
             runs[label].append(measure(mode, listing, count or workers))
     return {label: min(results, key=lambda r: r["seconds"]) for label, results in runs.items()}
 
 
 def report(best: dict[str, dict], workers: int) -> None:
     rate = {label: r["images"] / r["seconds"] for label, r in best.items()}
-    bare = rate["(b) bare Pillow decode-encode"]
+    bare = rate.get("(b) bare Pillow decode-encode", float("nan"))
     for label, r in best.items():
         shown = label.replace("N workers", f"{workers} workers")
         rss = f"peak RSS {r['peak_rss_mib']:5.0f} MiB" + (f", workers {r['peak_child_rss_mib']:.0f} MiB" if r["peak_child_rss_mib"] else "")
         print(f"  {shown:38s} {rate[label]:7.1f} img/s  {rate[label] / bare:5.2f} x bare   {rss}")
     for kind in ("optimized", "standard"):
+        if f"(a) project, 1 worker, {kind}" not in rate or f"(a) project, N workers, {kind}" not in rate:
+            continue
         one, many = rate[f"(a) project, 1 worker, {kind}"], rate[f"(a) project, N workers, {kind}"]
         print(f"  {kind}: project 1 worker / bare = {one / bare:.2f} (target >= 1.0 on JPEG inputs); "
               f"{workers} workers / 1 worker = {many / one:.2f} (target >= 1.8 on 2 cores)")
@@ -173,6 +176,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="workers for the all-cores run")
     parser.add_argument("--fixtures", type=Path, default=os.environ.get("COVID19_CXR_REAL_FIXTURES"))
     parser.add_argument("--inputs", choices=["jpeg", "mix", "both"], default="both")
+    parser.add_argument("--only", default="", help="run only the contenders whose label contains this text, e.g. 'N workers, optimized'")
     parser.add_argument("--child", choices=sorted(MODES), help=argparse.SUPPRESS)
     parser.add_argument("--listing", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -188,7 +192,7 @@ def main() -> None:
             size_mb = sum(p.stat().st_size for p in paths) / 1e6
             kind = f"real fixtures, {'JPEG files only' if inputs == 'jpeg' else 'release mix'}" if fixtures else "generated JPEGs"
             print(f"{len(paths)} images, {size_mb:.0f} MB, {kind}; cores: {os.cpu_count()}; best of {args.rounds} interleaved rounds")
-            report(bench(paths, listing, args.rounds, args.workers), args.workers)
+            report(bench(paths, listing, args.rounds, args.workers, args.only), args.workers)
         if not fixtures:
             break
 

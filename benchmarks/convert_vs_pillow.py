@@ -1,8 +1,10 @@
 """Images per second of ``convert.convert_file`` against a bare Pillow loop.
 
-The bare loop is the least any conversion must do: ``Image.open -> convert("L") -> save JPEG``
-at the same quality. The ratio (project / bare) is the conversion's overhead; the project's
-target is a ratio of at least 0.85 (speed targets live here, never in timed tests).
+The bare loop is what the old conversion did at the least: ``Image.open -> convert("L") -> save
+JPEG`` at the same quality. JPEG sources now take the lossless transcode (no DCT at all), so the
+project's target is a ratio (project / bare) of at least 1.0 on JPEG inputs; ``convert_file
+standard Huffman`` shows the same path without Huffman optimization (speed targets live here,
+never in timed tests).
 
     python benchmarks/convert_vs_pillow.py [--fixtures DIR] [--copies N] [--rounds R] [--max-side S]
 
@@ -28,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from covid19_cxr_dataset.convert import ConvertSettings, convert_file  # noqa: E402
 
 SUFFIXES = {".png", ".jpg", ".jpeg"}
-TARGET_RATIO = 0.85
+TARGET_RATIO = 1.0
 
 
 def bare_pillow(path: Path, quality: int) -> bytes:
@@ -69,9 +71,11 @@ def main() -> int:
         parser.error("no fixture folder: set COVID19_CXR_REAL_FIXTURES or pass --fixtures")
     images = sorted(p for p in args.fixtures.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
     settings = ConvertSettings(quality=args.quality)
+    standard = ConvertSettings(quality=args.quality, optimize_huffman=False)
     contenders: dict[str, Callable[[Path], object]] = {
         "bare pillow": lambda p: bare_pillow(p, args.quality),
         "convert_file": lambda p: convert_file(p, settings),
+        "convert_file standard Huffman": lambda p: convert_file(p, standard),
     }
     if args.max_side:
         capped = ConvertSettings(quality=args.quality, max_side=args.max_side)
@@ -86,11 +90,11 @@ def main() -> int:
             for label, rate in interleaved_rates(contenders, paths).items():
                 best[label] = max(best[label], rate)
         ratio = best["convert_file"] / best["bare pillow"]
-        worst_ratio = min(worst_ratio, ratio) if name == "all" or "L" in name.split() else worst_ratio
+        worst_ratio = min(worst_ratio, ratio) if name.startswith("JPEG") else worst_ratio
         rates = ", ".join(f"{label} {rate:7.1f} img/s" for label, rate in best.items())
         print(f"{name:<12} n={len(group):>3}  {rates}  ratio {ratio:.2f}")
     print(f"target ratio >= {TARGET_RATIO}: {'met' if worst_ratio >= TARGET_RATIO else 'NOT met'} "
-          f"(worst of 'all' and grayscale subsets: {worst_ratio:.2f})")
+          f"(worst of the JPEG subsets: {worst_ratio:.2f})")
     return 0 if worst_ratio >= TARGET_RATIO else 1
 
 

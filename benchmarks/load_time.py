@@ -1,11 +1,17 @@
-"""Cold ``datasets.load_dataset(dir)`` time and memory for a release-sized output.
+"""Cold ``datasets.load_dataset(dir)`` time, size on disk and memory of a release-sized output,
+for each form of the release side by side.
 
-    python benchmarks/load_time.py [--train 5614] [--test 740] [--side 1024]
+    python benchmarks/load_time.py [--train 5614] [--test 740] [--side 1024] [--fixtures DIR]
 
-Writes a release of the given size with the project's own publish and report code (generated
-grayscale films of ``--side`` pixels, encoded like the build encodes), then, in a fresh subprocess
-with an empty Hugging Face cache, times ``load_dataset`` (parquet -> Arrow cache) and one full pass
-decoding every image, and prints peak RSS. Targets live here, never in timed tests.
+Writes a release of the given size with the project's own publish and report code, then, in a fresh
+subprocess with an empty Hugging Face cache, times ``load_dataset`` (parquet -> Arrow cache) and one
+full pass decoding every image, and prints peak RSS. With the real fixtures
+(``$COVID19_CXR_REAL_FIXTURES`` or ``--fixtures``) the images are the real files converted by
+``convert.convert_file``, COVID-19 rows from the GitHub sources and the others from Kaggle as in
+release 1.0.0, in three forms: ``old`` (every image decoded and re-encoded as JPEG q95),
+``lossless+jpeg`` (JPEG sources transcoded losslessly, others JPEG q95) and ``lossless+png``
+(others 8-bit PNG). Without fixtures: generated films of ``--side`` pixels, encoded as the old
+form. Targets live here, never in timed tests.
 """
 
 from __future__ import annotations
@@ -28,10 +34,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def write_release(out: Path, counts: dict[str, int], side: int) -> None:
-    from covid19_cxr_dataset import CLASS_NAMES, publish, report
+COVID_SHARE = 498 / 6354  # release 1.0.0: COVID-19 images (GitHub sources) among all
 
-    (out / "data").mkdir(parents=True)
+
+def generated_films(side: int) -> tuple[list[bytes], list[bytes], list[str]]:
     rng = np.random.default_rng(0)
     films = []
     for k in range(16):  # a few distinct films, re-used: encoding cost is not what is measured here
@@ -40,13 +46,52 @@ def write_release(out: Path, counts: dict[str, int], side: int) -> None:
         buffer = io.BytesIO()
         Image.fromarray(film.astype(np.uint8)).save(buffer, "JPEG", quality=95)
         films.append(buffer.getvalue())
+    return films[:4], films[4:], ["normalized-jpeg"] * 16
+
+
+FORMS = {
+    "old": {"lossless_jpeg": False, "fallback_format": "jpeg"},
+    "lossless+jpeg": {"lossless_jpeg": True, "fallback_format": "jpeg"},
+    "lossless+png": {"lossless_jpeg": True, "fallback_format": "png"},
+}
+
+
+def fixture_films(fixtures: Path, form: str) -> tuple[list[tuple[bytes, str]], list[tuple[bytes, str]]]:
+    """(GitHub-source outputs, Kaggle outputs) of the real fixtures, converted in ``form``."""
+    from covid19_cxr_dataset.convert import ConvertSettings, convert_file
+    from covid19_cxr_dataset.errors import ConversionError
+
+    settings = ConvertSettings(quality=95, **FORMS[form])
+    github = sorted(p for s in ("cohen", "figure1", "actualmed") for p in (fixtures / s / "images").glob("*"))
+    kaggle = sorted((fixtures / "kaggle" / "chest_xray").rglob("*.jpeg"))
+
+    def outputs(paths):
+        converted = []
+        for path in paths:
+            try:
+                result = convert_file(path, settings)
+            except ConversionError:
+                continue
+            converted.append((result.data, result.conversion))
+        return converted
+
+    return outputs(github), outputs(kaggle)
+
+
+def write_release(out: Path, counts: dict[str, int], covid: list[tuple[bytes, str]], others: list[tuple[bytes, str]]) -> None:
+    from covid19_cxr_dataset import CLASS_NAMES, publish, report
+
+    (out / "data").mkdir(parents=True)
     sizes = {}
     for split, n in counts.items():
         writer = publish.SplitShardWriter(out / "data", split)
         for i in range(n):
+            is_covid = (i * COVID_SHARE) % 1 + COVID_SHARE >= 1  # spread COVID rows evenly
+            data, conversion = covid[i % len(covid)] if is_covid else others[i % len(others)]
             record = {"source": "bench", "source_path": f"{split}/{i:05d}.jpg", "patient_id": f"bench:{split}{i}",
-                      "label": CLASS_NAMES[i % 3], "view": "PA", "finding": "", "license": "", "sha256": f"{i:064x}"}
-            writer.add(publish.publish_row(record, films[i % len(films)]))
+                      "label": "COVID-19" if is_covid else CLASS_NAMES[1 + i % 2], "view": "PA", "finding": "",
+                      "license": "", "sha256": f"{i:064x}"}
+            writer.add(publish.publish_row(record, data, conversion))
         writer.close()
         sizes[split] = (writer.num_rows, writer.num_bytes)
     header = publish.card_yaml(split_sizes=sizes, license_id="other", pretty_name="bench", version="0.0.0")
@@ -78,21 +123,30 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=5614)
     parser.add_argument("--test", type=int, default=740)
     parser.add_argument("--side", type=int, default=1024)
+    parser.add_argument("--fixtures", type=Path, default=os.environ.get("COVID19_CXR_REAL_FIXTURES"))
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child)
         return
-    with tempfile.TemporaryDirectory() as folder:
-        release = Path(folder) / "release"
-        write_release(release, {"train": args.train, "test": args.test}, args.side)
-        size_mb = sum(p.stat().st_size for p in (release / "data").glob("*.parquet")) / 1e6
-        output = subprocess.run([sys.executable, __file__, "--child", str(release)], check=True, capture_output=True, text=True).stdout
-    result = json.loads(output.strip().splitlines()[-1])
-    print(f"release: {result['rows']:,} images, {size_mb:.0f} MB of parquet")
-    print(f"cold load_dataset:            {result['load_seconds']:.1f} s")
-    print(f"one pass decoding every image: {result['pass_seconds']:.1f} s ({result['rows'] / result['pass_seconds']:.0f} img/s)")
-    print(f"peak RSS:                     {result['peak_rss_mib']:.0f} MiB")
+    fixtures = Path(args.fixtures) if args.fixtures else None
+    forms = list(FORMS) if fixtures else ["generated"]
+    print(f"release: {args.train + args.test:,} images ({'real fixtures, replicated' if fixtures else f'generated {args.side} px films'})")
+    print(f"  {'form':15s} {'parquet MB':>10s} {'cold load s':>11s} {'decode pass s':>13s} {'img/s':>6s} {'peak RSS MiB':>12s}")
+    for form in forms:
+        if fixtures:
+            covid, others = fixture_films(fixtures, form)
+        else:
+            films = generated_films(args.side)
+            covid, others = [(f, "normalized-jpeg") for f in films[0]], [(f, "normalized-jpeg") for f in films[1]]
+        with tempfile.TemporaryDirectory() as folder:
+            release = Path(folder) / "release"
+            write_release(release, {"train": args.train, "test": args.test}, covid, others)
+            size_mb = sum(p.stat().st_size for p in (release / "data").glob("*.parquet")) / 1e6
+            output = subprocess.run([sys.executable, __file__, "--child", str(release)], check=True, capture_output=True, text=True).stdout
+        r = json.loads(output.strip().splitlines()[-1])
+        print(f"  {form:15s} {size_mb:10.0f} {r['load_seconds']:11.1f} {r['pass_seconds']:13.1f} "
+              f"{r['rows'] / r['pass_seconds']:6.0f} {r['peak_rss_mib']:12.0f}")
 
 
 if __name__ == "__main__":

@@ -379,7 +379,7 @@ def hash_and_verify(kept: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 def conversion_cache(options: Options, settings: convert.ConvertSettings) -> Path:
     # Every library that can change the output bytes is part of the key (convert.output_fingerprint).
-    identity = f"{settings.quality}|{settings.max_side}|{settings.max_pixels}|{convert.output_fingerprint()}"
+    identity = f"{settings.cache_identity()}|{convert.output_fingerprint()}"
     key = f"q{settings.quality}-side{settings.max_side or 'orig'}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
     return options.cache / "converted" / key
 
@@ -426,17 +426,20 @@ def _store_conversion(target: Path, jpeg: bytes) -> None:
 
 
 def _convert_one(task: tuple[str, str, convert.ConvertSettings]) -> tuple[str, str]:
-    """Worker: convert one file into the conversion cache; returns (target path, error) with reason."""
-    source_path, target, settings = task
-    target_path = Path(target)
-    if _cached_conversion_ok(target_path):
-        return target, ""
+    """Worker: convert one file into the conversion cache; returns (target path, error) with reason.
+    The cached file's name says its conversion path (convert.cache_path); it is reused only while it
+    matches its record."""
+    source_path, stem, settings = task
+    cached = convert.cached_output(Path(stem))
+    if cached is not None and _cached_conversion_ok(cached):
+        return str(cached), ""
     try:
         result = convert.convert_file(Path(source_path), settings)
     except ConversionError as error:
         return "", f"{error.reason}\t{error}"
-    _store_conversion(target_path, result.jpeg)
-    return target, ""
+    target_path = convert.cache_path(Path(stem), result.conversion)
+    _store_conversion(target_path, result.data)
+    return str(target_path), ""
 
 
 def _conversions(kept: pd.DataFrame, options: Options, settings: convert.ConvertSettings) -> Iterator[tuple[str, str]]:
@@ -452,7 +455,7 @@ def _conversions(kept: pd.DataFrame, options: Options, settings: convert.Convert
             f"cannot create the conversion cache {cache} ({error.strerror or error}); pass --cache-dir (or set "
             "COVID19_CXR_CACHE) to a writable folder"
         ) from None
-    tasks = [(p, str(cache / s[:2] / f"{s}.jpg"), settings) for p, s in zip(kept["local_path"], kept["sha256"])]
+    tasks = [(p, str(cache / s[:2] / s), settings) for p, s in zip(kept["local_path"], kept["sha256"])]
     if options.workers <= 1:
         yield from map(_convert_one, tasks)
         return
@@ -497,7 +500,7 @@ def convert_and_write_shards(
         target = result[0]
         if target:
             folder = publish.partition_of(record["flags"], configs) if configs else ""
-            writers[(folder, record["split"])].add(publish.publish_row(record, Path(target).read_bytes()))
+            writers[(folder, record["split"])].add(publish.publish_row(record, Path(target).read_bytes(), convert.conversion_of(target)))
         results.append(result)
         bar.update()
     bar.close()
@@ -563,6 +566,7 @@ def make_report(resolution: Resolution, staging: Path, options: Options, *, unve
             for s in manifest.sources
         },
         "convert": manifest.data["convert"],
+        "conversions": convert.conversion_summary(kept.get("converted_path", pd.Series(dtype=str))),
         "default_config": default,
         "counts": configs[default]["counts"],
         "expected_counts": configs[default]["expected_counts"],

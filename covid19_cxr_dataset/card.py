@@ -57,7 +57,7 @@ def license_warnings(kept: pd.DataFrame) -> list[str]:
     if nd:
         out.append(
             f"**NoDerivatives:** {nd:,} image(s) carry an ND license. This release stores them converted to grayscale "
-            "JPEG, a change of format that Creative Commons licenses allow as a technical modification; do not "
+            "(JPEG or PNG), a change of format that Creative Commons licenses allow as a technical modification; do not "
             "redistribute edited versions of them (crops, annotations, augmentations)."
         )
     if unstated:
@@ -70,6 +70,15 @@ def license_warnings(kept: pd.DataFrame) -> list[str]:
 
 
 _SPLIT_ORDER = {"train": 0, "test": 1}
+
+
+def _conversion_lines(conversions: dict | None) -> list[str]:
+    """Images per conversion path and the library versions their bytes depend on (from the report)."""
+    if not conversions:
+        return []
+    counts = ", ".join(f"{name} {n:,}" for name, n in conversions["counts"].items() if n)
+    libraries = ", ".join(f"{name} {version}" for name, version in conversions["libraries"].items())
+    return ["", f"Conversions: {counts}. The image bytes depend on these versions (rebuild with them for identical shards): {libraries}."]
 
 
 def extra_sections(manifest: Manifest) -> list[dict[str, str]]:
@@ -245,11 +254,14 @@ def card_body(report: dict, rows: pd.DataFrame, extra_sections: list[dict[str, s
         + (f" `{default['name']}` reads the `{subsets[0]['name']}` shards before the `flagged` ones, so shuffle before "
            "training on it." if subsets else ""),
         "",
-        "Columns: `image` (8-bit grayscale JPEG), `label` (ClassLabel: " + ", ".join(f"{i} = {c}" for i, c in enumerate(CLASS_NAMES)) + "), "
+        "Columns: `image` (8-bit grayscale; JPEG sources as JPEG with their luminance kept bit for bit, the others as "
+        "the manifest's fallback format), `label` (ClassLabel: " + ", ".join(f"{i} = {c}" for i, c in enumerate(CLASS_NAMES)) + "), "
         "`source`, `source_path` (path in the source at the pinned version), `patient_id` (normalized across sources), "
         "`view`, `finding` (the source's own text), `license` (as the source states it), `sha256` (of the source file), "
         "`flags` (what the curation found on a kept image, empty when clean), `duplicate_of` (`source:source_path` of the "
-        "kept copy when this image is a duplicate, else empty).",
+        "kept copy when this image is a duplicate, else empty), "
+        "`conversion` (`lossless-jpeg`, `normalized-jpeg` or `normalized-png`: the path the image took).",
+        *_conversion_lines(report.get("conversions")),
         "",
         "## Sources",
         "",

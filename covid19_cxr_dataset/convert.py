@@ -1,24 +1,44 @@
-"""Any input image (JPEG, PNG of any mode, DICOM) -> one normalized 8-bit grayscale JPEG.
+"""Any accepted input image (JPEG, PNG, DICOM) -> one 8-bit grayscale image for the release.
 
-The release stores every radiograph the same way, whatever its source published: an 8-bit
-grayscale ("L") baseline JPEG without metadata. The same input gives byte-identical output on
-every run and machine that has the same Pillow (and, for DICOM, the same pydicom decoders).
+The release stores every radiograph the same way, whatever its source published: 8-bit
+grayscale without metadata. JPEG sources keep their own luminance, bit for bit (path
+``lossless-jpeg``); everything else is decoded, normalized and encoded as the release's
+``fallback_format`` says (``normalized-jpeg``: baseline JPEG at ``quality``; ``normalized-png``:
+8-bit PNG). Which path an image took is ``ConvertedImage.conversion`` (the row's ``conversion``
+column). The same input gives byte-identical output on every run and machine that has the same
+libraries (``output_fingerprint``).
 
 Policy, in the order it is applied
 ----------------------------------
-1. **Detection.** A file whose bytes 128-131 are ``DICM`` is DICOM (whatever its extension);
-   everything else goes to Pillow. A DICOM without the 128-byte preamble is not recognized.
-2. **Decompression bombs.** An image over ``ConvertSettings.max_pixels`` (default
-   ``MAX_PIXELS``, 100 megapixels) is refused with reason ``image-too-large`` from its header,
-   before any pixel is decoded. ``Image.MAX_IMAGE_PIXELS`` is set to ``MAX_PIXELS`` once, at
-   import, so that Pillow's own guard agrees (Pillow raises by itself above twice that).
-3. **Decoding.** A multi-frame PIL format (GIF, TIFF, MPO) gives its first frame. Colour JPEGs
-   are decoded straight to luminance by libjpeg (``draft("L")``: the Y channel the encoder
-   stored, which is the ITU-R 601 luma; converting the decoded RGB back differs by at most one
-   level of rounding). When ``max_side`` asks for a downscale, JPEGs are decoded with DCT scaling
-   (``draft``) at 1/2, 1/4 or 1/8 of their size, only as far as the decoded image stays at least
-   as large as the target on both sides; the final resize below still sets the exact size.
-4. **Grayscale** (``pil_to_l``, ``dicom_to_l``):
+1. **Detection, by magic bytes** (``detect_format``; the extension is ignored). Bytes 128-131
+   ``DICM``: DICOM; ``FF D8 FF``: JPEG; the PNG signature: PNG; GIF, WebP, TIFF, BMP, ICO,
+   JPEG 2000, JPEG XL, PSD, HEIF/AVIF are recognized and refused with ``format-not-accepted``, as
+   is any of JPEG/PNG/DICOM that the release's ``input_formats`` leaves out; anything else is
+   ``undecodable``. An animated PNG (more than one frame) is ``image-multiframe``.
+2. **Size and memory, from the header, before any pixel is decoded.** Over
+   ``ConvertSettings.max_pixels`` (default ``MAX_PIXELS``, 100 megapixels): ``image-too-large``.
+   The decode's working memory, estimated from size, mode and bit depth (``decode_bytes``), over
+   ``max_decode_bytes`` (default 640 MiB; a worker stays under 1 GiB with the interpreter):
+   ``image-too-large``. A side above 65,500 px when the output is JPEG (the format's limit):
+   ``image-too-large``. A shorter side below ``min_side``: ``image-too-small``.
+   ``Image.MAX_IMAGE_PIXELS`` is set to ``MAX_PIXELS`` once, at import, so that Pillow's own
+   guard agrees.
+3. **Lossless JPEG path** (``lossless_jpeg``, see ``jpeg_transcode``): an 8-bit gray or YCbCr
+   JPEG (baseline, extended, progressive or arithmetic) that needs no resize (``max_side``) and
+   no EXIF rotation is transcoded by libjpeg-turbo: its Y coefficients are copied into a
+   grayscale baseline JPEG with optimized Huffman tables (``optimize_huffman``), no metadata. It
+   decodes to exactly the luminance libjpeg decodes from the source (for colour sources the Y
+   channel the encoder stored: ITU-R 601 luma, within one level of rounding of the luma of the
+   decoded RGB wherever that RGB is not clipped at 0 or 255; saturated colour marks differ more). 12-bit, lossless (SOF3) and hierarchical JPEGs, CMYK/YCCK/RGB components, and
+   streams libjpeg-turbo reports as corrupt (bad restart markers, premature end) take the path
+   below; a stream that fails there too is ``undecodable``.
+4. **Decoding** (the other path). A multi-frame format (MPO) gives its first frame. Colour JPEGs
+   are decoded straight to luminance by libjpeg (``draft("L")``). When ``max_side`` asks for a
+   downscale, JPEGs are decoded with DCT scaling (``draft``) at 1/2, 1/4 or 1/8 of their size,
+   only as far as the decoded image stays at least as large as the target on both sides; the
+   final resize below still sets the exact size. JPEGs with 12-bit samples or lossless coding
+   (which Pillow's libjpeg cannot read) are decoded by pylibjpeg-libjpeg.
+5. **Grayscale** (``pil_to_l``, ``dicom_to_l``):
 
    ===============  =====================================================================
    L                unchanged
@@ -27,26 +47,30 @@ Policy, in the order it is applied
                     Adobe-inverted CMYK JPEGs undone by Pillow's decoder)
    LA, RGBA, PA,    luma, then composited onto black: ``round(L * A / 255)``
    P/L/RGB + tRNS
-   I;16*, I, F      linear stretch of the stored range (min -> 0, max -> 255, rounded half up);
-                    16-bit files often hold 12-bit data, which a bit-depth scale would
-                    leave almost black. A constant image becomes 0.
+   I;16*, I, F,     linear stretch of the stored range (min -> 0, max -> 255, rounded half up);
+   12-bit JPEG      16-bit files often hold 12-bit data, which a bit-depth scale would
+                    leave almost black.
    DICOM            see ``dicom_to_l``: modality LUT, then the first VOI LUT or window, or
                     else the 0.5th-99.5th percentile range; MONOCHROME1 inverted.
    ===============  =====================================================================
 
    ICC profiles are not applied (no colour management); every colour is reduced to luma.
-5. **Size.** ``max_side=None`` keeps the original size. Otherwise, when the longer side exceeds
+6. **Size.** ``max_side=None`` keeps the original size. Otherwise, when the longer side exceeds
    ``max_side``, it becomes exactly ``max_side`` and the shorter side
    ``round_half_up(short * max_side / long)`` (at least 1), resampled with LANCZOS; images are
    never enlarged. See ``target_size``.
-6. **Orientation.** The EXIF (or XMP) orientation tag is applied as ``ImageOps.exif_transpose``
+7. **Orientation.** The EXIF (or XMP) orientation tag is applied as ``ImageOps.exif_transpose``
    would; then every piece of metadata is dropped.
-7. **Encoding** (``encode_jpeg``): baseline JPEG, ``quality`` from the settings (default 95),
-   4:4:4 sampling (moot for one channel but pinned), no Huffman optimization, no EXIF, ICC,
-   XMP or comment; a plain JFIF 1.01 header with aspect-ratio density 1:1.
+8. **Degenerate films.** An image whose 8-bit result has one value everywhere (blank, or a
+   constant 16-bit film) is ``image-constant``, on either path.
+9. **Encoding** (``encode_jpeg``, ``encode_png``): baseline JPEG, ``quality`` from the settings
+   (default 95), 4:4:4 sampling (moot for one channel but pinned), no Huffman optimization, no
+   EXIF, ICC, XMP or comment, a plain JFIF 1.01 header with aspect-ratio density 1:1; or PNG,
+   8-bit grayscale, zlib level ``PNG_COMPRESS_LEVEL``, no ancillary chunks.
 
 Failures are ``errors.ConversionError`` with a reason code of ``records.REASONS``:
-``undecodable``, ``image-too-large``, ``dicom-multiframe``, ``dicom-undecodable``. A file that
+``undecodable``, ``format-not-accepted``, ``image-multiframe``, ``image-too-large``,
+``image-too-small``, ``image-constant``, ``dicom-multiframe``, ``dicom-undecodable``. A file that
 cannot be opened at all (missing, unreadable) raises ``OSError`` as usual: that is a pipeline
 bug, not a property of the image.
 
@@ -68,7 +92,8 @@ from PIL import Image
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_windowing, get_decoder
 
-from .errors import ConversionError
+from . import jpeg_transcode
+from .errors import ConversionError, CxrDatasetError
 
 MAX_PIXELS = 100_000_000
 """Decompression-bomb limit: images with more pixels are refused (``image-too-large``)."""
@@ -86,8 +111,28 @@ DICOM_PLUGIN_PREFERENCE = ("pylibjpeg", "pydicom", "gdcm", "pillow", "pyjpegls")
 bits, so the choice is pinned rather than left to whichever plugins happen to be installed;
 pylibjpeg comes first because it is a declared dependency of the package."""
 
-POLICY_VERSION = 1
+POLICY_VERSION = 2
 """Bump whenever this module's output for some input changes (cache keys use it)."""
+
+MAX_DECODE_BYTES = 640 * 2**20
+"""Per-image decode working-memory limit (``decode_bytes``); a worker then stays under 1 GiB."""
+MIN_SIDE = 16
+"""Default shortest side (px) of a film; smaller images are ``image-too-small``."""
+JPEG_MAX_SIDE = 65_500
+"""libjpeg refuses to encode a side longer than this."""
+PNG_COMPRESS_LEVEL = 6
+
+ACCEPTED_FORMATS = ("JPEG", "PNG", "DICOM")
+"""The input formats this module can convert; a release accepts these or a subset."""
+FALLBACK_FORMATS = ("jpeg", "png")
+
+CONVERSIONS = {
+    "lossless-jpeg": "JPEG source: its luminance DCT coefficients copied into a grayscale JPEG (no decode)",
+    "normalized-jpeg": "decoded, normalized to 8-bit grayscale, encoded as JPEG at the release's quality",
+    "normalized-png": "decoded, normalized to 8-bit grayscale, encoded as 8-bit PNG",
+}
+"""Values of ``ConvertedImage.conversion`` (the release's ``conversion`` column)."""
+_SUFFIX = {"lossless-jpeg": ".jpg", "normalized-jpeg": ".jpg", "normalized-png": ".png"}
 
 _DECODER_DISTRIBUTIONS = (
     "pylibjpeg",
@@ -142,9 +187,17 @@ _DICOM_READ_ERRORS = (
 
 @dataclass(frozen=True)
 class ConvertSettings:
-    quality: int = DEFAULT_QUALITY
+    """How a release converts its images (the manifest's ``convert`` section)."""
+
+    quality: int = DEFAULT_QUALITY  # of normalized-jpeg output
     max_side: int | None = None  # cap on the longer side; None keeps the original size
     max_pixels: int = MAX_PIXELS  # decompression-bomb limit (width * height)
+    lossless_jpeg: bool = True  # JPEG sources keep their luminance coefficients
+    fallback_format: str = "jpeg"  # what the decode path writes: "jpeg" (at quality) or "png"
+    optimize_huffman: bool = True  # lossless-jpeg output with optimized Huffman tables
+    input_formats: tuple[str, ...] = ACCEPTED_FORMATS  # accepted by magic bytes
+    min_side: int = MIN_SIDE  # shorter side below this: image-too-small
+    max_decode_bytes: int = MAX_DECODE_BYTES  # decode working-memory limit per image
 
     def __post_init__(self) -> None:
         if not 1 <= self.quality <= 100:
@@ -153,15 +206,44 @@ class ConvertSettings:
             raise ValueError(f"ConvertSettings.max_side must be None or >= 1, got {self.max_side}")
         if self.max_pixels < 1:
             raise ValueError(f"ConvertSettings.max_pixels must be >= 1, got {self.max_pixels}")
+        if self.fallback_format not in FALLBACK_FORMATS:
+            raise ValueError(f"ConvertSettings.fallback_format must be one of {FALLBACK_FORMATS}, got {self.fallback_format!r}")
+        formats = tuple(str(f).upper() for f in self.input_formats)
+        unknown = sorted(set(formats) - set(ACCEPTED_FORMATS))
+        if unknown or not formats:
+            raise ValueError(f"ConvertSettings.input_formats must be a non-empty subset of {ACCEPTED_FORMATS}, got {self.input_formats!r}")
+        object.__setattr__(self, "input_formats", tuple(f for f in ACCEPTED_FORMATS if f in formats))
+        if self.min_side < 1:
+            raise ValueError(f"ConvertSettings.min_side must be >= 1, got {self.min_side}")
+        if self.max_decode_bytes < 1:
+            raise ValueError(f"ConvertSettings.max_decode_bytes must be >= 1, got {self.max_decode_bytes}")
+
+    def cache_identity(self) -> str:
+        """Every setting that changes output bytes, for conversion cache keys."""
+        return "|".join(f"{name}={getattr(self, name)!r}" for name in self.__dataclass_fields__)
+
+    @property
+    def fallback_conversion(self) -> str:
+        return f"normalized-{self.fallback_format}"
 
 
 @dataclass(frozen=True)
 class ConvertedImage:
-    jpeg: bytes  # 8-bit grayscale baseline JPEG, no metadata, deterministic
+    data: bytes  # 8-bit grayscale JPEG (baseline) or PNG, no metadata, deterministic
     width: int
     height: int
     input_format: str  # "JPEG", "PNG", "DICOM", ...
     input_mode: str  # PIL mode or DICOM photometric interpretation
+    conversion: str = "normalized-jpeg"  # a key of CONVERSIONS
+
+    @property
+    def jpeg(self) -> bytes:
+        """The encoded bytes (kept under this name for callers of the JPEG-only versions)."""
+        return self.data
+
+    @property
+    def suffix(self) -> str:
+        return _SUFFIX[self.conversion]
 
 
 @dataclass(frozen=True)
@@ -187,28 +269,28 @@ class ProbeResult:
 
 
 def convert_file(path: Path, settings: ConvertSettings = ConvertSettings()) -> ConvertedImage:
-    """Convert the image file at ``path`` (JPEG, PNG, DICOM...) to the release's JPEG."""
-    return _encode(normalize_file(path, settings), settings)
+    """Convert the image file at ``path`` (JPEG, PNG, DICOM) to the release's image."""
+    return _convert(Path(path).read_bytes(), settings, str(path))
 
 
 def convert_bytes(
     data: bytes, settings: ConvertSettings = ConvertSettings(), *, name: str = "<bytes>"
 ) -> ConvertedImage:
     """Convert an encoded image held in memory; ``name`` labels it in error messages."""
-    return _encode(normalize_bytes(data, settings, name=name), settings)
+    return _convert(bytes(data), settings, name)
 
 
 def normalize_file(path: Path, settings: ConvertSettings = ConvertSettings()) -> NormalizedImage:
-    """Decode ``path`` to the final 8-bit grayscale picture, without encoding it."""
-    with open(path, "rb") as stream:
-        return _normalize_stream(stream, settings, str(path))
+    """Decode ``path`` to the final 8-bit grayscale picture (the decode path), without encoding it."""
+    return normalize_bytes(Path(path).read_bytes(), settings, name=str(path))
 
 
 def normalize_bytes(
     data: bytes, settings: ConvertSettings = ConvertSettings(), *, name: str = "<bytes>"
 ) -> NormalizedImage:
     """Decode an encoded image held in memory to the final 8-bit grayscale picture."""
-    return _normalize_stream(io.BytesIO(data), settings, name)
+    data = bytes(data)
+    return _normalize(data, _accepted_format(data, settings, name), settings, name)
 
 
 def probe(path: Path) -> ProbeResult:
@@ -237,20 +319,168 @@ def probe(path: Path) -> ProbeResult:
 def output_fingerprint() -> str:
     """The policy version and the versions of every library that can change the output bytes.
 
-    Put it in a conversion cache key: equal fingerprints and settings give equal JPEGs.
+    Put it in a conversion cache key: equal fingerprints and settings give equal output.
     """
-    parts = [
-        f"policy{POLICY_VERSION}",
-        f"pillow{Image.__version__}",
-        f"pydicom{pydicom.__version__}",
-        f"numpy{np.__version__}",
-    ]
+    return "-".join(f"{name}{version}" for name, version in library_versions().items())
+
+
+def library_versions() -> dict[str, str]:
+    """{library: version} for everything the output bytes depend on (see ``output_fingerprint``)."""
+    versions = {
+        "policy": str(POLICY_VERSION),
+        "pillow": Image.__version__,
+        "pydicom": pydicom.__version__,
+        "numpy": np.__version__,
+    }
     for distribution in _DECODER_DISTRIBUTIONS:
         try:
-            parts.append(f"{distribution}{importlib.metadata.version(distribution)}")
+            versions[distribution] = importlib.metadata.version(distribution)
         except importlib.metadata.PackageNotFoundError:
-            parts.append(f"{distribution}-absent")
-    return "-".join(parts)
+            versions[distribution] = "-absent"
+    versions.update(jpeg_transcode.library_versions())
+    return versions
+
+
+_MAGIC = (  # (offset, bytes, format name); JPEG, PNG and DICOM are checked first
+    (0, b"GIF87a", "GIF"), (0, b"GIF89a", "GIF"), (0, b"II*\x00", "TIFF"), (0, b"MM\x00*", "TIFF"),
+    (0, b"II+\x00", "TIFF"), (0, b"MM\x00+", "TIFF"), (0, b"BM", "BMP"), (0, b"\x00\x00\x01\x00", "ICO"),
+    (0, b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"), (0, b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (0, b"\xff\x0a", "JPEG XL"), (0, b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEG XL"), (0, b"8BPS", "PSD"),
+    (0, b"P1", "PNM"), (0, b"P2", "PNM"), (0, b"P3", "PNM"), (0, b"P4", "PNM"), (0, b"P5", "PNM"), (0, b"P6", "PNM"),
+)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def detect_format(data: bytes) -> str:
+    """The file format by its first bytes: "JPEG", "PNG", "DICOM", another name, or "" if unknown."""
+    if data[_DICOM_MAGIC_OFFSET : _DICOM_MAGIC_OFFSET + 4] == _DICOM_MAGIC:
+        return "DICOM"
+    if data[:3] == b"\xff\xd8\xff":
+        return "JPEG"
+    if data[:8] == _PNG_SIGNATURE:
+        return "PNG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    if data[4:8] == b"ftyp":
+        return "HEIF/AVIF"
+    if data[-18:-2] == b"TRUEVISION-XFILE":
+        return "TGA"
+    for offset, magic, name in _MAGIC:
+        if data[offset : offset + len(magic)] == magic:
+            return name
+    return ""
+
+
+def _accepted_format(data: bytes, settings: ConvertSettings, name: str) -> str:
+    fmt = detect_format(data)
+    if not fmt:
+        raise ConversionError(
+            f"{name}: not an image this package can read (first bytes {data[:8].hex(' ') or 'none: empty file'}); "
+            "expected JPEG, PNG or DICOM: check the download",
+            reason="undecodable",
+        )
+    if fmt not in settings.input_formats:
+        raise ConversionError(
+            f"{name}: the file is {fmt} (by its first bytes, whatever its extension), which this release does not "
+            f"accept (accepted: {', '.join(settings.input_formats)}); exclude it, or convert it upstream and pin the new file",
+            reason="format-not-accepted",
+        )
+    return fmt
+
+
+def _convert(data: bytes, settings: ConvertSettings, name: str) -> ConvertedImage:
+    fmt = _accepted_format(data, settings, name)
+    if fmt == "JPEG" and settings.lossless_jpeg:
+        transcoded = _transcode_jpeg(data, settings, name)
+        if transcoded is not None:
+            return transcoded
+    return _encode(_normalize(data, fmt, settings, name), settings, name)
+
+
+def _transcode_jpeg(data: bytes, settings: ConvertSettings, name: str) -> ConvertedImage | None:
+    """The lossless-jpeg path, or None when this stream must be decoded instead (policy 3)."""
+    try:
+        header = jpeg_transcode.read_header(data)
+    except ValueError:
+        return None  # the decoder says what is wrong with it
+    if jpeg_transcode.lossless_obstacle(header):
+        return None
+    if not jpeg_transcode.available():  # never a silent change of output: the release asks for this path
+        raise CxrDatasetError(
+            "the release transcodes JPEG sources losslessly (convert.lossless_jpeg), but the 'turbojpeg' package "
+            "(libjpeg-turbo's transform API) is missing or shadowed by PyTurboJPEG, which installs a module of the "
+            "same name; run: pip install --force-reinstall 'turbojpeg>=0.0.2,<0.1' (and uninstall PyTurboJPEG)"
+        )
+    width, height = header.width, header.height
+    _check_size(width, height, settings, name, decode_bytes=header.coefficient_bytes + 2 * len(data), jpeg_output=False)
+    if target_size(width, height, settings.max_side) != (width, height):
+        return None
+    if header.has_exif:
+        try:
+            if _exif_orientation(Image.open(io.BytesIO(data))) not in (0, 1):
+                return None  # the decode path rotates it
+        except _PIL_DECODE_ERRORS:
+            return None  # the decode path reports the damage
+    try:
+        output = jpeg_transcode.transcode_luminance(data, optimize=settings.optimize_huffman)
+        check = jpeg_transcode.read_header(output)
+    except (jpeg_transcode.TranscodeError, ValueError):
+        return None  # corrupt data, bad restart markers...: the decoder decides
+    if (check.width, check.height, len(check.component_ids)) != (width, height, 1):
+        return None
+    if _may_be_constant(output, width, height):
+        _check_not_constant(Image.open(io.BytesIO(output)), name)
+    mode = "L" if header.color_space == "GRAY" else "RGB"
+    return ConvertedImage(output, width, height, "JPEG", mode, "lossless-jpeg")
+
+
+def _may_be_constant(jpeg: bytes, width: int, height: int) -> bool:
+    """Cheap screen: a constant image costs about 2 bits per 8x8 block with optimized tables
+    (one DC and one end-of-block code), any real film far more. Only then is it decoded."""
+    blocks = -(-width // 8) * -(-height // 8)
+    return len(jpeg) < 1024 + blocks // 2
+
+
+def _check_not_constant(image: Image.Image, name: str) -> None:
+    low, high = image.getextrema()
+    if low == high:
+        raise ConversionError(
+            f"{name}: every pixel of the {image.width}x{image.height} image has the value {low} after conversion "
+            "(a blank film, or a constant high-bit-depth image); it holds no radiograph: exclude it",
+            reason="image-constant",
+        )
+
+
+def cache_path(stem: Path, conversion: str) -> Path:
+    """Where a conversion cache keeps an output: ``<stem>.<conversion><suffix>``."""
+    return stem.with_name(f"{stem.name}.{conversion}{_SUFFIX[conversion]}")
+
+
+def cached_output(stem: Path) -> Path | None:
+    """The cached output for ``stem``, whichever path it took, or None."""
+    for conversion in CONVERSIONS:
+        path = cache_path(stem, conversion)
+        if path.is_file():
+            return path
+    return None
+
+
+def conversion_of(path: str | Path) -> str:
+    """The conversion path of a cached output, from its name (``cache_path``)."""
+    name = Path(path).name
+    for conversion, suffix in _SUFFIX.items():
+        if name.endswith(f".{conversion}{suffix}"):
+            return conversion
+    raise ValueError(f"{path}: not a conversion cache file name (<sha256>.<conversion><suffix>)")
+
+
+def conversion_summary(converted_paths) -> dict:
+    """For the build report: images per conversion path, and the library versions the bytes depend on."""
+    counts = {conversion: 0 for conversion in CONVERSIONS}
+    for path in converted_paths:
+        if path:
+            counts[conversion_of(path)] += 1
+    return {"counts": counts, "libraries": library_versions()}
 
 
 def target_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
@@ -284,6 +514,16 @@ def encode_jpeg(image: Image.Image, quality: int = DEFAULT_QUALITY) -> bytes:
     return buffer.getvalue()
 
 
+def encode_png(image: Image.Image) -> bytes:
+    """Encode an "L" image as the release's 8-bit grayscale PNG: fixed zlib level, no ancillary chunks."""
+    if image.mode != "L":
+        raise ValueError(f"encode_png expects a mode 'L' image, got mode {image.mode!r}")
+    buffer = io.BytesIO()
+    # Pillow copies icc_profile and transparency from image.info unless given; give neither.
+    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False, icc_profile=None, transparency=None)
+    return buffer.getvalue()
+
+
 # ---------------------------------------------------------------------------------------------
 # Pillow inputs
 
@@ -314,31 +554,43 @@ def pil_to_l(img: Image.Image) -> Image.Image:
     return img.convert("RGB").convert("L")
 
 
+_STRETCH_ROWS = 256  # rows per block: the int64 temporaries stay a few MiB whatever the image size
+
+
 def _stretch_to_l(values: np.ndarray) -> Image.Image:
-    """Map the stored range of a high-bit-depth image linearly onto 0..255 (half up)."""
-    if values.dtype.kind == "f":
-        values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        low, high = float(values.min()), float(values.max())
-        if high <= low:
-            return Image.fromarray(np.zeros(values.shape, dtype=np.uint8))
-        scaled = np.floor((values - low) * (255.0 / (high - low)) + 0.5)
-        return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8))
-    values = values.astype(np.int64)
-    low, high = int(values.min()), int(values.max())
-    if high == low:
-        return Image.fromarray(np.zeros(values.shape, dtype=np.uint8))
-    span = high - low
-    scaled = ((values - low) * 510 + span) // (2 * span)  # round half up, exact in integers
-    return Image.fromarray(scaled.astype(np.uint8))
+    """Map the stored range of a high-bit-depth image linearly onto 0..255 (half up).
+
+    Works in blocks of rows so that a 100-megapixel 16-bit image needs no 8-byte-per-pixel copy.
+    """
+    floating = values.dtype.kind == "f"
+    if floating:
+        finite = [np.nan_to_num(values[i : i + _STRETCH_ROWS].astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+                  for i in range(0, values.shape[0], _STRETCH_ROWS)]
+        low = float(min(block.min() for block in finite))
+        high = float(max(block.max() for block in finite))
+    else:
+        low, high = int(values.min()), int(values.max())
+    out = np.zeros(values.shape, dtype=np.uint8)
+    if high <= low:
+        return Image.fromarray(out)
+    for index, start in enumerate(range(0, values.shape[0], _STRETCH_ROWS)):
+        if floating:
+            scaled = np.floor((finite[index] - low) * (255.0 / (high - low)) + 0.5)
+            out[start : start + _STRETCH_ROWS] = np.clip(scaled, 0, 255).astype(np.uint8)
+        else:
+            span = high - low
+            block = values[start : start + _STRETCH_ROWS].astype(np.int64)
+            out[start : start + _STRETCH_ROWS] = ((block - low) * 510 + span) // (2 * span)  # half up, exact
+    return Image.fromarray(out)
 
 
 def _too_large(name: str, exc: Exception) -> ConversionError:
     return ConversionError(f"{name}: image exceeds the decompression-bomb limit ({exc})", reason="image-too-large")
 
 
-def _open_pil(stream: BinaryIO, name: str) -> Image.Image:
+def _open_pil(stream: BinaryIO, name: str, fmt: str | None = None) -> Image.Image:
     try:
-        return Image.open(stream)
+        return Image.open(stream, formats=[fmt] if fmt else None)
     except Image.DecompressionBombError as exc:
         raise _too_large(name, exc) from exc
     except _PIL_DECODE_ERRORS as exc:
@@ -349,9 +601,45 @@ def _open_pil(stream: BinaryIO, name: str) -> Image.Image:
         ) from exc
 
 
-def _normalize_pil(stream: BinaryIO, settings: ConvertSettings, name: str) -> NormalizedImage:
-    img = _open_pil(stream, name)
-    _check_pixel_limit(img.width, img.height, settings, name)
+_STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}  # else 4 (Pillow pads)
+_EXTRA_BYTES = {"I;16": 5, "I;16B": 5, "I;16L": 5, "I;16N": 5, "I": 7, "F": 7, "CMYK": 7}  # else 3, alpha 13
+
+
+def decode_bytes(width: int, height: int, mode: str, *, coefficient_bytes: int = 0) -> int:
+    """Working memory (bytes) the decode path needs for a ``width`` x ``height`` image of PIL ``mode``.
+
+    The decoded image as Pillow stores it (1, 2 or 4 bytes a pixel), plus the copies and
+    temporaries of its reduction to "L" (``pil_to_l``, ``_stretch_to_l``), the final image and a
+    transpose; plus, for progressive or 12-bit JPEGs, libjpeg's whole-image coefficient buffer.
+    """
+    extra = 13 if mode in _ALPHA_MODES else _EXTRA_BYTES.get(mode, 3)
+    return width * height * (_STORED_BYTES.get(mode, 4) + extra) + coefficient_bytes
+
+
+_LIBJPEG_PROCESSES = frozenset({"lossless", "hierarchical", "arithmetic", "arithmetic-progressive"})
+
+
+def _normalize_pil(data: bytes, fmt: str, settings: ConvertSettings, name: str) -> NormalizedImage:
+    header = None
+    if fmt == "JPEG":
+        try:
+            header = jpeg_transcode.read_header(data)
+        except ValueError:
+            header = None  # Pillow's decoder reports the damage below
+    if header is not None and (header.precision != 8 or header.process in _LIBJPEG_PROCESSES):
+        components = len(header.component_ids)
+        _check_size(header.width, header.height, settings, name,
+                    decode_bytes=header.width * header.height * (2 * components + 5) + header.coefficient_bytes)
+        return _normalize_with_libjpeg(data, header, settings, name)
+    img = _open_pil(io.BytesIO(data), name, fmt)
+    coefficients = header.coefficient_bytes if header is not None and header.process != "baseline" else 0
+    _check_size(img.width, img.height, settings, name, decode_bytes=decode_bytes(img.width, img.height, img.mode, coefficient_bytes=coefficients))
+    if fmt == "PNG" and getattr(img, "n_frames", 1) > 1:
+        raise ConversionError(
+            f"{name}: animated PNG with {img.n_frames} frames; a release holds single radiographs, and which frame "
+            "is the film is not defined: exclude it or extract the frame wanted",
+            reason="image-multiframe",
+        )
     input_format, input_mode = img.format or "", img.mode
     target = target_size(img.width, img.height, settings.max_side)
     box = None
@@ -378,6 +666,38 @@ def _normalize_pil(stream: BinaryIO, settings: ConvertSettings, name: str) -> No
     if transpose is not None:
         gray = gray.transpose(transpose)
     return NormalizedImage(gray, input_format, input_mode)
+
+
+def _normalize_with_libjpeg(data: bytes, header: jpeg_transcode.JpegHeader, settings: ConvertSettings, name: str) -> NormalizedImage:
+    """12-bit and lossless JPEGs, which Pillow's 8-bit libjpeg cannot read: pylibjpeg-libjpeg decodes
+    them; gray or the Y of YCbCr is stretched like any high-bit-depth image, RGB reduced to luma."""
+    import libjpeg  # pylibjpeg-libjpeg, a declared dependency (also DICOM's JPEG decoder)
+
+    label = f"{header.precision}-bit {header.process} JPEG ({header.color_space}, {header.width}x{header.height})"
+    try:
+        pixels = np.asarray(libjpeg.decode(data))
+    except (RuntimeError, ValueError) as exc:
+        raise ConversionError(
+            f"{name}: {label} cannot be decoded ({type(exc).__name__}: {exc}); the file is truncated or corrupt: "
+            "download it again",
+            reason="undecodable",
+        ) from exc
+    if pixels.ndim == 3 and header.color_space == "RGB" and pixels.dtype == np.uint8:
+        gray = Image.fromarray(np.ascontiguousarray(pixels)).convert("L")
+    elif pixels.ndim == 3 and header.color_space == "RGB":
+        rgb = pixels.astype(np.int64)
+        gray = _stretch_to_l((rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16)
+    elif pixels.ndim == 3 and header.color_space == "YCbCr":
+        gray = _stretch_to_l(np.ascontiguousarray(pixels[..., 0])) if header.precision > 8 else Image.fromarray(np.ascontiguousarray(pixels[..., 0]))
+    elif pixels.ndim == 2:
+        gray = _stretch_to_l(pixels) if header.precision > 8 else Image.fromarray(pixels.astype(np.uint8))
+    else:
+        raise ConversionError(f"{name}: {label} with decoded shape {pixels.shape} is not supported", reason="undecodable")
+    target = target_size(gray.width, gray.height, settings.max_side)
+    if gray.size != target:
+        gray = gray.resize(target, RESAMPLE)
+    mode = {"GRAY": "I;16" if header.precision > 8 else "L"}.get(header.color_space, header.color_space)
+    return NormalizedImage(gray, "JPEG", mode)
 
 
 _ORIENTATION_SOURCES = ("exif", "xmp", "XML:com.adobe.xmp", "Raw profile type exif")  # + TIFF tags
@@ -581,6 +901,9 @@ def _decode_dicom_pixels(ds: pydicom.Dataset, name: str) -> tuple[np.ndarray, st
     )
 
 
+_DICOM_EXTRA_BYTES = 40  # float64 modality values, window output and percentile copies per pixel
+
+
 def _normalize_dicom(stream: BinaryIO, settings: ConvertSettings, name: str) -> NormalizedImage:
     ds = _read_dicom(stream, name)
     photometric = _photometric(ds)
@@ -602,7 +925,9 @@ def _normalize_dicom(stream: BinaryIO, settings: ConvertSettings, name: str) -> 
         raise ConversionError(
             f"{name}: DICOM Rows/Columns missing or invalid ({exc})", reason="undecodable"
         ) from exc
-    _check_pixel_limit(columns, rows, settings, name)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    stored = max(1, int(ds.get("BitsAllocated", 16) or 16) // 8) * samples
+    _check_size(columns, rows, settings, name, decode_bytes=columns * rows * (stored + _DICOM_EXTRA_BYTES))
     pixels, decoded_photometric = _decode_dicom_pixels(ds, name)
     try:
         gray = dicom_to_l(pixels, ds, decoded_photometric)
@@ -624,13 +949,17 @@ def _normalize_dicom(stream: BinaryIO, settings: ConvertSettings, name: str) -> 
 # Shared steps
 
 
-def _normalize_stream(stream: BinaryIO, settings: ConvertSettings, name: str) -> NormalizedImage:
-    if _is_dicom(stream):
-        return _normalize_dicom(stream, settings, name)
-    return _normalize_pil(stream, settings, name)
+def _normalize(data: bytes, fmt: str, settings: ConvertSettings, name: str) -> NormalizedImage:
+    if fmt == "DICOM":
+        normalized = _normalize_dicom(io.BytesIO(data), settings, name)
+    else:
+        normalized = _normalize_pil(data, fmt, settings, name)
+    _check_not_constant(normalized.image, name)
+    return normalized
 
 
-def _check_pixel_limit(width: int, height: int, settings: ConvertSettings, name: str) -> None:
+def _check_size(width: int, height: int, settings: ConvertSettings, name: str, *, decode_bytes: int, jpeg_output: bool | None = None) -> None:
+    """Refusals from the header alone (policy 2): pixel count, decode memory, JPEG side limit, tiny films."""
     if width * height > settings.max_pixels:
         raise ConversionError(
             f"{name}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
@@ -638,14 +967,43 @@ def _check_pixel_limit(width: int, height: int, settings: ConvertSettings, name:
             "ConvertSettings.max_pixels if it is a genuine radiograph",
             reason="image-too-large",
         )
+    if decode_bytes > settings.max_decode_bytes:
+        raise ConversionError(
+            f"{name}: decoding this {width}x{height} image needs about {decode_bytes / 2**20:,.0f} MiB "
+            f"(mode and bit depth included), over the per-image limit of {settings.max_decode_bytes / 2**20:,.0f} MiB "
+            "that keeps each worker under 1 GiB; exclude the file or raise ConvertSettings.max_decode_bytes",
+            reason="image-too-large",
+        )
+    if jpeg_output is None:
+        jpeg_output = settings.fallback_format == "jpeg"
+    target = target_size(width, height, settings.max_side)
+    if jpeg_output and max(target) > JPEG_MAX_SIDE:
+        raise ConversionError(
+            f"{name}: the output would be {target[0]}x{target[1]} px, and JPEG holds at most {JPEG_MAX_SIDE:,} px a "
+            "side; exclude the file, set the release's max_side, or choose fallback_format: png",
+            reason="image-too-large",
+        )
+    if min(width, height) < settings.min_side:
+        raise ConversionError(
+            f"{name}: {width}x{height} px is smaller than the release's minimum side of {settings.min_side} px; "
+            "a thumbnail or placeholder, not a film: exclude it",
+            reason="image-too-small",
+        )
 
 
-def _encode(normalized: NormalizedImage, settings: ConvertSettings) -> ConvertedImage:
+def _encode(normalized: NormalizedImage, settings: ConvertSettings, name: str = "<image>") -> ConvertedImage:
     image = normalized.image
+    if settings.fallback_format == "png":
+        data = encode_png(image)
+    else:
+        if max(image.size) > JPEG_MAX_SIDE:  # after an EXIF rotation or a DICOM's own size
+            _check_size(*image.size, settings, name, decode_bytes=0, jpeg_output=True)
+        data = encode_jpeg(image, settings.quality)
     return ConvertedImage(
-        jpeg=encode_jpeg(image, settings.quality),
+        data=data,
         width=image.width,
         height=image.height,
         input_format=normalized.input_format,
         input_mode=normalized.input_mode,
+        conversion=settings.fallback_conversion,
     )

@@ -180,6 +180,12 @@ MANIFEST_SCHEMA: dict[str, Any] = {
             "properties": {
                 "quality": {"type": "integer", "minimum": 1, "maximum": 100},
                 "max_side": {"type": ["integer", "null"], "minimum": 16},
+                # convert.ConvertSettings: JPEG sources transcoded losslessly; what the decode path writes
+                "lossless_jpeg": {"type": "boolean"},
+                "fallback_format": {"enum": ["jpeg", "png"]},
+                "optimize_huffman": {"type": "boolean"},
+                "input_formats": {"type": "array", "minItems": 1, "uniqueItems": True, "items": {"enum": ["jpeg", "png", "dicom"]}},
+                "min_side": {"type": "integer", "minimum": 1},
             },
         },
         "split": {

@@ -42,11 +42,13 @@ FEATURES = Features(
         "sha256": Value("string"),
         "flags": Sequence(Value("string")),
         "duplicate_of": Value("string"),
+        "conversion": Value("string"),
     }
 )
 """The release's columns. ``sha256`` is the hash of the upstream source file, not of the JPEG.
 ``flags`` (records.FLAGS codes) and ``duplicate_of`` (record id ``source:source_path`` of the kept
-copy, "" if none) let a user of the default configuration filter without rebuilding."""
+copy, "" if none) let a user of the default configuration filter without rebuilding; ``conversion``
+is the path its image took (a key of ``convert.CONVERSIONS``)."""
 
 FLAGGED_FOLDER = "flagged"
 
@@ -54,13 +56,14 @@ SPLITS = ("train", "test")
 DEFAULT_MAX_SHARD_BYTES = 256 * 1024 * 1024
 ROW_GROUP_ROWS = 64  # small row groups keep random access to images cheap for readers
 _SCHEMA = FEATURES.arrow_schema
-_DICTIONARY_COLUMNS = ["source", "view", "finding", "license"]
+_DICTIONARY_COLUMNS = ["source", "view", "finding", "license", "conversion"]
 
 
-def publish_row(record: dict, jpeg: bytes) -> dict:
-    """One parquet row from a record (see records.py) and its converted JPEG bytes."""
+def publish_row(record: dict, jpeg: bytes, conversion: str = "") -> dict:
+    """One parquet row from a record (see records.py), its converted image bytes (JPEG, or PNG
+    for ``normalized-png``) and its conversion path."""
     return {
-        "image": {"bytes": jpeg, "path": _image_name(record)},
+        "image": {"bytes": jpeg, "path": _image_name(record, ".png" if conversion == "normalized-png" else ".jpg")},
         "label": CLASS_NAMES.index(record["label"]),
         "source": record["source"],
         "source_path": record["source_path"],
@@ -71,6 +74,7 @@ def publish_row(record: dict, jpeg: bytes) -> dict:
         "sha256": record["sha256"],
         "flags": list(record.get("flags", ())),
         "duplicate_of": record.get("duplicate_of", ""),
+        "conversion": conversion,
     }
 
 
@@ -93,10 +97,10 @@ def config_folders(config: Config, configs: list[Config]) -> list[str]:
     return [config.name] if config.leave_out_flagged else partitions(configs)
 
 
-def _image_name(record: dict) -> str:
-    """A stable, unique file name for the image inside the release (always .jpg)."""
+def _image_name(record: dict, suffix: str = ".jpg") -> str:
+    """A stable, unique file name for the image inside the release (.jpg, or .png for PNG output)."""
     stem = Path(record["source_path"]).stem
-    return f"{record['source']}/{stem}.jpg"
+    return f"{record['source']}/{stem}{suffix}"
 
 
 class SplitShardWriter:

@@ -80,6 +80,10 @@ REASONS = {
     "dicom-multiframe": "multi-frame DICOM: a release holds single radiographs",
     "dicom-undecodable": "DICOM pixel data cannot be decoded (transfer syntax named in detail)",
     "image-too-large": "image exceeds the decompression-bomb limit",
+    "format-not-accepted": "file format (by its magic bytes) is not one the release accepts",
+    "image-multiframe": "animated or multi-page image: a release holds single radiographs",
+    "image-too-small": "shorter side below the release's minimum: a thumbnail or placeholder, not a film",
+    "image-constant": "every pixel has the same value: a blank film",
     "over-quota": "beyond the class count the release keeps (deterministic rule in the manifest)",
     "not-reviewed": "the image could not be obtained for review; metadata alone says it qualifies",
 }

@@ -446,22 +446,28 @@ def test_png_16_bit_stretches_the_stored_range(maximum):
     np.testing.assert_array_equal(normalized_array(data), expected.astype(np.uint8))
 
 
-def test_tiff_16_bit_big_endian_and_32_bit_modes():
+def test_16_bit_big_endian_and_32_bit_modes_stretch_the_stored_range():
     values = RNG.integers(100, 4001, (32, 48)).astype(np.uint16)
     low, span = int(values.min()), int(values.max()) - int(values.min())
     expected = (((values.astype(np.int64) - low) * 510 + span) // (2 * span)).astype(np.uint8)
     big_endian = Image.frombytes("I;16B", (48, 32), values.astype(">u2").tobytes())
-    data = encoded(big_endian, "TIFF")
-    assert Image.open(io.BytesIO(data)).mode == "I;16B"
-    np.testing.assert_array_equal(normalized_array(data), expected)
-    data = encoded(Image.fromarray(values.astype(np.int32)), "TIFF")
-    assert Image.open(io.BytesIO(data)).mode == "I"
-    np.testing.assert_array_equal(normalized_array(data), expected)
+    np.testing.assert_array_equal(np.asarray(pil_to_l(big_endian)), expected)
+    np.testing.assert_array_equal(np.asarray(pil_to_l(Image.fromarray(values.astype(np.int32)))), expected)
 
 
-def test_constant_16_bit_image_becomes_black():
-    data = png_bytes(Image.fromarray(np.full((8, 8), 3000, dtype=np.uint16)))
-    np.testing.assert_array_equal(normalized_array(data), np.zeros((8, 8), np.uint8))
+def test_stretch_in_row_blocks_equals_the_whole_image_formula():
+    values = RNG.integers(0, 65536, (700, 40)).astype(np.uint16)  # several 256-row blocks
+    low, span = int(values.min()), int(values.max()) - int(values.min())
+    expected = (((values.astype(np.int64) - low) * 510 + span) // (2 * span)).astype(np.uint8)
+    np.testing.assert_array_equal(np.asarray(pil_to_l(Image.fromarray(values))), expected)
+
+
+def test_constant_16_bit_image_is_excluded_as_constant():
+    data = png_bytes(Image.fromarray(np.full((64, 64), 3000, dtype=np.uint16)))
+    with pytest.raises(ConversionError) as raised:
+        convert_bytes(data, name="blank16.png")
+    assert raised.value.reason == "image-constant"
+    assert "blank16.png" in str(raised.value) and "every pixel" in str(raised.value)
 
 
 def test_png_palette():
@@ -750,7 +756,8 @@ def test_garbage_is_undecodable(data):
 
 
 def test_every_reason_raised_is_a_known_code():
-    for reason in ("undecodable", "image-too-large", "dicom-multiframe", "dicom-undecodable"):
+    for reason in ("undecodable", "image-too-large", "dicom-multiframe", "dicom-undecodable", "format-not-accepted",
+                   "image-multiframe", "image-too-small", "image-constant"):
         assert reason in records.REASONS
 
 
@@ -847,3 +854,500 @@ def test_real_kaggle_jpeg_downscaled_with_draft_is_close_to_full_decode():
     reference = np.asarray(full.resize(size, Image.Resampling.LANCZOS))
     assert gray.shape == reference.shape
     assert np.abs(gray.astype(int) - reference.astype(int)).mean() < 1.5
+
+
+# ---------------------------------------------------------------------------------------------
+# Lossless JPEG path: luminance coefficients copied (issue 15)
+
+
+def source_luminance(data: bytes) -> np.ndarray:
+    """What libjpeg decodes as the source's luminance: gray samples, or the Y of YCbCr (draft "L")."""
+    image = Image.open(io.BytesIO(data))
+    image.draft("L", None)
+    assert image.mode == "L"
+    return np.asarray(image)
+
+
+def decoded(data: bytes) -> np.ndarray:
+    image = Image.open(io.BytesIO(data))
+    assert image.mode == "L"
+    return np.asarray(image)
+
+
+def assert_lossless(result, data: bytes, reference: np.ndarray | None = None) -> None:
+    assert result.conversion == "lossless-jpeg"
+    out = Image.open(io.BytesIO(result.data))
+    assert out.format == "JPEG" and out.mode == "L" and not out.info.get("progressive")
+    assert set(jpeg_markers(result.data)) <= ALLOWED_MARKERS
+    assert not {"exif", "icc_profile", "comment", "dpi"} & set(out.info)
+    expected = source_luminance(data) if reference is None else reference
+    np.testing.assert_array_equal(np.asarray(out), expected)
+
+
+def _rgb_film(height: int, width: int) -> np.ndarray:
+    gray = smooth_image(height, width).astype(np.int64)
+    return np.stack([gray, np.clip(gray + 12, 0, 255), np.clip(gray - 7, 0, 255)], axis=-1).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["gray-baseline", "gray-progressive", "gray-restart-markers", "gray-odd-size", "ycbcr-420", "ycbcr-444-progressive"],
+)
+def test_jpeg_sources_are_transcoded_to_their_exact_luminance(case):
+    gray = Image.fromarray(smooth_image(96, 128))
+    data = {
+        "gray-baseline": lambda: encoded(gray, "JPEG", quality=90),
+        "gray-progressive": lambda: encoded(gray, "JPEG", quality=90, progressive=True),
+        "gray-restart-markers": lambda: encoded(gray, "JPEG", quality=90, restart_marker_blocks=3),
+        "gray-odd-size": lambda: encoded(Image.fromarray(smooth_image(77, 101)), "JPEG", quality=85),
+        "ycbcr-420": lambda: encoded(Image.fromarray(_rgb_film(77, 101)), "JPEG", quality=90, subsampling=2),
+        "ycbcr-444-progressive": lambda: encoded(Image.fromarray(_rgb_film(64, 80)), "JPEG", quality=90, subsampling=0, progressive=True),
+    }[case]()
+    result = convert_bytes(data)
+    assert_lossless(result, data)
+    assert (result.width, result.height) == Image.open(io.BytesIO(data)).size
+
+
+def test_colour_jpeg_luminance_is_within_one_level_of_the_luma_of_its_decoded_rgb():
+    data = encoded(Image.fromarray(_rgb_film(96, 128)), "JPEG", quality=92, subsampling=2)
+    result = convert_bytes(data)
+    assert result.conversion == "lossless-jpeg" and result.input_mode == "RGB"
+    rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert np.abs(decoded(result.data).astype(int) - luma(rgb).astype(int)).max() <= 1
+
+
+def test_arithmetic_coded_jpeg_is_transcoded_to_huffman_losslessly():
+    turbojpeg = pytest.importorskip("turbojpeg")
+    gray = np.ascontiguousarray(smooth_image(64, 80))
+    data = turbojpeg.compress(gray, 90, turbojpeg.SAMP.GRAY, arithmetic=True)
+    assert 0xC9 in jpeg_markers(data)  # SOF9: arithmetic sequential
+    reference = np.asarray(turbojpeg.decompress(data))  # libjpeg-turbo's own decode of the source
+    result = convert_bytes(data)
+    assert 0xC9 not in jpeg_markers(result.data) and 0xC4 in jpeg_markers(result.data)  # Huffman tables
+    assert_lossless(result, data, reference=reference.reshape(gray.shape))
+
+
+def test_lossless_output_is_smaller_with_optimized_huffman_and_identical_in_pixels():
+    data = encoded(Image.fromarray(smooth_image(200, 240)), "JPEG", quality=90)
+    optimized = convert_bytes(data)
+    standard = convert_bytes(data, ConvertSettings(optimize_huffman=False))
+    assert len(optimized.data) < len(standard.data)
+    np.testing.assert_array_equal(decoded(optimized.data), decoded(standard.data))
+
+
+def test_lossless_output_is_byte_identical_across_calls_and_threads():
+    inputs = [encoded(Image.fromarray(smooth_image(64 + i, 80)), "JPEG", quality=80 + i) for i in range(4)]
+    first = [convert_bytes(d).data for d in inputs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert list(pool.map(lambda d: convert_bytes(d).data, inputs * 3)) == first * 3
+
+
+def test_fingerprint_names_the_transform_library_and_its_libjpeg_turbo():
+    from covid19_cxr_dataset.convert import library_versions
+
+    versions = library_versions()
+    assert versions["turbojpeg"] not in ("", "absent") and versions["libjpeg-turbo"] not in ("", "absent", "unknown")
+    assert f"turbojpeg{versions['turbojpeg']}" in output_fingerprint()
+    assert f"libjpeg-turbo{versions['libjpeg-turbo']}" in output_fingerprint()
+
+
+# ---------------------------------------------------------------------------------------------
+# JPEGs that take the decode path, recorded as such
+
+
+def _adobe_rgb_jpeg() -> bytes:
+    turbojpeg = pytest.importorskip("turbojpeg")
+    return turbojpeg.compress(np.ascontiguousarray(_rgb_film(64, 80)), 90, turbojpeg.SAMP.Y444, colorspace=turbojpeg.CS.RGB)
+
+
+def _restart_marker_corrupted() -> bytes:
+    data = encoded(Image.fromarray(smooth_image(96, 128)), "JPEG", quality=90, restart_marker_blocks=2)
+    at = data.index(b"\xff\xd1")  # the second restart marker becomes RST5
+    return data[:at] + b"\xff\xd5" + data[at + 2 :]
+
+
+def _twelve_bit_jpeg() -> bytes:
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import generate_frames
+
+    ds = pydicom.dcmread(get_testdata_file("JPGExtended.dcm"))
+    return next(generate_frames(ds.PixelData, number_of_frames=1))
+
+
+def _lossless_sof3_jpeg() -> bytes:
+    turbojpeg = pytest.importorskip("turbojpeg")
+    return turbojpeg.compress(np.ascontiguousarray(smooth_image(64, 80)), 100, turbojpeg.SAMP.GRAY, lossless=True)
+
+
+def test_twelve_bit_jpeg_is_decoded_by_libjpeg_and_stretched():
+    import libjpeg
+
+    data = _twelve_bit_jpeg()
+    assert 0xC1 in jpeg_markers(data)  # SOF1: extended sequential, 12-bit here
+    values = np.asarray(libjpeg.decode(data)).astype(np.int64)
+    low, span = int(values.min()), int(values.max() - values.min())
+    expected = (((values - low) * 510 + span) // (2 * span)).astype(np.uint8)
+    result = convert_bytes(data)
+    assert result.conversion == "normalized-jpeg" and result.input_mode == "I;16"
+    np.testing.assert_array_equal(normalized_array(data), expected)
+
+
+def test_lossless_sof3_jpeg_is_decoded_exactly():
+    data = _lossless_sof3_jpeg()
+    assert 0xC3 in jpeg_markers(data)
+    result = convert_bytes(data, ConvertSettings(fallback_format="png"))
+    assert result.conversion == "normalized-png"
+    np.testing.assert_array_equal(decoded(result.data), smooth_image(64, 80))
+
+
+@pytest.mark.parametrize("case", ["cmyk", "adobe-rgb", "corrupt-restart-marker", "exif-rotated", "max-side"])
+def test_jpegs_that_cannot_be_transcoded_take_the_decode_path(case):
+    settings = ConvertSettings()
+    if case == "cmyk":
+        cmyk = np.stack([smooth_image(48, 64, seed=s) // 2 for s in range(4)], axis=-1).astype(np.uint8)
+        data = encoded(Image.fromarray(cmyk, "CMYK"), "JPEG", quality=95)
+    elif case == "adobe-rgb":
+        data = _adobe_rgb_jpeg()
+        rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        assert np.abs(normalized_array(data).astype(int) - luma(rgb).astype(int)).max() <= 1  # luma, not the R plane
+    elif case == "corrupt-restart-marker":
+        data = _restart_marker_corrupted()
+    elif case == "exif-rotated":
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        data = encoded(Image.fromarray(smooth_image(48, 64)), "JPEG", quality=90, exif=exif.tobytes())
+    else:
+        data = encoded(Image.fromarray(smooth_image(96, 128)), "JPEG", quality=90)
+        settings = ConvertSettings(max_side=64)
+    result = convert_bytes(data, settings)
+    assert result.conversion == "normalized-jpeg"
+    out = Image.open(io.BytesIO(result.data))
+    assert out.mode == "L" and out.size == (result.width, result.height)
+    if case == "exif-rotated":
+        assert out.size == (48, 64)
+
+
+def test_jpeg_corrupt_beyond_decoding_is_undecodable_not_a_crash():
+    data = encoded(Image.fromarray(smooth_image(96, 128)), "JPEG", quality=90)
+    for broken in (data[: len(data) // 3], data[:200] + bytes(300)):
+        with pytest.raises(ConversionError) as raised:
+            convert_bytes(broken, name="broken.jpg")
+        assert raised.value.reason == "undecodable" and "broken.jpg" in str(raised.value)
+
+
+def test_lossless_path_can_be_switched_off():
+    data = encoded(Image.fromarray(smooth_image(96, 128)), "JPEG", quality=90)
+    assert convert_bytes(data, ConvertSettings(lossless_jpeg=False)).conversion == "normalized-jpeg"
+
+
+# ---------------------------------------------------------------------------------------------
+# Fallback format: 8-bit PNG
+
+
+def test_png_fallback_stores_the_normalized_pixels_exactly_without_metadata():
+    rgba = np.dstack([_rgb_film(40, 56), np.full((40, 56), 200, np.uint8)])
+    data = png_bytes(Image.fromarray(rgba, "RGBA"), icc_profile=b"\0" * 128, dpi=(300, 300))
+    settings = ConvertSettings(fallback_format="png")
+    result = convert_bytes(data, settings)
+    assert result.conversion == "normalized-png" and result.suffix == ".png"
+    out = Image.open(io.BytesIO(result.data))
+    assert out.format == "PNG" and out.mode == "L"
+    assert not {"icc_profile", "dpi", "transparency", "exif"} & set(out.info)
+    np.testing.assert_array_equal(np.asarray(out), normalized_array(data, settings))
+    chunks, offset = [], 8
+    while offset < len(result.data):
+        (length,) = struct.unpack(">I", result.data[offset : offset + 4])
+        chunks.append(result.data[offset + 4 : offset + 8])
+        offset += 12 + length
+    assert set(chunks) == {b"IHDR", b"IDAT", b"IEND"}
+    jpeg = encoded(Image.fromarray(smooth_image(48, 64)), "JPEG", quality=90)
+    assert convert_bytes(jpeg, settings).conversion == "lossless-jpeg"  # JPEG sources keep their own path
+
+
+# ---------------------------------------------------------------------------------------------
+# Accepted formats, by magic bytes (issue 12: silently accepted images)
+
+
+def _frames(mode: str = "L", count: int = 2) -> list[Image.Image]:
+    return [Image.fromarray(smooth_image(48, 64, seed=i)).convert(mode) for i in range(count)]
+
+
+def _not_accepted_files() -> dict[str, bytes]:
+    gray = Image.fromarray(smooth_image(48, 64))
+    files = {
+        "gif": encoded(gray, "GIF"),
+        "tiff-multipage": (lambda f: encoded(f[0], "TIFF", save_all=True, append_images=f[1:]))(_frames()),
+        "webp": encoded(gray, "WEBP"),
+        "bmp": encoded(gray, "BMP"),
+        "ico": encoded(gray, "ICO"),
+        "tga": encoded(gray, "TGA"),
+        "jpeg2000": encoded(gray, "JPEG2000"),
+        "lab-tiff": encoded(Image.merge("LAB", [gray, gray, gray]), "TIFF"),
+        "float-tiff-nan": encoded(Image.fromarray(np.where(smooth_image(48, 64) > 100, np.nan, 1.0).astype(np.float32)), "TIFF"),
+    }
+    return files
+
+
+@pytest.mark.parametrize("kind", list(_not_accepted_files()))
+def test_formats_a_release_does_not_accept_are_refused_by_magic_bytes(kind, tmp_path):
+    path = tmp_path / f"film-{kind}.jpg"  # the extension says JPEG: the bytes decide
+    path.write_bytes(_not_accepted_files()[kind])
+    with pytest.raises(ConversionError) as raised:
+        convert_file(path)
+    assert raised.value.reason == "format-not-accepted"
+    message = str(raised.value)
+    assert str(path) in message and "accepted: JPEG, PNG, DICOM" in message
+
+
+def test_animated_png_is_refused_as_multiframe():
+    frames = _frames()
+    data = png_bytes(frames[0], save_all=True, append_images=frames[1:])
+    with pytest.raises(ConversionError) as raised:
+        convert_bytes(data, name="cine.png")
+    assert raised.value.reason == "image-multiframe" and "2 frames" in str(raised.value)
+
+
+def test_a_png_named_jpg_is_converted_as_the_png_it_is(tmp_path):
+    path = tmp_path / "really-a-png.jpg"
+    path.write_bytes(png_bytes(Image.fromarray(GRAY)))
+    result = convert_file(path)
+    assert (result.input_format, result.conversion) == ("PNG", "normalized-jpeg")
+
+
+def test_only_the_formats_a_release_declares_are_accepted():
+    settings = ConvertSettings(input_formats=["jpeg"])
+    assert settings.input_formats == ("JPEG",)
+    with pytest.raises(ConversionError) as raised:
+        convert_bytes(png_bytes(Image.fromarray(GRAY)), settings, name="x.png")
+    assert raised.value.reason == "format-not-accepted" and "is PNG" in str(raised.value)
+    with pytest.raises(ValueError):
+        ConvertSettings(input_formats=["gif"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Degenerate films
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+@pytest.mark.parametrize("size", [(1, 1), (15, 200)])
+def test_tiny_images_are_excluded_as_too_small(fmt, size):
+    data = encoded(Image.fromarray(RNG.integers(0, 256, (size[1], size[0])).astype(np.uint8)), fmt)
+    with pytest.raises(ConversionError) as raised:
+        convert_bytes(data, name="thumb")
+    assert raised.value.reason == "image-too-small" and f"{size[0]}x{size[1]}" in str(raised.value)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_constant_films_are_excluded_on_either_path(fmt):
+    data = encoded(Image.new("L", (300, 200), 77), fmt)
+    with pytest.raises(ConversionError) as raised:
+        convert_bytes(data, name="blank")
+    assert raised.value.reason == "image-constant"
+
+
+def test_a_nearly_blank_jpeg_with_content_is_kept():
+    picture = np.zeros((200, 300), np.uint8)
+    picture[90:110, 140:160] = 200
+    data = encoded(Image.fromarray(picture), "JPEG", quality=90)
+    assert_lossless(convert_bytes(data), data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sides above 65,500 px and decode memory (issue 12)
+
+
+def _wide_png(width: int, height: int = 16) -> bytes:
+    row = np.tile(np.arange(256, dtype=np.uint8), width // 256 + 1)[:width]
+    return png_bytes(Image.fromarray(np.ascontiguousarray(np.broadcast_to(row, (height, width)))))
+
+
+def test_side_above_the_jpeg_limit_is_excluded_not_an_encoder_crash():
+    data = _wide_png(65_501)
+    with pytest.raises(ConversionError) as raised:
+        convert_bytes(data, name="panorama.png")
+    assert raised.value.reason == "image-too-large"
+    assert "65,500" in str(raised.value) and "panorama.png" in str(raised.value)
+    result = convert_bytes(data, ConvertSettings(fallback_format="png"))  # PNG has no such limit
+    assert (result.width, result.conversion) == (65_501, "normalized-png")
+    assert convert_bytes(data, ConvertSettings(max_side=4096)).width == 4096  # downscaled first: fits
+
+
+def _sixteen_bit_png(width: int, height: int) -> bytes:
+    """A 16-bit grayscale PNG of width x height, gradient rows, compressed tight (header + zlib stream)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    first = b"\x00" + np.linspace(0, 4095, width).astype(">u2").tobytes()
+    same_as_above = b"\x02" + bytes(2 * width)  # PNG filter "Up" with zero differences
+    compressor = zlib.compressobj(9)
+    stream = compressor.compress(first) + b"".join(compressor.compress(same_as_above) for _ in range(height - 1)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", stream) + chunk(b"IEND", b"")
+
+
+_RSS_SCRIPT = """
+import sys
+from pathlib import Path
+from covid19_cxr_dataset.convert import convert_file
+from covid19_cxr_dataset.errors import ConversionError
+try:
+    result = convert_file(Path(sys.argv[1]))
+    outcome = result.conversion
+except ConversionError as error:
+    outcome = error.reason
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(outcome, peak * 1024)
+"""
+
+
+def _convert_in_a_fresh_process(path: Path) -> tuple[str, int]:
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    done = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(path)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    outcome, rss = done.stdout.split()
+    return outcome, int(rss)
+
+
+def test_16_bit_png_of_100_megapixels_under_1_mib_is_refused_before_decoding(tmp_path):
+    path = tmp_path / "huge16.png"
+    path.write_bytes(_sixteen_bit_png(10_000, 9_999))
+    assert path.stat().st_size < 2**20
+    with pytest.raises(ConversionError) as raised:
+        convert_file(path)
+    assert raised.value.reason == "image-too-large" and "MiB" in str(raised.value) and str(path) in str(raised.value)
+    outcome, rss = _convert_in_a_fresh_process(path)
+    assert outcome == "image-too-large" and rss < 2**30
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode, size", [("I;16", (9_000, 9_000)), ("RGBA", (6_000, 6_000)), ("L", (10_000, 9_999))])
+def test_largest_images_under_the_decode_limit_convert_within_1_gib(tmp_path, mode, size):
+    path = tmp_path / f"big-{mode.replace(';', '')}.png"
+    if mode == "I;16":
+        path.write_bytes(_sixteen_bit_png(*size))
+    else:
+        gradient = np.broadcast_to(np.linspace(0, 255, size[0]).astype(np.uint8), (size[1], size[0]))
+        image = Image.fromarray(np.ascontiguousarray(gradient)).convert(mode)
+        image.save(path, compress_level=1)
+    outcome, rss = _convert_in_a_fresh_process(path)
+    assert outcome == "normalized-jpeg"
+    assert rss < 2**30, f"{mode} {size}: peak RSS {rss / 2**20:.0f} MiB"
+
+
+def _real_jpegs() -> list[Path]:
+    return [p for p in _real_images() if p.read_bytes()[:3] == b"\xff\xd8\xff"]
+
+
+@pytest.mark.real
+@requires_real
+@pytest.mark.parametrize("path", _real_jpegs(), ids=lambda p: str(p.relative_to(REAL)) if HAVE_REAL else str(p))
+def test_real_jpegs_keep_their_luminance_bit_for_bit(path):
+    data = path.read_bytes()
+    result = convert_file(path)
+    assert_lossless(result, data)
+    assert len(result.data) <= len(data) * 1.02  # no bigger than the source, give or take the JFIF header
+    if Image.open(path).mode == "RGB":
+        # Colour: within one level of the luma of the decoded RGB (rounding), wherever that RGB is
+        # not clipped at 0 or 255 (saturated colour marks: there the stored Y is the truer value).
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        difference = np.abs(decoded(result.data).astype(int) - luma(rgb).astype(int))
+        unclipped = ~((rgb == 0) | (rgb == 255)).any(axis=-1)
+        assert difference[unclipped].max() <= 1
+
+
+@pytest.mark.real
+@requires_real
+def test_real_fixture_jpegs_cover_grayscale_colour_and_progressive():
+    modes = {(Image.open(p).mode, bool(Image.open(p).info.get("progressive"))) for p in _real_jpegs()}
+    assert {("L", False), ("RGB", False), ("RGB", True), ("L", True)} <= modes
+
+
+# ---------------------------------------------------------------------------------------------
+# In a build: the conversion column, exclusions instead of crashes, byte-identical rebuilds
+
+
+def _build_world(tmp_path, fallback: str = "jpeg"):
+    from synthetic import COHEN, git_blob_sha1, make_world
+
+    world = make_world(tmp_path / "world")
+
+    def replace(path: str, data: bytes) -> None:
+        world.served[f"/{COHEN[0]}/{COHEN[1]}/{path}"] = data
+        lock = world.manifest_dir / "locks" / "cohen.tsv"
+        lines = [f"{path}\t{git_blob_sha1(data)}\t{len(data)}" if line.startswith(path + "\t") else line
+                 for line in lock.read_text().splitlines()]
+        lock.write_text("\n".join(lines) + "\n")
+
+    replace("images/c9.jpg", encoded(Image.fromarray(smooth_image(96, 120)), "GIF"))  # a GIF named .jpg
+    replace("images/c1-b.jpg", _wide_png(65_600))  # wider than JPEG allows
+    replace("images/c1-a.jpg", _restart_marker_corrupted())  # decodable, but not transcodable
+    text = (world.manifest_dir / "manifest.yaml").read_text()
+    kept = 8 if fallback == "jpeg" else 9  # a PNG holds the 65,600 px wide film
+    text = text.replace("train: {COVID-19: 10,", f"train: {{COVID-19: {kept},")
+    text = text.replace("convert: {quality: 95, max_side: null}",
+                        f"convert: {{quality: 95, max_side: null, lossless_jpeg: true, fallback_format: {fallback}, input_formats: [jpeg, png]}}")
+    (world.manifest_dir / "manifest.yaml").write_text(text)
+    return world
+
+
+def _build(world, out: Path, cache: Path) -> dict:
+    from covid19_cxr_dataset import manifest as manifest_module
+    from covid19_cxr_dataset.build import Options, build
+    from loopback import LoopbackServer
+
+    with LoopbackServer(dict(world.served)) as server:
+        options = Options(cache_dir=cache, mirror=server.base_url, workers=2, progress=False, kaggle_archive=world.kaggle_zip)
+        return build(manifest_module.load(world.manifest_dir), out, options)
+
+
+def test_build_records_each_images_conversion_and_excludes_what_it_cannot_convert(tmp_path):
+    import pyarrow.parquet as pq
+
+    world = _build_world(tmp_path)
+    report = _build(world, tmp_path / "out", tmp_path / "cache")
+    reasons = {e["source_path"]: e["reason"] for e in report["exclusions"] if e["stage"] == "convert"}
+    assert reasons == {"images/c9.jpg": "format-not-accepted", "images/c1-b.jpg": "image-too-large"}
+    rows = pq.read_table(sorted((tmp_path / "out" / "data").rglob("*.parquet"))).to_pylist()
+    conversion = {(r["source"], r["source_path"]): r["conversion"] for r in rows}
+    assert conversion[("cohen", "images/c1-a.jpg")] == "normalized-jpeg"  # corrupt restart marker
+    assert conversion[("cohen", "images/c2.png")] == "normalized-jpeg"
+    assert {c for (source, _), c in conversion.items() if source == "kaggle"} == {"lossless-jpeg"}
+    counts = report["conversions"]["counts"]
+    assert sum(counts.values()) == len(rows) and counts["lossless-jpeg"] >= 7
+    assert report["conversions"]["libraries"]["turbojpeg"] not in ("", "absent")
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert f"lossless-jpeg {counts['lossless-jpeg']}" in card and f"turbojpeg {report['conversions']['libraries']['turbojpeg']}" in card
+
+
+def test_two_builds_give_byte_identical_shards_with_png_fallback(tmp_path):
+    import datasets
+
+    world = _build_world(tmp_path, fallback="png")
+    first = _build(world, tmp_path / "one", tmp_path / "cache-one")
+    second = _build(world, tmp_path / "two", tmp_path / "cache-two")
+    assert first["shards"] == second["shards"] and first["fingerprint"] == second["fingerprint"]
+    for shard in first["shards"]:
+        assert (tmp_path / "one" / shard).read_bytes() == (tmp_path / "two" / shard).read_bytes()
+    loaded = datasets.load_dataset(str(tmp_path / "one"))
+    by_path = {r["source_path"]: r for split in loaded.values() for r in split}
+    assert by_path["images/c2.png"]["conversion"] == "normalized-png" and by_path["images/c2.png"]["image"].format == "PNG"
+    assert by_path["images/c1-a.jpg"]["image"].format == "PNG"
+    assert by_path["images/c1-b.jpg"]["image"].size == (65_600, 16)
+    assert first["conversions"]["counts"]["normalized-png"] >= 3
+
+
+def test_missing_transform_library_is_one_clear_error_not_a_silent_change_of_output(monkeypatch):
+    from covid19_cxr_dataset import jpeg_transcode
+    from covid19_cxr_dataset.errors import CxrDatasetError
+
+    monkeypatch.setattr(jpeg_transcode, "_HAVE_TRANSFORM", False)
+    data = encoded(Image.fromarray(smooth_image(48, 64)), "JPEG", quality=90)
+    with pytest.raises(CxrDatasetError) as raised:
+        convert_bytes(data)
+    assert not isinstance(raised.value, ConversionError)  # the build stops instead of excluding every JPEG
+    assert "pip install" in str(raised.value) and "turbojpeg" in str(raised.value)
+    assert convert_bytes(data, ConvertSettings(lossless_jpeg=False)).conversion == "normalized-jpeg"

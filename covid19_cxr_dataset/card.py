@@ -12,6 +12,7 @@ import re
 import pandas as pd
 
 from . import CLASS_NAMES
+from .baseline.evidence import card_section as shortcut_evidence_section
 from .citation import citations
 from .manifest import Manifest
 from .records import REASONS
@@ -119,6 +120,7 @@ def card_body(manifest: Manifest, report: dict, kept: pd.DataFrame) -> str:
     ]
     if manifest.data.get("known_risks"):
         lines += ["## Known risks", "", manifest.data["known_risks"].strip(), ""]
+    lines += [shortcut_evidence_section(report)]  # baseline/evidence.py: probe results of a committed certificate
     lines += [
         "## Licenses",
         "",

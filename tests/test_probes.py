@@ -247,7 +247,8 @@ def test_border_probe_stays_near_chance_when_the_border_carries_nothing(tmp_path
     probe = certificate["probes"]["border"]
     assert certificate["metrics"]["accuracy"] >= 0.8  # the label is there, in the centre
     assert probe["flagged"] is False and probe["accuracy"] < 0.6
-    assert probe["epochs"] == 3 and probe["recipe_epochs"] == 4  # a CPU's cheap default: at most 3 epochs    assert "**yes: shortcut**" not in (out / "certificate.md").read_text(encoding="utf-8")
+    assert probe["epochs"] == 3 and probe["recipe_epochs"] == 4  # a CPU's cheap default: at most 3 epochs
+    assert "**yes: shortcut**" not in (out / "certificate.md").read_text(encoding="utf-8")
 
 
 def test_certificate_records_config_tables_and_a_place_for_the_training_path(border_run):
@@ -331,3 +332,37 @@ def test_seeds_record_each_run_and_their_spread(tmp_path):
     assert all(len(row["runs"]) == 2 for row in certificate["reference"]["tables_comparison"])
     assert SINGLE_SEED_NOTE not in certificate["verdict_notes"]
     assert "Over 2 seeds" in (tmp_path / "out" / "certificate.md").read_text(encoding="utf-8")
+
+
+# --- a release built by `cxr-dataset build`, certified with probes -----------------------------------
+
+
+@pytest.mark.slow
+def test_build_then_baseline_with_probes_through_the_cli(tmp_path):
+    """The user's journey: build from (loopback) sources, then `baseline --probes`; the card of the build
+    says no certificate exists yet, and the certificate's shortcut section renders for that card."""
+    needs_tensorflow()
+    from covid19_cxr_dataset.cli import main
+    from loopback import LoopbackServer
+    from synthetic import make_world
+
+    world = make_world(tmp_path / "world")
+    with LoopbackServer(dict(world.served)) as server:
+        built = CliRunner().invoke(main, ["build", "--manifest", str(world.manifest_dir), "--mirror", server.base_url,
+                                          "--cache-dir", str(tmp_path / "cache"), "--kaggle-archive",
+                                          str(world.kaggle_zip), "--out", str(tmp_path / "release"), "-q"])
+    assert built.exit_code == 0, built.output
+    card = (tmp_path / "release" / "README.md").read_text(encoding="utf-8")
+    assert "## Shortcut evidence" in card and "No shortcut-probe certificate has been made yet" in card
+    recipe = write_recipe(tmp_path / "tiny.yaml", probe_recipe_values())
+    result = CliRunner().invoke(main, ["baseline", "--data", str(tmp_path / "release"), "--out", str(tmp_path / "cert"),
+                                       "--recipe", str(recipe), "--probes", "--quiet"])
+    assert result.exit_code in (0, 3), result.output
+    certificate = json.loads((tmp_path / "cert" / "certificate.json").read_text(encoding="utf-8"))
+    assert set(certificate["probes"]) == {"border", "source", "metadata"}
+    assert certificate["dataset"]["fingerprint"] == report.read_report(tmp_path / "release")["fingerprint"]
+    root = tmp_path / "baseline" / "certificates"
+    (root / "tiny").mkdir(parents=True)
+    (root / "tiny" / "certificate.json").write_text(json.dumps(certificate), encoding="utf-8")
+    section = evidence.card_section(report.read_report(tmp_path / "release"), root)
+    assert "| border |" in section and "| metadata |" in section

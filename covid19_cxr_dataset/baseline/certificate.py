@@ -339,14 +339,17 @@ def plot_training_curves(history: list[dict[str, Any]], path: Path) -> None:
             values = values + test_values
         axes.set_xlabel("epoch")
         axes.set_xlim(0.5, max(epochs or [1]) + 0.5)
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if 0 < len(epochs) <= 12:
+            axes.set_xticks(epochs)
+        else:
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         if key == "accuracy":
             axes.set_ylim(0, 1.02)
         else:
             axes.set_ylim(0, 1.1 * max(values or [1.0]) or 1.0)
         axes.set_title(title if len(epochs) > 1 else f"{title} (1 epoch: points; a curve needs 2)")
         axes.grid(alpha=0.3)
-        axes.legend(loc="lower right" if key == "accuracy" else "upper right")
+        axes.legend(loc="best")
     figure.tight_layout()
     figure.savefig(path)
 

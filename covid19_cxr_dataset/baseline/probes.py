@@ -269,7 +269,8 @@ def probe_result(name: str, y_true: np.ndarray, y_pred: np.ndarray, *, train_lab
         "classes": list(class_names),
         "majority_class": class_names[majority] if n else None,
         "majority_rate": rate,
-        "flag_rule": f"flagged when the interval's lower end exceeds the majority-class rate by more than {FLAG_MARGIN:.0%}",
+        "flag_rule": f"flagged when the interval's lower end exceeds the majority-class rate by more than "
+                     f"{100 * FLAG_MARGIN:.0f} percentage points",
         "flagged": flagged,
         **details,
     }

@@ -238,7 +238,7 @@ def run_baseline(
         metrics=runs[0]["metrics"], runs=runs, config=release_config.describe(), probes=probe_results,
         probes_info={"requested": list(probe_names), "image_probe_epochs": probe_epochs if image_probes else None,
                      "flag_rule": f"a probe is flagged when the lower end of its accuracy's 95% Wilson interval "
-                                  f"exceeds the majority-class rate by more than {FLAG_MARGIN:.0%}"},
+                                  f"exceeds the majority-class rate by more than {100 * FLAG_MARGIN:.0f} percentage points"},
         run_info=run_info,
     )
     path = write_run_outputs(out_dir, certificate, sources=test.sources, source_paths=test.source_paths,

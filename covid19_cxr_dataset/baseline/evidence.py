@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
+from .probes import FLAG_MARGIN
+
 CERTIFICATES_DIR = Path(__file__).resolve().parents[2] / "baseline" / "certificates"
 """``baseline/certificates`` of the checkout this module runs from (absent in an installed wheel)."""
 
@@ -36,6 +38,13 @@ def _interval(probe: dict[str, Any]) -> str:
     return f" [{_percent(interval['low'])}, {_percent(interval['high'])}]"
 
 
+def _undecided(probe: dict[str, Any]) -> bool:
+    """Not flagged, yet above the majority-class rate by more than the flag margin: too few test images to say."""
+    interval = probe.get("accuracy_interval") or {}
+    return (not probe["flagged"] and interval.get("low") is not None
+            and probe["accuracy"] - probe["majority_rate"] > FLAG_MARGIN)
+
+
 def meaning(probe: dict[str, Any], model_accuracy: float | None = None) -> str:
     """One plain sentence on what a probe's result means."""
     name = probe["probe"]
@@ -45,7 +54,14 @@ def meaning(probe: dict[str, Any], model_accuracy: float | None = None) -> str:
     share = probe.get("share_of_model_gain")
     share_text = (f"; that is {share:.0%} of the full model's gain over the majority-class rate" if share is not None
                   else "")
+    if _undecided(probe):
+        return (f"It scores {accuracy} against a majority-class rate of {rate}, but with {probe['n_test']} test images "
+                f"its interval{_interval(probe)} does not clear the rate by the flag's margin: no conclusion at "
+                "this size; run it on more test images.")
     if name in ("border", "lung"):
+        if not probe["flagged"] and model_accuracy is not None and model_accuracy - probe["majority_rate"] <= FLAG_MARGIN:
+            return (f"The full model itself scores {_percent(model_accuracy)} against a majority-class rate of {rate}, "
+                    f"so a probe trained the same way ({accuracy}) cannot show anything yet.")
         if probe["flagged"]:
             return (f"With the centre of every film blanked the model still scores {accuracy} against a majority-class "
                     f"rate of {rate}{share_text}: borders, burned-in text, markers and collimation carry the label, so "
@@ -58,12 +74,12 @@ def meaning(probe: dict[str, Any], model_accuracy: float | None = None) -> str:
                     f"(majority source: {rate}): each source has its own look, and where classes come from different "
                     "sources a model can learn the source instead of the disease.")
         return (f"Among COVID-19 films a linear model on thumbnails names the source {accuracy} of the time "
-                f"(majority source: {rate}): no strong source signature at this resolution.")
+                f"(majority source: {rate}): no source signature beyond chance at this resolution.")
     if probe["flagged"]:
         return (f"Image size, format and intensity alone predict the label {accuracy} of the time (majority-class rate "
                 f"{rate}){share_text}: the classes differ in how their files were made, a shortcut any model can take.")
     return (f"Image size, format and intensity alone predict the label {accuracy} of the time (majority-class rate "
-            f"{rate}): metadata does not give the label away.")
+            f"{rate}): metadata does not give the label away beyond chance and noise.")
 
 
 def probe_rows(certificate: dict[str, Any]) -> list[dict[str, Any]]:
@@ -118,8 +134,8 @@ def shortcut_markdown(certificate: dict[str, Any], *, heading: str = HEADING) ->
     if epochs:
         recipe_epochs = image_probes[0].get("recipe_epochs")
         notes.append(f"image probes trained {', '.join(map(str, epochs))} epoch(s) (the recipe: {recipe_epochs})"
-                     + ("; a cheap run: more epochs can only find more of a shortcut, not less"
-                        if recipe_epochs and max(epochs) < recipe_epochs else ""))
+                     + ("; a cheap run can miss a shortcut that a full-length one finds: a flag is evidence, "
+                        "no flag is weaker evidence" if recipe_epochs and max(epochs) < recipe_epochs else ""))
     if probes_info.get("flag_rule"):
         notes.append(probes_info["flag_rule"])
     if notes:

@@ -66,12 +66,14 @@ class RunClock:
         self.n_train = n_train
         self.say = say
         self.done_images = 0
-        self.training_seconds = 0.0
         self.mark = time.perf_counter()
         self.label = ""
+        self.epoch = 0
+        self.steady_rate: float | None = None  # images/s of the latest epoch that was not a first one
 
     def start(self, label: str, epochs: int) -> None:
         self.label = label
+        self.epoch = 0
         self.mark = time.perf_counter()
         if self.say:
             self.say(f"{label}: {epochs} epoch(s) of {self.n_train} training images")
@@ -79,12 +81,18 @@ class RunClock:
     def epoch_line(self, line: str) -> None:
         now = time.perf_counter()
         seconds, self.mark = now - self.mark, now
-        self.training_seconds += seconds
         self.done_images += self.n_train
+        self.epoch += 1
         rate = self.n_train / seconds if seconds > 0 else float("inf")
-        remaining = max(0, self.total_images - self.done_images) / rate  # at the latest epoch's pace
+        if self.epoch > 1:
+            self.steady_rate = rate
+        # a first epoch also builds and traces the model: later epochs' pace predicts better once known
+        pace = self.steady_rate or rate
+        remaining = max(0, self.total_images - self.done_images) / pace
+        shown = f"{rate:.1f}" if rate < 10 else f"{rate:.0f}"
+        note = " (first epoch: includes tracing)" if self.epoch == 1 and self.steady_rate is None else ""
         if self.say:
-            self.say(f"{line}  {rate:.0f} images/s  ETA {format_duration(remaining)}  [{self.label}]")
+            self.say(f"{line}  {shown} images/s  ETA {format_duration(remaining)}{note}  [{self.label}]")
 
 
 def _train_once(arrays: dict[str, Any], recipe: Recipe, *, seed: int, policy: str | None, deterministic: bool,

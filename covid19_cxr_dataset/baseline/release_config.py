@@ -19,6 +19,7 @@ from .. import CLASS_NAMES
 from ..errors import VerificationError
 from ..publish import SPLITS, shard_paths
 from ..report import REPORT_NAME, combine_digests, row_digest
+from ..report import fingerprint as release_fingerprint
 
 LEGACY_CONFIG = "paper"
 """The name a release without ``configs`` in its build report is certified under."""
@@ -89,8 +90,22 @@ def resolve_config(data_dir: Path, report: dict[str, Any], name: str | None = No
 
 
 def config_fingerprint(data_dir: Path, config: ReleaseConfig, *, workers: int | None = None) -> str:
-    """Recompute a configuration's fingerprint over its own shards, as ``report.fingerprint`` does for a release."""
+    """Recompute a configuration's fingerprint over its own shards, as ``report.fingerprint`` does for a release.
+
+    The release writer's own function decides when it can: ``report.fingerprint(data_dir)`` for a
+    release without configurations, ``report.fingerprint(data_dir, config=name)`` when it takes a
+    configuration; otherwise the same digest (``report.row_digest`` of every row, combined) over the
+    configuration's shards.
+    """
+    import inspect
+
     import pyarrow.parquet as pq
+
+    workers = workers or os.cpu_count() or 1
+    if config.shards is None:
+        return release_fingerprint(data_dir, workers=workers)
+    if "config" in inspect.signature(release_fingerprint).parameters:
+        return release_fingerprint(data_dir, workers=workers, config=config.name)
 
     def rows() -> Any:
         for split in SPLITS:
@@ -104,7 +119,6 @@ def config_fingerprint(data_dir: Path, config: ReleaseConfig, *, workers: int | 
         split, row = item
         return row_digest(split, row["source"], row["source_path"], CLASS_NAMES[row["label"]], row["image"]["bytes"])
 
-    workers = workers or os.cpu_count() or 1
     if workers <= 1:
         return combine_digests(map(digest, rows()))
     with ThreadPoolExecutor(workers) as pool:

@@ -276,6 +276,13 @@ def test_card_section_shows_a_committed_certificate_whose_fingerprint_matches(bo
     assert "baseline/certificates/0.0.0-test/tiny-test" in section and fingerprint in section
     other = evidence.card_section({"fingerprint": "0" * 64}, root)
     assert "No shortcut-probe certificate has been made yet for configuration `paper`" in other
+    both = evidence.card_section({"fingerprint": fingerprint, "configs": {
+        "paper": {"default": True, "fingerprint": fingerprint}, "curated": {"default": False, "fingerprint": "1" * 64}}},
+        root)
+    paper, curated = both.split("### Configuration `curated`")
+    assert "### Configuration `paper`" in paper and "**yes: shortcut**" in paper
+    assert "No shortcut-probe certificate has been made yet for configuration `curated`" in curated
+    assert "--config curated --probes" in curated
 
 
 # --- CLI: quick check, seeds -----------------------------------------------------------------------
@@ -366,3 +373,16 @@ def test_build_then_baseline_with_probes_through_the_cli(tmp_path):
     (root / "tiny" / "certificate.json").write_text(json.dumps(certificate), encoding="utf-8")
     section = evidence.card_section(report.read_report(tmp_path / "release"), root)
     assert "| border |" in section and "| metadata |" in section
+
+
+def test_per_image_loss_is_the_loss_keras_reports():
+    needs_tensorflow()
+    import keras
+
+    from covid19_cxr_dataset.baseline.evaluate import per_image_loss
+
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 50)
+    probs = rng.dirichlet([0.5, 0.5, 0.5], 50)
+    expected = keras.losses.CategoricalCrossentropy(label_smoothing=0.12)(np.eye(3)[y], probs)
+    assert per_image_loss(y, probs, label_smoothing=0.12).mean() == pytest.approx(float(expected), rel=1e-5)

@@ -20,7 +20,9 @@ majority-class rate (always answering the train split's most common class):
 A probe is ``flagged`` when the lower end of its accuracy's 95% Wilson interval is more than
 ``FLAG_MARGIN`` above the majority-class rate: the shortcut alone beats guessing by a margin that
 sampling noise does not explain. The blanking works on the decoded uint8 arrays (``SplitArrays``)
-before they enter the training pipeline. Everything here but the DCNN training is numpy and Pillow.
+before they enter the training pipeline: the same fraction of every decoded image, so a train image
+(at ``data.train_resize``) is blanked before its random crop, and a crop shows the box a few pixels
+off centre, as it shows the film. Everything here but the DCNN training is numpy and Pillow.
 """
 
 from __future__ import annotations

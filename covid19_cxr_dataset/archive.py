@@ -117,11 +117,32 @@ def read_member(zip_path: Path, member: str, *, max_bytes: int = 256 * 1024**2) 
             raise _corrupt(zip_path, member, exc) from None
 
 
+def check_regular_file(path: Path, option: str = "--kaggle-archive") -> Path:
+    """``path`` if it is a readable regular file (after symlinks); else an ArchiveError naming ``option``.
+
+    A device (``/dev/zero``), FIFO or socket would be hashed or read for ever; a folder is not an archive.
+    """
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise ArchiveError(f"{option} {path}: cannot read it ({exc.strerror or exc}); expected the downloaded .zip file") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a device, pipe or socket, not a regular file"
+        raise ArchiveError(
+            f"{option} {path} is {kind}; expected the dataset's .zip file as downloaded (a regular file). "
+            "Pass the path of the downloaded archive."
+        )
+    if not os.access(path, os.R_OK):
+        raise ArchiveError(f"{option} {path} is not readable by this user; fix its permissions or copy it elsewhere")
+    return path
+
+
 # ---- internals -----------------------------------------------------------------------------------
 
 
 def _open_zip(zip_path: Path) -> zipfile.ZipFile:
-    if not zip_path.is_file():
+    if not zip_path.is_file():  # is_file() is False for devices and FIFOs too: nothing is read from them
         raise ArchiveError(
             f"archive {zip_path} does not exist (or is not a file); expected the downloaded zip. Check the path "
             "given to --kaggle-archive."

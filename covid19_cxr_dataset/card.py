@@ -16,6 +16,7 @@ from .baseline.evidence import card_section as shortcut_evidence_section
 from .citation import citations
 from .manifest import Manifest
 from .records import REASONS
+from .variant import card_facts, notice_lines
 
 
 
@@ -65,9 +66,11 @@ _SPLIT_ORDER = {"train": 0, "test": 1}
 
 def card_body(manifest: Manifest, report: dict, kept: pd.DataFrame) -> str:
     counts = report["counts"]
+    where = card_facts(manifest)  # published release or not; how commands name this manifest
     lines = [
         f"# {manifest.data['title']}",
         "",
+        *notice_lines(where, counts),
         f"Release **{manifest.version}** of `{manifest.name}`, built by covid19-cxr-dataset {report['package_version']}.",
         "",
         manifest.data.get("description", "").strip(),
@@ -140,7 +143,7 @@ def card_body(manifest: Manifest, report: dict, kept: pd.DataFrame) -> str:
               f"- fingerprint (decoded pixels and labels): `{report['fingerprint']}`",
               "- verify this folder with `cxr-dataset verify <folder>`", "",
               "## Citation", "", "Please cite this release and the works it is built from "
-              "(`cxr-dataset cite --version " + manifest.version + "` prints them in BibTeX, APA or CFF):", "", "```bibtex"]
+              "(`cxr-dataset cite " + where["manifest_option"] + "` prints them in BibTeX, APA or CFF):", "", "```bibtex"]
     lines += [c.bibtex.strip() + "\n" for c in citations(manifest)]
     lines += ["```", ""]
     return "\n".join(lines)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -36,13 +39,28 @@ def _manifest(version: str | None, manifest_path: Path | None, name: str):
     from . import manifest
 
     if manifest_path is not None:
+        if version is not None:
+            raise click.UsageError("pass either --version (a bundled release) or --manifest (a folder), not both")
         return manifest.load(manifest_path)
     if version is None:
         releases = manifest.available()
         if not releases:
             raise CxrDatasetError("no manifests found; pass --manifest PATH")
-        version = [v for n, v, _ in releases if n == name][-1]
-    return manifest.load(manifest.find(version, name))
+        versions = [v for n, v, _ in releases if n == name]
+        if not versions:
+            known = ", ".join(sorted({n for n, _, _ in releases}))
+            raise CxrDatasetError(
+                f"no release named {name!r} under {manifest.manifests_root()}; known names: {known}. "
+                "Pass one of them with --name, or a manifest folder with --manifest PATH (`cxr-dataset manifests` lists them)"
+            )
+        version = versions[-1]
+    try:
+        return manifest.load(manifest.find(version, name))
+    except CxrDatasetError as error:
+        if "+" not in version:
+            raise
+        raise CxrDatasetError(f"{error} {version} is a local version: a variant lives in its own folder; pass "
+                              "--manifest DIR (the folder `cxr-dataset new-variant` wrote).") from None
 
 
 def _options(cache_dir, mirror, offline, workers, quiet, kaggle_archive=None, overwrite=False):
@@ -129,8 +147,22 @@ def build(version, manifest_path, name, cache_dir, mirror, offline, workers, qui
     manifest = _manifest(version, manifest_path, name)
     options = _options(cache_dir, mirror, offline, workers, quiet, kaggle_archive, overwrite)
     result = run_build(manifest, out, options)
-    click.echo(_summary(result))
-    click.echo(f"wrote {out}  (load it with datasets.load_dataset({str(out)!r}))")
+    # The release is in place: a Ctrl-C from here on undoes nothing, so it must not fail the command.
+    with contextlib.suppress(KeyboardInterrupt), _sigint_ignored():
+        click.echo(_summary(result))
+        click.echo(f"wrote {out}  (load it with datasets.load_dataset({str(out)!r}))")
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _summary(result: dict) -> str:
@@ -150,18 +182,26 @@ def _summary(result: dict) -> str:
 @_release_options
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write every candidate file with its source, path, label and split or exclusion reason.")
+@click.option("--check-files", is_flag=True,
+              help="Also ask the server (HEAD requests, nothing downloaded) whether every file a build would download is there.")
+@click.option("--missing-report", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --check-files: where to write the unreachable files. [default: ./<name>-<version>.missing-files.csv, "
+                   "written only when some are]")
 @_fail_cleanly
-def plan(version, manifest_path, name, cache_dir, mirror, offline, workers, quiet, json_path):
+def plan(version, manifest_path, name, cache_dir, mirror, offline, workers, quiet, json_path, check_files, missing_report):
     """Resolve a release from metadata and pinned lists alone (no image downloads).
 
     Prints the per-split, per-class and per-source counts and the exclusions by reason, and says
-    whether they match the counts the manifest expects.
+    whether they match the counts the manifest expects. With --check-files, also says which pinned
+    files the server (or --mirror) holds, and writes the list of the others for
+    `cxr-dataset new-variant --exclude-missing`. Exit code 2: the counts differ, or files are unreachable.
     """
     from . import report
     from .build import check_counts, plan as run_plan
 
     manifest = _manifest(version, manifest_path, name)
-    resolution = run_plan(manifest, _options(cache_dir, mirror, offline, workers, quiet))
+    options = _options(cache_dir, mirror, offline, workers, quiet)
+    resolution = run_plan(manifest, options)
     kept, excluded = resolution.kept, resolution.excluded
     click.echo(f"{manifest.name} {manifest.version}: {len(resolution.candidates):,} candidate files, {len(kept):,} kept")
     for split, per_class in report.count_table(kept).items():
@@ -186,8 +226,84 @@ def plan(version, manifest_path, name, cache_dir, mirror, offline, workers, quie
         ]
         json_path.write_text(json.dumps({"dataset": manifest.name, "version": manifest.version, "files": rows}, indent=1) + "\n", encoding="utf-8")
         click.echo(f"wrote {json_path} ({len(rows):,} files)")
-    if problems:
+    unreachable = _check_files(manifest, resolution, options, missing_report) if check_files else []
+    if problems or unreachable:
         sys.exit(2)
+
+
+def _check_files(manifest, resolution, options, missing_report: Path | None) -> list[dict]:
+    """plan --check-files: HEAD every file, print what is unreachable, write the missing-files report."""
+    from . import variant
+    from .build import check_files
+
+    checked, unreachable = check_files(resolution, options)
+    where = options.mirror or "raw.githubusercontent.com"
+    click.echo(f"  files: {checked - len(unreachable):,} of {checked:,} reachable on {where} (HEAD requests; nothing downloaded;"
+               " Kaggle files come from the archive and are not checked)")
+    if not unreachable:
+        return []
+    click.echo("  unreachable per source and split (split: where the file would go):")
+    for line in variant.missing_table(unreachable):
+        click.echo("  " + line)
+    target = missing_report or Path(f"{manifest.name}-{manifest.version}.missing-files.csv")
+    variant.write_missing_report(target, unreachable)
+    click.echo(f"  wrote {variant.shown_path(target)} ({len(unreachable):,} files: source, path, split, label, HTTP status, URL)")
+    click.echo(variant.missing_files_advice(manifest, target, mirror=options.mirror, cache_dir=options.cache_dir))
+    return unreachable
+
+
+@main.command("new-variant")
+@click.argument("folder", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--from", "base", required=True, metavar="VERSION|PATH",
+              help="The release to start from: a bundled version (see `cxr-dataset manifests`) or a manifest folder.")
+@click.option("--exclude-missing", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="REPORT",
+              help="A missing-files report (what a failed `build` or `plan --check-files` wrote): exclude those files.")
+@click.option("--new-version", metavar="VERSION", help="The variant's version. [default: the next <from>+local.N]")
+@click.option("--name", default="covid19-cxr", show_default=True, help="Dataset name under builder_manifests/ (with a --from version).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), envvar="COVID19_CXR_CACHE",
+              help="Download cache (the metadata tables plan reads). [default: $COVID19_CXR_CACHE or ~/.cache/covid19-cxr-dataset]")
+@click.option("--mirror", metavar="URL", help="Base URL replacing https://raw.githubusercontent.com (for the metadata tables).")
+@click.option("--offline", is_flag=True, help="Use only the cache.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@_fail_cleanly
+def new_variant(folder, base, exclude_missing, new_version, name, cache_dir, mirror, offline, quiet):
+    """Start a local variant of a release in DIR (a new manifest folder you can build and cite).
+
+    \b
+    The copy keeps the release's pins, decisions and split seed and gets:
+      - a PEP 440 local version (1.0.0+local.1), a title and notes that say it derives from the release;
+      - with --exclude-missing, the files a build could not download as exclusions
+        (decisions/exclusions.csv, reason upstream-missing, HTTP status in the note);
+      - expected counts recomputed by `plan` for the new folder.
+    Example: cxr-dataset new-variant --from 1.0.0 ./my-variant --exclude-missing ./covid19-cxr-1.0.0.missing-files.csv
+    """
+    from . import variant
+
+    source = variant.resolve_from(base, name)
+    options = _options(cache_dir, mirror, offline, None, quiet)
+    made, resolution = variant.new_variant(source, folder, exclude_missing=exclude_missing, options=options, version=new_version)
+    click.echo(f"wrote {folder}: {made.name} {made.version}, derived from {source.version}")
+    if exclude_missing is not None:
+        excluded = resolution.excluded
+        n = int(excluded["reason"].eq(variant.MISSING_REASON).sum())
+        click.echo(f"  excluded {n:,} missing file(s) (decisions/exclusions.csv, reason {variant.MISSING_REASON})")
+    for config, counts in variant.expected_by_config(made).items():
+        click.echo(f"  expected counts{f' of {config}' if config else ''} (recomputed by plan):")
+        for split_name, per_class in counts.items():
+            click.echo(f"    {split_name:5s} " + "  ".join(f"{label} {n:,}" for label, n in per_class.items())
+                       + f"  (total {sum(per_class.values()):,})")
+    published = variant.published_release(made)
+    if published is not None:
+        differences = variant.count_differences(variant.expected_counts(published), variant.expected_counts(made))
+        click.echo(f"  differs from release {published.version}: " + ("; ".join(differences) if differences else "no count differs"))
+    option = variant.manifest_option(made)
+    click.echo("Next (edit the description and release_notes in manifest.yaml first: say what this variant is for):")
+    click.echo(f"  cxr-dataset plan {option}")
+    out = folder.parent / f"{made.name}-{made.version}"
+    out = out if out.resolve() != folder.resolve() else folder.parent / f"{made.name}-{made.version}-data"
+    click.echo(f"  cxr-dataset build {option} --out {variant.shown_path(out)}"
+               " --kaggle-archive ./chest-xray-pneumonia.zip" + (f" --mirror {mirror}" if mirror else ""))
+    click.echo(f"  cxr-dataset cite {option}")
 
 
 @main.command()
@@ -385,3 +501,7 @@ def lock_kaggle(manifest_path, kaggle_archive):
     click.echo(f"recorded {recorded:,} sha256 in {loaded.file(source['files'])}")
     if missing:
         raise CxrDatasetError(f"{len(missing)} listed file(s) are not in {kaggle_archive}, e.g. {missing[0]}; is it the pinned version?")
+
+
+if __name__ == "__main__":  # python -m covid19_cxr_dataset.cli
+    main()

@@ -10,17 +10,24 @@ How a file travels
 1. Under a per-entry :mod:`filelock` lock (so that several processes may share one cache), the cached
    file, if any, is re-hashed and compared with the pins. Re-hashing costs about a second per GB and
    catches what a size/mtime check cannot (bit rot, an edit in place); a file without any hash pin is
-   compared with the hashes recorded in its sidecar when it was first verified.
+   compared with the hashes recorded in its sidecar when it was first stored (which proves only that
+   the bytes did not change in the cache: such a file is *stored*, never *verified*, and
+   :meth:`Downloader.verified_hashes` returns None for it).
 2. Otherwise the body is streamed into ``<entry>.part`` beside the entry. A connection that breaks in
    the middle of the body is resumed with ``Range: bytes=<received>-``; a ``206`` answer is accepted
    only when its ``Content-Range`` starts at that byte, and a server answering ``200`` instead restarts
    the file from its first byte. Connection failures and ``429/500/502/503/504`` answers before the
-   body starts are retried by urllib3 with exponential backoff, honouring ``Retry-After``.
+   body starts are retried by urllib3 with exponential backoff, honouring ``Retry-After``. A file
+   without a pinned size is capped at ``FileSpec.max_size`` (default ``DEFAULT_MAX_UNPINNED_BYTES``):
+   a larger announced length is refused before the body, a longer body as soon as it passes the cap.
 3. The finished ``.part`` is hashed (size, sha256 and git blob sha1 in one streaming pass) and compared
    with the pins *before* :func:`os.replace` moves it into place, so the cache never holds an unverified
    file. A mismatch deletes the ``.part`` and raises :class:`~covid19_cxr_dataset.errors.ChecksumMismatch`.
-4. A small JSON sidecar (``<cache>/.verified/<cache key>.json``) records the verified hashes; read
-   it back with :meth:`Downloader.verified_hashes` (the record table's ``sha256`` column).
+4. A small JSON sidecar (``<cache>/.verified/<cache key>.json``) records the hashes and whether a
+   pin checked them; read it back with :meth:`Downloader.verified_hashes` (pinned files only) or
+   :meth:`Downloader.stored_hashes` (any stored file; the record table's ``sha256`` column). A caller
+   that finds a cached file unusable (an unpinned "zip" that is an HTML page) calls
+   :meth:`Downloader.discard` and fetches it again.
 
 Cache layout::
 
@@ -29,10 +36,15 @@ Cache layout::
     <cache_dir>/.verified/<cache key>.json   hashes recorded when the file was verified
     <cache_dir>/.locks/<hash of key>.lock    one lock per entry
 
+A path component longer than ``MAX_NAME_BYTES`` is stored under a shortened name ending in a hash of
+the full one, so that ``.part``/``.json`` suffixes never exceed the file system's 255-byte limit.
+
 Security rules: redirects are followed only to ``https`` targets, to the origin that was asked, or to
 an ``allowed_redirect_hosts`` entry (a mirror the user named); credentials (``auth``/``headers``) are
 sent only to their own origin (``credentials_for``) and never appear in messages, logs or reprs; URLs
-in messages are passed through :func:`redact_url`.
+in messages are passed through :func:`redact_url`. No credential is ever taken from the environment:
+``~/.netrc`` entries are not sent (requests would add them to any request without ``auth``), while
+proxy and CA-bundle settings from the environment still apply.
 
 Kaggle: :func:`fetch_kaggle_archive` downloads a dataset archive through Kaggle's public API with the
 credentials found by :func:`kaggle_credentials`.
@@ -72,6 +84,10 @@ RETRY_STATUSES = (429, 500, 502, 503, 504)
 """HTTP statuses that urllib3 retries (with backoff, honouring ``Retry-After``)."""
 
 MAX_REDIRECTS = 10
+DEFAULT_MAX_UNPINNED_BYTES = 256 * 1024**2
+"""Cap on a file whose size is not pinned (the largest pinned image of release 1.0.0 is 4.2 MB)."""
+MAX_NAME_BYTES = 200
+"""Longest path component stored as is; longer ones are shortened (see the module docstring)."""
 NETWORK_CHUNK = 1 << 16
 HASH_CHUNK = 1 << 20
 USER_AGENT = f"covid19-cxr-dataset/{__version__} (+https://arxiv.org/abs/2007.09695)"
@@ -106,6 +122,8 @@ class FileSpec:
         sha256: pinned sha256 (hex), or ``""``.
         git_blob_sha1: pinned git blob id (hex), or ``""``; the hash of ``b"blob <size>\\0" + data``.
         size: pinned size in bytes, or ``-1`` when unknown.
+        max_size: when ``size`` is unknown, the most bytes accepted (``-1``: the downloader's
+            ``max_unpinned_bytes``).
 
     Hex pins are normalized to lower case. A malformed spec raises :class:`ValueError` at once, so a
     typo in a manifest fails before anything is downloaded.
@@ -116,6 +134,7 @@ class FileSpec:
     sha256: str = ""
     git_blob_sha1: str = ""
     size: int = -1
+    max_size: int = -1
 
     def __post_init__(self) -> None:
         if urlsplit(self.url).scheme not in ("http", "https"):
@@ -130,6 +149,8 @@ class FileSpec:
             object.__setattr__(self, name, value)
         if not isinstance(self.size, int) or self.size < -1:
             raise ValueError(f"FileSpec {self.cache_key!r}: size {self.size!r} is neither -1 nor a byte count")
+        if not isinstance(self.max_size, int) or self.max_size < -1:
+            raise ValueError(f"FileSpec {self.cache_key!r}: max_size {self.max_size!r} is neither -1 nor a byte count")
 
     @property
     def pinned(self) -> bool:
@@ -167,6 +188,36 @@ def hash_file(path: Path) -> FileHashes:
     if read != size:
         raise OSError(f"{path} changed size while being hashed ({size} then {read} bytes)")
     return FileHashes(size=size, sha256=sha256.hexdigest(), git_blob_sha1=blob.hexdigest())
+
+
+def check_base_url(url: str, option: str = "--mirror") -> str:
+    """``url`` without a trailing slash if it is an absolute ``http(s)://host[:port][/path]`` URL.
+
+    Raises:
+        errors.DownloadError: another scheme (``file://``, ``ftp://``), no scheme or host, a port
+            outside 1-65535, or an unparseable address; the message names ``option`` and the form expected.
+    """
+    problem = ""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port  # ValueError when out of range or not a number
+        if parts.scheme.lower() not in ("http", "https"):
+            problem = f"its scheme is {parts.scheme + '://' if parts.scheme else 'missing'}, not http:// or https://"
+        elif not parts.hostname:
+            problem = "it names no host"
+        elif port == 0:
+            problem = "port 0 is not a port"
+        elif parts.query or parts.fragment or parts.username or parts.password:
+            problem = "it carries a query, fragment or credentials"
+    except ValueError as error:
+        problem = f"it cannot be parsed ({error})"
+    if problem:
+        raise errors.DownloadError(
+            f"{option} {redact_url(url)!r} is not a usable base URL: {problem}. Expected an absolute URL such as "
+            "https://mirror.example.org/github (host and optional port 1-65535, then the same "
+            "<owner>/<repo>/<commit>/<path> layout as raw.githubusercontent.com)."
+        )
+    return url.strip().rstrip("/")
 
 
 def redact_url(url: str) -> str:
@@ -244,6 +295,23 @@ class _HTTPStatusError(errors.DownloadError):
         self.status = status
 
 
+def _file_level(exc: errors.DownloadError) -> bool:
+    """True when a failure concerns one file (the server answered: not there, forbidden, other bytes),
+    False when it concerns the server (5xx/429 after the retries): then asking for more files is futile."""
+    if isinstance(exc, errors.ChecksumMismatch):
+        return True
+    return isinstance(exc, _HTTPStatusError) and 400 <= exc.status < 500 and exc.status != 429
+
+
+def _absent_entry(spec: FileSpec, exc: errors.DownloadError) -> dict:
+    status = str(exc.status) if isinstance(exc, _HTTPStatusError) else "checksum"
+    return {"cache_key": spec.cache_key, "url": redact_url(spec.url), "status": status, "detail": str(exc)}
+
+
+def _status_words(status: str) -> str:
+    return "bytes differ from the pin" if status == "checksum" else f"HTTP {status}"
+
+
 class _Cancelled(Exception):
     """Raised inside a worker when ``fetch_all`` gave up after another file failed."""
 
@@ -274,6 +342,7 @@ class Downloader:
         headers: extra request headers (e.g. a token), only to ``credentials_for``.
         credentials_for: the origin (``"https://www.kaggle.com"``) that may receive ``auth``/``headers``;
             required when either is given.
+        max_unpinned_bytes: cap on a file whose size is not pinned (unless its spec sets ``max_size``).
 
     One :class:`requests.Session` is shared by all threads (its connection pool is sized to
     ``workers``). The object is safe to use from several threads; the cache is safe to share between
@@ -294,6 +363,7 @@ class Downloader:
         auth: tuple[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         credentials_for: str | None = None,
+        max_unpinned_bytes: int = DEFAULT_MAX_UNPINNED_BYTES,
     ):
         if workers < 1 or retries < 0 or backoff < 0 or timeout <= 0:
             raise ValueError("workers >= 1, retries >= 0, backoff >= 0 and timeout > 0 are required")
@@ -306,6 +376,7 @@ class Downloader:
         self.backoff = backoff
         self.timeout = timeout
         self.progress = progress
+        self.max_unpinned_bytes = max_unpinned_bytes
         self._allowed_origins: set[tuple[str, str, int | None]] = set()
         self._allowed_hosts: set[tuple[str, int | None]] = set()
         for entry in allowed_redirect_hosts:
@@ -338,15 +409,28 @@ class Downloader:
         """Where ``spec`` (or a cache key) lives in the cache, whether or not it is there yet."""
         key = spec.cache_key if isinstance(spec, FileSpec) else spec
         _check_cache_key(key)
-        return self.cache_dir.joinpath(*key.split("/"))
+        return self.cache_dir.joinpath(*_stored_parts(key))
 
     def verified_hashes(self, spec: FileSpec | str) -> FileHashes | None:
-        """The hashes recorded when the cached file was verified (None if it never was)."""
+        """The hashes recorded when a pin verified the cached file (None if none ever did)."""
         key = spec.cache_key if isinstance(spec, FileSpec) else spec
         record = self._read_sidecar(key)
-        if record is None:
+        if record is None or not record.get("pinned", True):
             return None
         return FileHashes(record["size"], record["sha256"], record["git_blob_sha1"])
+
+    def stored_hashes(self, spec: FileSpec | str) -> FileHashes | None:
+        """The hashes recorded when the cached file was stored, pinned or not (None if unknown)."""
+        key = spec.cache_key if isinstance(spec, FileSpec) else spec
+        record = self._read_sidecar(key)
+        return None if record is None else FileHashes(record["size"], record["sha256"], record["git_blob_sha1"])
+
+    def discard(self, spec: FileSpec) -> None:
+        """Remove ``spec``'s cached file and its record (a caller found it unusable); the next fetch
+        downloads it again."""
+        with self._entry_lock(spec, None):
+            self.path_for(spec).unlink(missing_ok=True)
+            self._sidecar_path(spec.cache_key).unlink(missing_ok=True)
 
     def fetch(self, spec: FileSpec) -> Path:
         """Return the path of a verified copy of ``spec`` in the cache, downloading it if needed.
@@ -359,7 +443,7 @@ class Downloader:
         """
         return self._fetch(spec, None, None)
 
-    def fetch_all(self, specs: list[FileSpec], desc: str = "downloading") -> dict[str, Path]:
+    def fetch_all(self, specs: list[FileSpec], desc: str = "downloading", *, keep_going: bool = False) -> dict[str, Path]:
         """Fetch every spec; return ``{cache_key: path}`` in the order of ``specs``.
 
         Downloads run on ``workers`` threads behind one progress bar (bytes). The first error stops
@@ -367,6 +451,12 @@ class Downloader:
         kept for a later resume) and is raised; files completed before stay in the cache. Offline,
         every spec is checked first and one :class:`~covid19_cxr_dataset.errors.OfflineMissing` lists
         all the missing keys.
+
+        ``keep_going``: a file the server refuses for good (a final 4xx status other than 429) or
+        serves with bytes that differ from its pins does not stop the others; once every other file
+        is fetched, one :class:`~covid19_cxr_dataset.errors.MissingUpstreamFiles` lists each such file
+        with its status. Failures that concern the server rather than a file (no answer, 5xx/429
+        after the retries, a refused redirect) still stop everything at once, as without it.
 
         A cache key listed twice must name the same file (same URL and pins), else :class:`ValueError`.
         """
@@ -391,16 +481,79 @@ class Downloader:
                     bar.update(count)
 
             results: dict[str, Path] = {}
+            absent: list[dict] = []
             pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(self.workers, len(unique)))
             try:
                 futures = {pool.submit(self._fetch, spec, cancel, advance): key for key, spec in unique.items()}
                 for future in concurrent.futures.as_completed(futures):
-                    results[futures[future]] = future.result()
+                    try:
+                        results[futures[future]] = future.result()
+                    except (_HTTPStatusError, errors.ChecksumMismatch) as exc:
+                        if not keep_going or not _file_level(exc):
+                            raise
+                        absent.append(_absent_entry(unique[futures[future]], exc))
             finally:
                 # Reached with an error (or Ctrl-C) in flight: stop the rest, wait for running workers.
                 cancel.set()
                 pool.shutdown(wait=True, cancel_futures=True)
+        if absent:
+            raise self._missing_error(sorted(absent, key=lambda entry: entry["cache_key"]), len(unique))
         return {spec.cache_key: results[spec.cache_key] for spec in specs}
+
+    def check_reachable(self, specs: list[FileSpec], desc: str = "checking files") -> dict[str, dict]:
+        """HEAD every spec's URL (same session, retries, redirect rules and credentials as a download);
+        download nothing. Returns ``{cache_key: {"url", "status", "size", "reachable", "detail"}}``:
+        ``status`` is the final HTTP status, ``size`` the announced Content-Length (or None), and
+        ``reachable`` is True for a 200 whose announced size (when both are known) matches the pin.
+
+        Raises:
+            errors.DownloadError: offline, or the server does not answer at all (no point asking it
+                about the other files); 5xx/429 answers after the retries likewise.
+        """
+        if self.offline:
+            raise errors.DownloadError(
+                "--offline: checking which files the server holds needs the network; run without --offline"
+            )
+        unique = {spec.cache_key: spec for spec in specs}
+        if not unique:
+            return {}
+        with tqdm(total=len(unique), desc=desc, unit="file", disable=not self.progress) as bar:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=min(self.workers, len(unique))) as pool:
+                answers = {}
+                for key, answer in zip(unique, pool.map(self._head, unique.values())):
+                    answers[key] = answer
+                    bar.update()
+        return {spec.cache_key: answers[spec.cache_key] for spec in specs}
+
+    def _head(self, spec: FileSpec) -> dict:
+        try:
+            response = self._open(spec.url, 0, method="HEAD")
+        except _HTTPStatusError as exc:
+            if not _file_level(exc):
+                raise
+            return {"url": redact_url(spec.url), "status": exc.status, "size": None, "reachable": False, "detail": str(exc)}
+        with response:
+            length = response.headers.get("Content-Length", "")
+            size = int(length) if length.isdigit() else None
+            status = response.status_code
+        detail = ""
+        if status != 200:
+            detail = f"HTTP {status} to a HEAD request; expected 200"
+        elif spec.size >= 0 and size is not None and size != spec.size:
+            detail = f"the server announces {size} bytes; the pin says {spec.size}"
+        return {"url": redact_url(spec.url), "status": status, "size": size, "reachable": not detail, "detail": detail}
+
+    def _missing_error(self, absent: list[dict], total: int) -> errors.MissingUpstreamFiles:
+        statuses: dict[str, int] = {}
+        for entry in absent:
+            statuses[entry["status"]] = statuses.get(entry["status"], 0) + 1
+        shown = "\n  ".join(f"{e['status']:>8}  {e['url']}" for e in absent[:20])
+        more = f"\n  ... and {len(absent) - 20} more" if len(absent) > 20 else ""
+        return errors.MissingUpstreamFiles(self._scrub(
+            f"{len(absent)} of {total} file(s) could not be downloaded ("
+            + ", ".join(f"{_status_words(status)}: {n}" for status, n in sorted(statuses.items()))
+            + f"); every other file is verified in the cache {self.cache_dir}:\n  {shown}{more}"
+        ), absent)
 
     # ---- offline ---------------------------------------------------------------------------------
 
@@ -439,7 +592,14 @@ class Downloader:
             if target.is_file() and self._cached_is_valid(spec, target):
                 return target
             raise self._offline_error([spec.cache_key])
-        with self._entry_lock(spec, cancel):
+        try:
+            held = self._entry_lock(spec, cancel)
+        except errors.DownloadError:
+            # A read-only cache: what it holds can still be used (files are swapped in atomically).
+            if target.is_file() and self._cached_is_valid(spec, target):
+                return target
+            raise
+        with held:
             if self._cached_is_valid(spec, target):
                 if on_bytes:
                     on_bytes(target.stat().st_size)
@@ -466,9 +626,16 @@ class Downloader:
             except filelock.Timeout:
                 if cancel is not None and cancel.is_set():
                     raise _Cancelled() from None
+            except OSError as exc:
+                raise errors.DownloadError(
+                    f"the cache dir {self.cache_dir} is not writable ({exc.strerror or exc}), and {spec.cache_key} "
+                    "is not complete in it. Pass --cache-dir (or set "
+                    f"{CACHE_ENV}) to a writable folder, or use --offline with a cache that holds every file."
+                ) from None
 
     def _sidecar_path(self, key: str) -> Path:
-        return self.cache_dir.joinpath(".verified", *key.split("/")).with_name(key.rsplit("/", 1)[-1] + ".json")
+        parts = _stored_parts(key)
+        return self.cache_dir.joinpath(".verified", *parts[:-1], parts[-1] + ".json")
 
     def _read_sidecar(self, key: str) -> dict | None:
         try:
@@ -492,6 +659,8 @@ class Downloader:
             "size": hashes.size,
             "sha256": hashes.sha256,
             "git_blob_sha1": hashes.git_blob_sha1,
+            # Only a pin verifies: an unpinned file is merely stored, whatever it holds.
+            "pinned": spec.pinned,
             "verified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         temporary = path.with_name(path.name + f".{os.getpid()}.{threading.get_ident()}.tmp")
@@ -517,7 +686,7 @@ class Downloader:
             log.warning("cached %s fails verification (%s); %s", target, problem,
                         "ignored offline" if self.offline else "fetching it again")
             return False
-        if sidecar is None or sidecar["sha256"] != hashes.sha256:
+        if sidecar is None or sidecar["sha256"] != hashes.sha256 or sidecar.get("pinned", True) != spec.pinned:
             try:
                 self._write_sidecar(spec, hashes)
             except OSError:
@@ -573,6 +742,7 @@ class Downloader:
         failures = 0
         responses = 0
         leftover = part.exists() and part.stat().st_size > 0
+        ceiling = self._ceiling(spec)
         while True:
             if cancel is not None and cancel.is_set():
                 raise _Cancelled()
@@ -618,9 +788,16 @@ class Downloader:
                         f"{redact_url(spec.url)}: size expected {spec.size} bytes, the server announces {total}. "
                         "Nothing entered the cache; if upstream changed the file, the manifest's pin must be reviewed."
                     ))
+                if spec.size < 0 and total is not None and total > ceiling:
+                    part.unlink(missing_ok=True)
+                    raise self._too_large(spec, f"the server announces {total} bytes")
                 received = offset
                 try:
-                    with open(part, "ab" if offset else "wb") as handle:
+                    handle = open(part, "ab" if offset else "wb")
+                except OSError as exc:
+                    raise self._write_error(spec, exc) from None
+                try:
+                    with handle:
                         for chunk in _body_chunks(response):
                             if cancel is not None and cancel.is_set():
                                 raise _Cancelled()
@@ -630,6 +807,8 @@ class Downloader:
                                     f"{redact_url(spec.url)}: size expected {spec.size} bytes, the server sent "
                                     "more. Nothing entered the cache."
                                 ))
+                            if spec.size < 0 and received > ceiling:
+                                raise self._too_large(spec, f"the body passed {ceiling} bytes")
                             try:
                                 _write_chunk(handle, chunk)
                             except OSError as exc:
@@ -658,6 +837,16 @@ class Downloader:
                 return leftover or responses > 1
             finally:
                 response.close()
+
+    def _ceiling(self, spec: FileSpec) -> int:
+        return spec.size if spec.size >= 0 else spec.max_size if spec.max_size >= 0 else self.max_unpinned_bytes
+
+    def _too_large(self, spec: FileSpec, what: str) -> errors.DownloadError:
+        return errors.DownloadError(self._scrub(
+            f"{redact_url(spec.url)}: {what}, more than the {self._ceiling(spec)}-byte cap for a file whose size is "
+            "not pinned. The transfer was stopped and nothing entered the cache; pin the file's size in the manifest "
+            "(lock file) if it really is that large, or check the URL or mirror."
+        ))
 
     def _give_up_if(self, failures: int, spec: FileSpec, part: Path, cause: str) -> None:
         if failures <= self.retries:
@@ -721,8 +910,8 @@ class Downloader:
             or (host, port) in self._allowed_hosts
         )
 
-    def _open(self, url: str, offset: int) -> requests.Response:
-        """GET ``url`` (from byte ``offset``), following allowed redirects; a 200/206/416 response."""
+    def _open(self, url: str, offset: int, method: str = "GET") -> requests.Response:
+        """GET (or HEAD) ``url`` (from byte ``offset``), following allowed redirects; a 200/206/416 response."""
         assert self._session is not None, "offline downloaders never open connections"
         current = url
         for _ in range(MAX_REDIRECTS + 1):
@@ -731,12 +920,20 @@ class Downloader:
             if self._credentials_origin is not None and _origin(current) == self._credentials_origin:
                 headers.update(self._credential_headers)
                 auth = self._auth
-            log.debug("GET %s%s", redact_url(current), f" from byte {offset}" if offset else "")
+            log.debug("%s %s%s", method, redact_url(current), f" from byte {offset}" if offset else "")
             try:
-                response = self._session.get(
-                    current, headers=headers, auth=auth, stream=True,
+                response = self._session.request(
+                    method, current, headers=headers, auth=auth or _NO_AUTH, stream=True,
                     timeout=(self.timeout, self.timeout), allow_redirects=False,
                 )
+            except (requests.exceptions.InvalidURL, ValueError) as exc:
+                if _parses(current):  # requests parses a redirect's Location even when not following it
+                    problem = f"answered with a redirect to an address that is not a valid URL ({_describe(exc)})"
+                    advice = "The server (or mirror) is misconfigured: retry later or use another mirror."
+                else:
+                    problem = f"is not a valid URL ({_describe(exc)})"
+                    advice = "Check the mirror or manifest that produced it."
+                raise errors.DownloadError(self._scrub(f"{redact_url(current)} {problem}; refusing it. {advice}")) from None
             except requests.RequestException as exc:
                 raise errors.DownloadError(self._scrub(
                     f"{redact_url(url)}: no answer after {self.retries} retries ({_describe(exc)}). Check the "
@@ -745,8 +942,15 @@ class Downloader:
             if response.is_redirect:
                 location = response.headers["Location"]
                 response.close()
-                target = urljoin(current, location)
-                if not self._redirect_allowed(target, current):
+                try:
+                    target = urljoin(current, location)
+                    allowed = self._redirect_allowed(target, current)
+                except ValueError as exc:
+                    raise errors.DownloadError(self._scrub(
+                        f"{redact_url(url)} redirects to {location[:200]!r}, which is not a valid URL ({exc}); "
+                        "refusing to follow. The server (or mirror) is misconfigured: retry later or use another mirror."
+                    )) from None
+                if not allowed:
                     raise errors.DownloadError(self._scrub(
                         f"{redact_url(url)} redirects to {redact_url(target)}, which is neither https nor an "
                         "allowed mirror host; refusing to follow. If you trust that host, pass it as the mirror "
@@ -777,6 +981,38 @@ class Downloader:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+
+class _NoNetrcAuth(requests.auth.AuthBase):
+    """Explicitly no credentials: without an ``auth``, requests would add a ``~/.netrc`` entry for the host."""
+
+    def __call__(self, request):
+        return request
+
+
+_NO_AUTH = _NoNetrcAuth()
+
+
+def _parses(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+        return bool(parts.hostname)
+    except ValueError:
+        return False
+
+
+def _stored_parts(key: str) -> list[str]:
+    """The cache key's components as stored: one longer than MAX_NAME_BYTES is cut and given a hash."""
+    parts = key.split("/")
+    for index, part in enumerate(parts):
+        if len(part.encode("utf-8")) > MAX_NAME_BYTES:
+            digest = hashlib.sha256(part.encode("utf-8")).hexdigest()[:16]
+            suffix = PurePosixPath(part).suffix
+            suffix = suffix if len(suffix.encode("utf-8")) <= 16 else ""
+            head = part.encode("utf-8")[:100].decode("utf-8", "ignore")
+            parts[index] = f"{head}~{digest}{suffix}"
+    return parts
 
 
 class _Held:
@@ -834,6 +1070,8 @@ def _mismatch(spec: FileSpec, hashes: FileHashes) -> str:
 
 KAGGLE_BASE_URL = "https://www.kaggle.com"
 KAGGLE_DATASET = "paultimothymooney/chest-xray-pneumonia"
+KAGGLE_MAX_ARCHIVE_BYTES = 8 * 1024**3
+"""Cap on a Kaggle archive whose size is not pinned (chest-xray-pneumonia's is about 2.5 GB)."""
 _KAGGLE_DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -859,10 +1097,11 @@ def kaggle_credentials(environ: Mapping[str, str] | None = None) -> KaggleCreden
     username = environ.get("KAGGLE_USERNAME", "").strip()
     key = environ.get("KAGGLE_KEY", "").strip()
     if username and key:
-        return KaggleCredentials(username, key, "environment (KAGGLE_USERNAME, KAGGLE_KEY)")
+        return _checked_credentials(username, key, "environment (KAGGLE_USERNAME, KAGGLE_KEY)")
     config_dir = environ.get("KAGGLE_CONFIG_DIR", "").strip()
     path = (Path(config_dir).expanduser() if config_dir else Path.home() / ".kaggle") / "kaggle.json"
     if path.is_file():
+        _warn_if_readable_by_others(path)
         try:
             content = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(content, dict):
@@ -877,7 +1116,7 @@ def kaggle_credentials(environ: Mapping[str, str] | None = None) -> KaggleCreden
         username = username or str(content.get("username", "")).strip()
         key = key or str(content.get("key", "")).strip()
         if username and key:
-            return KaggleCredentials(username, key, str(path))
+            return _checked_credentials(username, key, str(path))
         where = f"{path} and the environment"
     else:
         where = "the environment"
@@ -887,6 +1126,30 @@ def kaggle_credentials(environ: Mapping[str, str] | None = None) -> KaggleCreden
             f"incomplete Kaggle credentials in {where}: {absent} is missing. " + _kaggle_ways_out()
         )
     return None
+
+
+def _checked_credentials(username: str, key: str, source: str) -> KaggleCredentials:
+    """Credentials that HTTP basic auth can carry (ASCII; Kaggle names and keys always are)."""
+    for name, value in (("username", username), ("key", key)):
+        if not value.isascii() or not value.isprintable():
+            # Never quote the value: it is (or sits next to) a secret.
+            raise errors.CredentialsError(
+                f"the Kaggle {name} from {source} holds non-ASCII or control characters, which HTTP authentication "
+                "cannot carry; expected your Kaggle username and the 32-character hex API key from kaggle.json. "
+                "Check for a pasted quote or stray character. " + _kaggle_ways_out()
+            )
+    return KaggleCredentials(username, key, source)
+
+
+def _warn_if_readable_by_others(path: Path) -> None:
+    """Warn, as the Kaggle client does, when kaggle.json can be read by other users."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if os.name == "posix" and mode & 0o077:
+        log.warning("Your Kaggle API key in %s is readable by other users on this system (mode %s); to fix this, run "
+                    "'chmod 600 %s'", path, oct(mode & 0o777), path)
 
 
 def _kaggle_ways_out(dataset: str = KAGGLE_DATASET) -> str:
@@ -920,7 +1183,8 @@ def kaggle_archive_spec(
     url = kaggle_download_url(dataset, version, base_url=base_url)
     owner, slug = dataset.split("/")
     tag = f"v{int(version)}" if version is not None else "latest"
-    return FileSpec(url=url, cache_key=f"kaggle/{owner}/{slug}/{tag}/{slug}.zip", sha256=sha256, size=size)
+    return FileSpec(url=url, cache_key=f"kaggle/{owner}/{slug}/{tag}/{slug}.zip", sha256=sha256, size=size,
+                    max_size=KAGGLE_MAX_ARCHIVE_BYTES)
 
 
 def fetch_kaggle_archive(
@@ -933,6 +1197,7 @@ def fetch_kaggle_archive(
     size: int = -1,
     base_url: str = KAGGLE_BASE_URL,
     offline: bool = False,
+    discard_cached: bool = False,
     **downloader_options,
 ) -> Path:
     """Download (or find in the cache) a Kaggle dataset archive; return its verified cached path.
@@ -941,7 +1206,8 @@ def fetch_kaggle_archive(
     ``credentials`` (default: :func:`kaggle_credentials`) are sent as HTTP basic auth to ``base_url``
     only; Kaggle's redirect to its signed storage URL gets none. ``base_url`` lets tests point at a
     loopback server. Other keyword arguments go to :class:`Downloader` (``retries``, ``timeout``,
-    ``progress``, ``allowed_redirect_hosts``...).
+    ``progress``, ``allowed_redirect_hosts``...). ``discard_cached``: remove the cached copy first (the
+    caller found it unusable, e.g. not a zip) and download it again.
 
     Raises:
         errors.CredentialsError: no credentials found, or Kaggle rejected them (HTTP 401/403); the
@@ -952,6 +1218,8 @@ def fetch_kaggle_archive(
     spec = kaggle_archive_spec(dataset, version, sha256=sha256, size=size, base_url=base_url)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     progress = downloader_options.pop("progress", True)
+    if discard_cached and not offline:
+        Downloader(cache_dir, offline=True, progress=False).discard(spec)
     try:
         return Downloader(cache_dir, offline=True, progress=False).fetch(spec)
     except errors.OfflineMissing as exc:

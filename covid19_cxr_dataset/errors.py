@@ -29,6 +29,21 @@ class OfflineMissing(DownloadError):
         self.missing = missing
 
 
+class MissingUpstreamFiles(DownloadError):
+    """Pinned files the server answered for but would not give (404, 410, 403...) or gave with other bytes.
+
+    Raised once, after every other file was fetched (those stay in the cache). ``missing`` holds one
+    dict per file: ``cache_key``, ``url`` (redacted), ``status`` (the HTTP status as text, or
+    ``"checksum"`` when the bytes differ from the pin) and ``detail``. The build adds ``source``,
+    ``source_path``, ``split`` and ``label`` and writes the list to ``report_path``.
+    """
+
+    def __init__(self, message: str, missing: list[dict], report_path=None):
+        super().__init__(message)
+        self.missing = missing
+        self.report_path = report_path
+
+
 class ArchiveError(CxrDatasetError):
     """An archive is not a valid zip or holds unsafe entries."""
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from . import safe_load
 from .errors import ManifestError
 from .manifest import Manifest
 from .records import REASONS, empty_exclusions, exclude
@@ -51,7 +52,7 @@ def load_decisions(manifest: Manifest, candidates: pd.DataFrame | None = None) -
     known = set(candidates["record_id"]) if candidates is not None else None
     for kind, relative in manifest.data["filters"].get("decisions", {}).items():
         path = manifest.file(relative)
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, comment=None)
+        table = safe_load.csv_table(path, comment=None)
         missing = set(DECISION_COLUMNS[kind]) - set(table.columns)
         if missing:
             raise ManifestError(f"{path}: missing columns {sorted(missing)}; expected {','.join(DECISION_COLUMNS[kind])}")

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from .archive import check_regular_file
 from .errors import ManifestError
 from .manifest import Manifest
+from .safe_load import csv_table
 from .sources import github_records, read_kaggle_files, read_lock, read_metadata_csv
 
 
@@ -44,6 +46,7 @@ def write_github_lock(path: Path, rows: list[tuple[str, str, str]]) -> None:
 
 def record_kaggle_checksums(manifest: Manifest, source: dict, archive: Path) -> tuple[int, list[str]]:
     """Fill the sha256 column of the Kaggle file list from ``archive``; returns (recorded, missing)."""
+    check_regular_file(archive)
     files_path = manifest.file(source["files"])
     files = read_kaggle_files(files_path)
     root = source["archive_root"].strip("/")
@@ -69,7 +72,7 @@ def record_kaggle_checksums(manifest: Manifest, source: dict, archive: Path) -> 
 
 def kaggle_files_from_listing(listing: Path) -> pd.DataFrame:
     """A Kaggle file list (split,class,filename,subtype,sha256) from a public file listing."""
-    table = pd.read_csv(listing, dtype=str, keep_default_na=False)
+    table = csv_table(listing)
     if "sha256" not in table.columns:
         table["sha256"] = ""
     return table[["split", "class", "filename", "subtype", "sha256"]]

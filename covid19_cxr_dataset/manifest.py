@@ -19,6 +19,7 @@ import jsonschema
 import yaml
 
 from . import CLASS_NAMES
+from . import safe_load
 from .errors import ManifestError
 
 MANIFEST_FILE = "manifest.yaml"
@@ -294,11 +295,11 @@ def load(folder: Path | str) -> Manifest:
         folder = folder.parent
     path = folder / MANIFEST_FILE
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes()
     except FileNotFoundError:
         raise ManifestError(f"{path} does not exist; pass the folder that holds manifest.yaml") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load.yaml_load(text)  # no aliases, UTF-8 only
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

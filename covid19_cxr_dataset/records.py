@@ -69,6 +69,7 @@ REASONS = {
     "duplicate-exact": "byte-identical to a kept image",
     "duplicate-near": "same radiograph as a kept image (cropped, rescaled or re-encoded)",
     "manual-exclusion": "excluded by an explicit manifest decision",
+    "upstream-missing": "a pinned file that could not be downloaded (HTTP status in the decision's note); see new-variant",
     "undecodable": "the image cannot be decoded",
     "dicom-multiframe": "multi-frame DICOM: a release holds single radiographs",
     "dicom-undecodable": "DICOM pixel data cannot be decoded (transfer syntax named in detail)",

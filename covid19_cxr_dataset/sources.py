@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 import pandas as pd
 
+from . import safe_load
 from .errors import ManifestError
 from .manifest import Manifest
 from .records import new_record_table
@@ -37,22 +38,51 @@ KAGGLE_SUBTYPES = ("normal", "bacteria", "virus")
 def read_lock(path: Path) -> dict[str, tuple[str, int]]:
     """A GitHub lock file (``path<TAB>git_blob_sha1<TAB>size``) as {path: (blob, size or -1)}."""
     lock: dict[str, tuple[str, int]] = {}
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t")
-        header = next(reader, None)
-        if header[:2] != ["path", "git_blob_sha1"]:
-            raise ManifestError(f"{path}: expected a header 'path<TAB>git_blob_sha1<TAB>size', found {header}")
-        for number, row in enumerate(reader, start=2):
-            if len(row) < 2 or not re.fullmatch(r"[0-9a-f]{40}", row[1]):
-                raise ManifestError(f"{path}:{number}: expected a path and a 40-character git blob id, found {row}")
-            size = int(row[2]) if len(row) > 2 and row[2].isdigit() else -1
-            lock[row[0]] = (row[1], size)
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            reader = csv.reader(handle, delimiter="\t")
+            header = next(reader, None)
+            if header is None:
+                raise ManifestError(f"{path}: the lock file is empty; expected a header 'path<TAB>git_blob_sha1<TAB>size' "
+                                    "and one row per file (`cxr-dataset lock github` writes it)")
+            if header[:2] != ["path", "git_blob_sha1"]:
+                raise ManifestError(f"{path}: expected a header 'path<TAB>git_blob_sha1<TAB>size', found {header}")
+            for number, row in enumerate(reader, start=2):
+                if len(row) < 2 or not re.fullmatch(r"[0-9a-f]{40}", row[1]):
+                    raise ManifestError(f"{path}:{number}: expected a path and a 40-character git blob id, found {row}")
+                check_relative_path(row[0], f"{path}:{number}")
+                size = int(row[2]) if len(row) > 2 and row[2].isdigit() else -1
+                lock[row[0]] = (row[1], size)
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise ManifestError(f"{path}: not a UTF-8 tab-separated lock file ({error}); regenerate it with `cxr-dataset lock github`") from None
     return lock
+
+
+def check_relative_path(name: str, where: str) -> None:
+    """``name`` must be a plain relative POSIX path inside its source: no ``..``, no absolute path, no NUL.
+
+    Names in lock files and file lists become cache paths and URLs; one that climbs out would read or
+    write outside the cache.
+    """
+    parts = name.split("/")
+    if (
+        not name
+        or "\0" in name
+        or "\\" in name
+        or name.startswith("/")
+        or re.match(r"^[A-Za-z]:", name)
+        or any(part in ("", ".", "..") for part in parts)
+        or any(ord(c) < 32 for c in name)
+    ):
+        raise ManifestError(
+            f"{where}: file name {name!r} is not a plain relative path (no '..', '.', empty or absolute parts, "
+            "no backslash, NUL or control characters); fix the row or regenerate the list"
+        )
 
 
 def read_kaggle_files(path: Path) -> pd.DataFrame:
     """The Kaggle file list: ``split,class,filename,subtype[,sha256]`` (sha256 may be empty)."""
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    table = safe_load.csv_table(path)
     missing = {"split", "class", "filename", "subtype"} - set(table.columns)
     if missing:
         raise ManifestError(f"{path}: missing columns {sorted(missing)}; expected split,class,filename,subtype,sha256")
@@ -61,6 +91,12 @@ def read_kaggle_files(path: Path) -> pd.DataFrame:
     bad = table[~table["sha256"].str.fullmatch(r"([0-9a-f]{64})?")]
     if len(bad):
         raise ManifestError(f"{path}: row {bad.index[0] + 2} has a malformed sha256 {bad.iloc[0]['sha256']!r}")
+    for number, (_, row) in enumerate(table.iterrows(), start=2):
+        for column in ("split", "class", "filename"):
+            value = row[column]
+            if "/" in value:
+                raise ManifestError(f"{path}:{number}: {column} {value!r} holds a '/'; expected one folder or file name")
+            check_relative_path(value, f"{path}:{number}")
     return table
 
 
@@ -83,8 +119,23 @@ def metadata_pin(manifest: Manifest, source: dict) -> tuple[str, int]:
 
 
 def read_metadata_csv(path: Path, encoding: str) -> pd.DataFrame:
-    text = Path(path).read_bytes().decode(encoding)
-    table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    try:
+        text = Path(path).read_bytes().decode(encoding)
+    except LookupError:
+        raise ManifestError(
+            f"metadata encoding {encoding!r} (the manifest's metadata.encoding) is not a text encoding Python knows; "
+            "use e.g. utf-8 or iso-8859-1"
+        ) from None
+    except UnicodeDecodeError as error:
+        raise ManifestError(
+            f"{path}: the metadata table is not {encoding} text (byte 0x{error.object[error.start]:02x} at offset "
+            f"{error.start}); set the manifest's metadata.encoding to the file's encoding (e.g. iso-8859-1)"
+        ) from None
+    try:
+        table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error) as error:
+        raise ManifestError(f"{path}: the metadata table is not parseable CSV ({str(error).strip() or type(error).__name__}); "
+                            "the pinned file or the manifest's metadata layout is wrong") from None
     table.columns = [c.strip() for c in table.columns]
     return table.loc[:, [c for c in table.columns if c and not c.startswith("Unnamed")]]
 
@@ -200,14 +251,15 @@ def kaggle_records(manifest: Manifest, source: dict) -> pd.DataFrame:
 def dicom_records(manifest: Manifest, source: dict) -> pd.DataFrame:
     """Rows from a DICOM file list: ``path,sha256,label,patient_id[,view,license,url]``."""
     listing = manifest.file(source["files"])
-    files = pd.read_csv(listing, dtype=str, keep_default_na=False)
+    files = safe_load.csv_table(listing)
     missing = {"path", "sha256", "label", "patient_id"} - set(files.columns)
     if missing:
         raise ManifestError(f"{listing}: missing columns {sorted(missing)}; expected path,sha256,label,patient_id[,view,license,url]")
     if "base_url" not in source and "local_dir" not in source and "url" not in files.columns:
         raise ManifestError(f"{manifest.path}: source {source['name']!r} needs base_url, local_dir or a url column in {listing.name}")
     rows = []
-    for _, f in files.iterrows():
+    for number, (_, f) in enumerate(files.iterrows(), start=2):
+        check_relative_path(f.path, f"{listing}:{number}")
         url = f.get("url", "") or (f"{source['base_url'].rstrip('/')}/{quote(f.path)}" if "base_url" in source else "")
         rows.append(
             {

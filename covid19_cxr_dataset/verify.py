@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from . import CLASS_NAMES
+from . import safe_load
 from .errors import VerificationError
 from .publish import sha256_file, shard_paths
 from .report import REPORT_NAME, fingerprint
@@ -278,7 +279,7 @@ def card_header(text: str) -> dict[str, Any]:
         end = len(text) - 4
     if end < 0:
         raise ValueError("the YAML header is not closed by a '---' line")
-    header = yaml.safe_load(text[4:end + 1])
+    header = safe_load.yaml_load(text[4:end + 1])  # no aliases: a card may come from anyone
     if not isinstance(header, dict):
         raise ValueError(f"the YAML header is a {type(header).__name__}, not a mapping")
     return header

@@ -160,7 +160,8 @@ def test_count_shortfall_fails_before_downloading_images_and_writes_nothing(worl
     assert "metadata and decisions alone give test/COVID-19: expected 4, got 3" in str(error.value)
     assert {r.path.rsplit("/", 1)[-1] for r in server.requests} <= {"metadata.csv"}
     assert not (tmp_path / "out").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    # Only the (empty) output lock stays beside out: deleting a lock file would let a third build race in.
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == [".out.lock"]
 
 
 def test_existing_output_is_not_overwritten_without_asking(world, server, tmp_path):

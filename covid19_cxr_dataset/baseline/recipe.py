@@ -20,6 +20,7 @@ import jsonschema
 import yaml
 
 from .. import CLASS_NAMES
+from .. import safe_load
 from ..errors import CxrDatasetError
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "baseline" / "recipes"
@@ -336,7 +337,7 @@ def recipe_from_file(path: Path) -> Recipe:
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found; give a name from baseline/recipes/ or an existing path")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+        values = safe_load.yaml_load(path.read_bytes())  # no aliases, UTF-8 only
     except yaml.YAMLError as error:
         raise RecipeError(f"{path}: not valid YAML: {error}") from error
     return recipe_from_values(values, source=str(path))

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from . import archive, convert, filters, publish, report, sources, split, variant
+from .baseline.evidence import HEADING as EVIDENCE_HEADING, card_section
 from .card import card_inputs, render_card
 from .download import (
     KAGGLE_BASE_URL, Downloader, FileSpec, check_base_url, default_cache_dir, fetch_kaggle_archive, kaggle_archive_spec,
@@ -524,6 +525,10 @@ def write_card_and_report(resolution: Resolution, staging: Path, options: Option
     ``verify`` can regenerate it byte for byte.
     """
     build_report = make_report(resolution, staging, options, unverified=unverified)
+    # The shortcut evidence of a committed certificate whose fingerprint matches this build: stored in
+    # the report with the card's other inputs, so verify regenerates the same card later.
+    evidence = card_section(build_report).strip().removeprefix(EVIDENCE_HEADING).strip()
+    build_report["card"]["extra_sections"].append({"title": EVIDENCE_HEADING.removeprefix("## "), "markdown": evidence})
     (staging / "README.md").write_text(render_card(build_report, publish.read_row_table(staging)), encoding="utf-8")
     report.write_report(staging, build_report)
     return build_report

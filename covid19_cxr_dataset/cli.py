@@ -391,28 +391,54 @@ def plan_document(resolution) -> dict:
 @click.option("--batch-size", type=click.IntRange(1), help="Override the recipe's batch size.")
 @click.option("--image-size", type=click.IntRange(16), help="Override the recipe's input size.")
 @click.option("--seed", type=int, default=None, help="Random seed (default: the recipe package's fixed seed).")
+@click.option("--seeds", type=click.IntRange(1), default=1, show_default=True,
+              help="Train N models (seeds SEED, SEED+1, ...); the verdict weighs their spread.")
+@click.option("--config", "config", metavar="NAME",
+              help="Release configuration to certify (paper, curated). [default: the release's default]")
+@click.option("--probes", "probes_flag", is_flag=True,
+              help="Also run the shortcut probes (border-only, source, metadata) and report them.")
+@click.option("--probe", "probe_names", multiple=True, type=click.Choice(["border", "lung", "source", "metadata", "all"]),
+              help="Run only these probes (repeatable; implies --probes; 'lung' blanks a centred ellipse).")
+@click.option("--probe-epochs", type=click.IntRange(1),
+              help="Epochs of the image probes. [default: the recipe's on a GPU, at most 3 on a CPU]")
 @click.option("--mixed-precision", is_flag=True, help="float16 compute on a GPU (numbers may differ slightly).")
 @click.option("--no-verify", is_flag=True, help="Skip recomputing the release fingerprint before training.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-epoch progress.")
 @_fail_cleanly
-def baseline(data_dir, out, recipe, epochs, batch_size, image_size, seed, mixed_precision, no_verify, quiet):
+def baseline(data_dir, out, recipe, epochs, batch_size, image_size, seed, seeds, config, probes_flag, probe_names,
+             probe_epochs, mixed_precision, no_verify, quiet):
     """Certify a release: train and evaluate the paper's DCNN on it, compare with the paper.
 
+    \b
     Needs TensorFlow: pip install 'covid19-cxr-dataset[baseline]'. Uses the GPU when TensorFlow
     sees one. Writes certificate.json, certificate.md, predictions.csv and PNG plots to --out.
-    Exit code 0 when the verdict is pass, review or no-reference; 3 when it is fail.
+    --probes adds the shortcut probes (what a model learns from the border, source and metadata).
+    Exit code 0 when the verdict is pass, review, no-reference or quick-check (--epochs,
+    --batch-size or --image-size: a run that certifies nothing); 3 when it is fail.
     """
     from .baseline import DEFAULT_SEED, run_baseline
 
+    probes = list(probe_names) if probe_names else probes_flag
     certificate = run_baseline(
         data_dir, out, recipe=recipe, epochs=epochs, batch_size=batch_size, image_size=image_size,
-        seed=DEFAULT_SEED if seed is None else seed, mixed_precision=mixed_precision,
-        verify_fingerprint=not no_verify, progress=not quiet,
+        seed=DEFAULT_SEED if seed is None else seed, seeds=seeds, config=config, probes=probes,
+        probe_epochs=probe_epochs, mixed_precision=mixed_precision, verify_fingerprint=not no_verify,
+        progress=not quiet,
     )
     accuracy = certificate.get("metrics", {}).get("accuracy")
     verdict = certificate.get("verdict")
     click.echo(f"accuracy {accuracy:.4f}" if isinstance(accuracy, float) else "accuracy: see certificate.json")
-    click.echo(f"verdict: {verdict} (against the paper's figures; see certificate.md)")
+    if verdict == "quick-check":
+        click.echo("verdict: quick-check (the recipe was overridden: this run certifies nothing; see certificate.md)")
+    else:
+        click.echo(f"verdict: {verdict} (against the paper's figures; see certificate.md)")
+    for name, probe in certificate.get("probes", {}).items():
+        if probe.get("status") == "ran":
+            flag = "  SHORTCUT" if probe["flagged"] else ""
+            click.echo(f"probe {name}: accuracy {probe['accuracy']:.4f} vs majority-class rate "
+                       f"{probe['majority_rate']:.4f}{flag}")
+        else:
+            click.echo(f"probe {name}: not run ({probe.get('reason')})")
     click.echo(f"wrote {out}")
     if verdict == "fail":
         sys.exit(3)  # a release whose certificate fails must not pass a release pipeline

@@ -20,7 +20,7 @@ import yaml
 from covid19_cxr_dataset import CLASS_NAMES, report
 from covid19_cxr_dataset.baseline import PAPER_RECIPE, RecipeError, load_recipe
 from covid19_cxr_dataset.baseline import recipe as recipe_module
-from covid19_cxr_dataset.baseline.certificate import compare_with_reference
+from covid19_cxr_dataset.baseline.certificate import SINGLE_SEED_NOTE, compare_with_reference
 from covid19_cxr_dataset.baseline.evaluate import (
     bootstrap_intervals,
     confusion_matrix,
@@ -355,7 +355,7 @@ def test_certificate_has_every_field_with_sane_values(tiny_run):
     for name in ("confusion_matrix.png", "training_curves.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Verdict" in (out / "certificate.md").read_text(encoding="utf-8")
-    assert certificate["verdict_notes"] == []
+    assert certificate["verdict_notes"] == [SINGLE_SEED_NOTE]  # one seed, the recipe as written, verified
     assert len((out / "predictions.csv").read_text(encoding="utf-8").splitlines()) == 31
 
 

@@ -93,9 +93,14 @@ def verify_counts(data_dir: Path, report: dict[str, Any], arrays: dict[str, Spli
             )
 
 
-def iter_image_rows(data_dir: Path, split: str) -> Iterator[tuple[bytes, int, str, str]]:
-    """(jpeg bytes, label, source, source_path) of a split, one parquet row group in memory at a time."""
-    paths = shard_paths(Path(data_dir) / "data", split)
+def iter_image_rows(
+    data_dir: Path, split: str, shards: list[Path] | None = None
+) -> Iterator[tuple[bytes, int, str, str]]:
+    """(jpeg bytes, label, source, source_path) of a split, one parquet row group in memory at a time.
+
+    ``shards``: the split's shard files of one configuration (``release_config``); default: all of them.
+    """
+    paths = shard_paths(Path(data_dir) / "data", split) if shards is None else shards
     if not paths:
         raise VerificationError(f"{Path(data_dir) / 'data'}: no {split}-*.parquet shards; is this a release folder?")
     for path in paths:
@@ -111,7 +116,8 @@ def iter_image_rows(data_dir: Path, split: str) -> Iterator[tuple[bytes, int, st
 
 
 def decode_split(
-    data_dir: Path, split: str, *, size: int, method: str = "bilinear", antialias: bool = False
+    data_dir: Path, split: str, *, size: int, method: str = "bilinear", antialias: bool = False,
+    shards: list[Path] | None = None,
 ) -> SplitArrays:
     """Decode every image of ``split`` once into (n, size, size, 1) uint8, or (..., 3) if any is in color.
 
@@ -124,7 +130,7 @@ def decode_split(
     source_paths: list[str] = []
 
     def image_bytes() -> Iterator[bytes]:
-        for jpeg, label, source, source_path in iter_image_rows(data_dir, split):
+        for jpeg, label, source, source_path in iter_image_rows(data_dir, split, shards):
             labels.append(int(label))
             sources.append(source)
             source_paths.append(source_path)
@@ -148,12 +154,16 @@ def decode_split(
     return SplitArrays(split, images, np.asarray(labels, np.int64), tuple(sources), tuple(source_paths))
 
 
-def load_release(data_dir: Path, recipe: Any) -> dict[str, SplitArrays]:
-    """Both splits decoded: train at ``data.train_resize`` (for the random crop), test at the model input."""
+def load_release(data_dir: Path, recipe: Any, *, shards: dict[str, list[Path]] | None = None) -> dict[str, SplitArrays]:
+    """Both splits decoded: train at ``data.train_resize`` (for the random crop), test at the model input.
+
+    ``shards``: {split: shard files} of one configuration; default: every shard of the release.
+    """
     data = recipe["data"]
     sizes = {"train": data["train_resize"], "test": recipe["model"]["input_size"]}
     method, antialias = data["resize_method"], data["antialias"]
-    return {split: decode_split(data_dir, split, size=sizes[split], method=method, antialias=antialias)
+    return {split: decode_split(data_dir, split, size=sizes[split], method=method, antialias=antialias,
+                                shards=None if shards is None else shards[split])
             for split in SPLITS}
 
 

@@ -14,7 +14,11 @@ certificate's predictions.csv. Labels are class indices in ``CLASS_NAMES`` order
 - ``true_class_probability``: Table 4, the mean predicted probability of the true class per class,
   with a normal-approximation confidence interval of the mean (the paper does not say which
   interval it used).
-- ``bootstrap_intervals``: seeded percentile bootstrap intervals over test images.
+- ``bootstrap_intervals``: seeded percentile bootstrap intervals over test images (test loss and the
+  COVID-19 subset's figures included), which cannot leave [0, 1] for a ratio.
+- ``wilson_interval``: the Wilson score interval of a proportion (k of n), inside [0, 1] by construction;
+  used for confusion-matrix cells and probe accuracies.
+- ``per_image_loss``: label-smoothed categorical cross-entropy of each image, as Keras averages it.
 """
 
 from __future__ import annotations
@@ -54,6 +58,30 @@ def per_class_metrics(matrix: np.ndarray, class_names: Sequence[str] = CLASS_NAM
             "support": int(matrix[index, :].sum()),
         }
     return result
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> dict[str, float | None]:
+    """Wilson score interval of ``successes / n``; {"low": None, "high": None} when ``n`` is 0."""
+    if n <= 0:
+        return {"low": None, "high": None}
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact ends: float rounding must not leave them
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return {"low": float(low), "high": float(high)}
+
+
+def per_image_loss(y_true: Sequence[int], probs: np.ndarray, *, label_smoothing: float = 0.0) -> np.ndarray:
+    """Categorical cross-entropy of each image with smoothed one-hot targets (Keras clips p to [1e-7, 1 - 1e-7])."""
+    y_true = np.asarray(y_true, np.int64)
+    probs = np.clip(np.asarray(probs, np.float64), 1e-7, 1 - 1e-7)
+    classes = probs.shape[1]
+    target = np.eye(classes)[y_true] * (1 - label_smoothing) + label_smoothing / classes
+    # Keras normalises each row of probabilities to sum 1 before the log
+    return -(target * np.log(probs / probs.sum(axis=1, keepdims=True))).sum(axis=1)
 
 
 def _binary_counts(
@@ -130,20 +158,38 @@ def bootstrap_intervals(
     confidence: float = 0.95,
     seed: int = 0,
     threshold: float = 0.5,
+    label_smoothing: float | None = None,
 ) -> dict[str, Any]:
     """Percentile bootstrap intervals of the Keras-style accuracy, precision and recall.
 
     Test images are resampled with replacement ``resamples`` times from ``numpy.random.default_rng(seed)``.
+    With ``label_smoothing`` given, the mean per-image loss (``loss``) is bootstrapped too. The
+    COVID-19 subset's figures (``covid19_accuracy``, ``covid19_precision``, ``covid19_recall``,
+    ``covid19_loss``) are bootstrapped over that subset alone, from the same generator afterwards.
     """
     y_true = np.asarray(y_true, np.int64)
     probs = np.asarray(probs, np.float64)
+    result: dict[str, Any] = {"resamples": int(resamples), "confidence": confidence, "seed": seed}
+    if resamples <= 0 or y_true.size == 0:
+        return result
+    rng = np.random.default_rng(seed)
+    result.update(_bootstrap(y_true, probs, rng, resamples, confidence, threshold, label_smoothing))
+    subset = y_true == COVID19
+    if subset.any():
+        covid = _bootstrap(y_true[subset], probs[subset], rng, resamples, confidence, threshold, label_smoothing)
+        result.update({f"covid19_{name}": interval for name, interval in covid.items()})
+    return result
+
+
+def _bootstrap(y_true: np.ndarray, probs: np.ndarray, rng: np.random.Generator, resamples: int,
+               confidence: float, threshold: float, label_smoothing: float | None) -> dict[str, dict[str, float]]:
     n = y_true.size
-    if resamples <= 0 or n == 0:
-        return {"resamples": int(resamples), "confidence": confidence, "seed": seed}
     correct = (np.argmax(probs, axis=1) == y_true).astype(np.int64)
     true_positive, false_positive, false_negative = _binary_counts(y_true, probs, threshold)
-    rng = np.random.default_rng(seed)
+    losses = per_image_loss(y_true, probs, label_smoothing=label_smoothing) if label_smoothing is not None else None
     values: dict[str, list[np.ndarray]] = {"accuracy": [], "precision": [], "recall": []}
+    if losses is not None:
+        values["loss"] = []
     chunk = max(1, 4_000_000 // n)  # bounded memory: chunk x n indices at a time
     for start in range(0, resamples, chunk):
         index = rng.integers(0, n, size=(min(chunk, resamples - start), n))
@@ -151,8 +197,10 @@ def bootstrap_intervals(
         values["accuracy"].append(correct[index].mean(1))
         values["precision"].append(np.divide(tp, tp + fp, out=np.zeros(tp.shape), where=(tp + fp) > 0))
         values["recall"].append(np.divide(tp, tp + fn, out=np.zeros(tp.shape), where=(tp + fn) > 0))
+        if losses is not None:
+            values["loss"].append(losses[index].mean(1))
     alpha = 1 - confidence
-    result: dict[str, Any] = {"resamples": int(resamples), "confidence": confidence, "seed": seed}
+    result = {}
     for name, parts in values.items():
         low, high = np.quantile(np.concatenate(parts), [alpha / 2, 1 - alpha / 2])
         result[name] = {"low": float(low), "high": float(high)}
@@ -168,12 +216,24 @@ def evaluate_predictions(
     bootstrap_resamples: int = 2000,
     seed: int = 0,
     class_names: Sequence[str] = CLASS_NAMES,
+    label_smoothing: float | None = None,
 ) -> dict[str, Any]:
-    """Every test metric of a certificate, as plain JSON-ready values."""
+    """Every test metric of a certificate, as plain JSON-ready values.
+
+    With ``label_smoothing`` (the recipe's), the per-image losses give the COVID-19 subset's loss and
+    bootstrap intervals of the test and COVID-19 losses (Table 3's loss column; the test loss itself
+    is ``model.evaluate``'s, which is the mean of the same per-image losses).
+    """
     y_true = np.asarray(y_true, np.int64)
     probs = np.asarray(probs, np.float64)
     matrix = confusion_matrix(y_true, np.argmax(probs, axis=1), len(class_names))
     per_class = per_class_metrics(matrix, class_names)
+    covid19 = covid19_subset_metrics(y_true, probs, threshold)
+    if label_smoothing is not None:
+        losses = per_image_loss(y_true, probs, label_smoothing=label_smoothing)
+        subset = y_true == COVID19
+        covid19["loss"] = float(losses[subset].mean()) if subset.any() else None
+    row_totals = matrix.sum(axis=1)
     return {
         "n": int(y_true.size),
         **keras_style_metrics(y_true, probs, threshold),
@@ -183,11 +243,16 @@ def evaluate_predictions(
             "layout": "rows: true class, columns: predicted class",
             "classes": list(class_names),
             "counts": matrix.tolist(),
+            "row_fractions": [[float(c / row_totals[t]) if row_totals[t] else None for c in matrix[t]]
+                              for t in range(len(class_names))],
+            "row_fraction_intervals": [[wilson_interval(int(c), int(row_totals[t]), confidence) for c in matrix[t]]
+                                       for t in range(len(class_names))],
+            "interval": "Wilson score",
         },
-        "covid19": covid19_subset_metrics(y_true, probs, threshold),
+        "covid19": covid19,
         "true_class_probability": true_class_probability(y_true, probs, confidence=confidence, class_names=class_names),
         "bootstrap": bootstrap_intervals(y_true, probs, resamples=bootstrap_resamples, confidence=confidence,
-                                         seed=seed, threshold=threshold),
+                                         seed=seed, threshold=threshold, label_smoothing=label_smoothing),
         "threshold": threshold,
     }
 

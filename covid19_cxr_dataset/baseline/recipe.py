@@ -55,6 +55,34 @@ def _strict_object(properties: dict[str, Any], required: list[str] | None = None
 _POSITIVE_INT = {"type": "integer", "minimum": 1}
 _FRACTION = {"type": "number", "minimum": 0, "maximum": 1}
 _RANGE = {"type": "array", "items": {"type": "number", "minimum": 0}, "minItems": 2, "maxItems": 2}
+_NUMBER = {"type": "number", "minimum": 0}
+_CLASS_ROWS = {"type": "object", "propertyNames": {"enum": list(CLASS_NAMES)}}
+
+TABLE3_ROWS = ("train", "test", "covid19")
+TABLE3_COLUMNS = ("loss", "accuracy", "precision", "recall")
+
+PAPER_TABLES_SCHEMA: dict[str, Any] = _strict_object(
+    {
+        "table3": _strict_object({
+            "source": {"type": "string", "minLength": 1},
+            "rows": _strict_object({row: _strict_object({column: _NUMBER for column in TABLE3_COLUMNS}, required=[])
+                                    for row in TABLE3_ROWS}, required=[]),
+        }),
+        "table4": _strict_object({
+            "source": {"type": "string", "minLength": 1},
+            "rows": {**_CLASS_ROWS, "additionalProperties": _strict_object({"mean": _FRACTION, "low": _FRACTION,
+                                                                            "high": _FRACTION})},
+        }),
+        "table5": _strict_object({
+            "source": {"type": "string", "minLength": 1},
+            "rows": {**_CLASS_ROWS, "additionalProperties": {**_CLASS_ROWS, "additionalProperties": _FRACTION}},
+        }),
+    },
+    required=[],
+)
+"""The paper's Tables 3 (loss, accuracy, precision, recall of train, test and the COVID-19 test images),
+4 (mean predicted probability of the true class per class, with its 95% interval) and 5 (confusion
+matrix as row fractions: true class -> predicted class), for the certificate's side-by-side comparison."""
 
 RECIPE_SCHEMA: dict[str, Any] = _strict_object(
     {
@@ -134,6 +162,7 @@ RECIPE_SCHEMA: dict[str, Any] = _strict_object(
                     ),
                 },
                 "notes": {"type": "array", "items": {"type": "string"}},
+                "tables": PAPER_TABLES_SCHEMA,
             },
             required=["citation", "figures"],
         ),
@@ -211,6 +240,34 @@ PAPER_RECIPE: dict[str, Any] = {
             "The learning-rate stages, augmentation ranges, label smoothing, class weights and batch size are "
             "those of covid19.py in that repository.",
         ],
+        "tables": {
+            "table3": {
+                "source": "the paper's Table 3 (Metrics), as shown in the author's repository README (assets/table3.png)",
+                "rows": {
+                    "train": {"loss": 0.986, "accuracy": 0.9325, "precision": 0.9463, "recall": 0.9133},
+                    "test": {"loss": 0.5632, "accuracy": 0.873, "precision": 0.8967, "recall": 0.8446},
+                    "covid19": {"loss": 0.4304, "accuracy": 0.98, "precision": 0.9798, "recall": 0.97},
+                },
+            },
+            "table4": {
+                "source": "the paper's Table 4 (category prediction probability of the test set, 95% interval), "
+                          "as shown in the author's repository README (assets/table4.png)",
+                "rows": {
+                    "COVID-19": {"mean": 0.8445, "low": 0.8185, "high": 0.8705},
+                    "Normal": {"mean": 0.6763, "low": 0.6462, "high": 0.7063},
+                    "Pneumonia": {"mean": 0.7761, "low": 0.7541, "high": 0.7981},
+                },
+            },
+            "table5": {
+                "source": "the paper's confusion matrix of the test set (row percentages, rounded to whole percent), "
+                          "as shown in the author's repository README (assets/cm.png)",
+                "rows": {
+                    "COVID-19": {"COVID-19": 0.98, "Normal": 0.0, "Pneumonia": 0.02},
+                    "Normal": {"COVID-19": 0.04, "Normal": 0.81, "Pneumonia": 0.15},
+                    "Pneumonia": {"COVID-19": 0.01, "Normal": 0.11, "Pneumonia": 0.88},
+                },
+            },
+        },
     },
 }
 """Built-in copy of ``baseline/recipes/paper.yaml`` for installs without a checkout."""

@@ -1,18 +1,32 @@
-"""``run_baseline``: verify a release, train the recipe's DCNN on it, evaluate, write a certificate."""
+"""``run_baseline``: verify a release, train the recipe's DCNN on it (one or more seeds), run the
+shortcut probes, evaluate, write a certificate."""
 
 from __future__ import annotations
 
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
+from ..errors import CxrDatasetError
 from .certificate import build_certificate, write_run_outputs
 from .data import Pipelines, load_release, read_release_report, verify_counts
-from .data import verify_fingerprint as check_fingerprint
 from .evaluate import evaluate_predictions
 from .model import build_model_from_recipe
+from .probes import (
+    CPU_PROBE_EPOCHS,
+    FLAG_MARGIN,
+    IMAGE_PROBES,
+    blank_arrays,
+    image_probe_result,
+    metadata_probe,
+    read_probe_table,
+    resolve_probes,
+    share_of_gain,
+    source_probe,
+)
 from .recipe import Recipe, load_recipe, with_overrides
+from .release_config import resolve_config, verify_config_fingerprint
 from .train import (
     compile_model,
     configure_devices,
@@ -23,13 +37,80 @@ from .train import (
     set_determinism,
     train,
 )
-from ._backend import import_tensorflow
+from ._backend import import_keras, import_tensorflow
 
 DEFAULT_SEED = 42
+PROBE_SHAPES = {"border": "box", "lung": "ellipse"}
 
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+class RunClock:
+    """Adds images/s and an ETA for the whole run to each epoch line the training prints.
+
+    The run is planned up front (every seed's training and every image probe's, in epochs of
+    ``n_train`` images), so after the first epoch a CPU user knows whether to wait minutes or hours.
+    """
+
+    def __init__(self, planned_epochs: int, n_train: int, say: Callable[[str], None] | None):
+        self.total_images = planned_epochs * n_train
+        self.n_train = n_train
+        self.say = say
+        self.done_images = 0
+        self.mark = time.perf_counter()
+        self.label = ""
+        self.epoch = 0
+        self.steady_rate: float | None = None  # images/s of the latest epoch that was not a first one
+
+    def start(self, label: str, epochs: int) -> None:
+        self.label = label
+        self.epoch = 0
+        self.mark = time.perf_counter()
+        if self.say:
+            self.say(f"{label}: {epochs} epoch(s) of {self.n_train} training images")
+
+    def epoch_line(self, line: str) -> None:
+        now = time.perf_counter()
+        seconds, self.mark = now - self.mark, now
+        self.done_images += self.n_train
+        self.epoch += 1
+        rate = self.n_train / seconds if seconds > 0 else float("inf")
+        if self.epoch > 1:
+            self.steady_rate = rate
+        # a first epoch also builds and traces the model: later epochs' pace predicts better once known
+        pace = self.steady_rate or rate
+        remaining = max(0, self.total_images - self.done_images) / pace
+        shown = f"{rate:.1f}" if rate < 10 else f"{rate:.0f}"
+        note = " (first epoch: includes tracing)" if self.epoch == 1 and self.steady_rate is None else ""
+        if self.say:
+            self.say(f"{line}  {shown} images/s  ETA {format_duration(remaining)}{note}  [{self.label}]")
+
+
+def _train_once(arrays: dict[str, Any], recipe: Recipe, *, seed: int, policy: str | None, deterministic: bool,
+                clock: RunClock, label: str) -> dict[str, Any]:
+    """Train one model on ``arrays``; its history, test probabilities, test loss and seconds."""
+    set_determinism(seed, deterministic=deterministic)
+    pipelines = Pipelines(arrays, recipe, seed=seed)
+    model = compile_model(build_model_from_recipe(recipe, dtype_policy=policy), recipe, dtype_policy=policy)
+    clock.start(label, recipe["training"]["epochs"])
+    mark = time.perf_counter()
+    history = train(model, pipelines, recipe, progress=clock.epoch_line)
+    train_seconds = time.perf_counter() - mark
+    probs = predict(model, pipelines)
+    loss = evaluate_loss(model, pipelines)
+    run_info = dict(getattr(pipelines, "run_info", None) or {})
+    del model, pipelines
+    import_keras().backend.clear_session()  # free the previous model before the next seed or probe
+    return {"history": history, "probs": probs, "loss": loss, "train_seconds": train_seconds, "run_info": run_info}
 
 
 def run_baseline(
@@ -41,6 +122,10 @@ def run_baseline(
     batch_size: int | None = None,
     image_size: int | None = None,
     seed: int = DEFAULT_SEED,
+    seeds: int = 1,
+    config: str | None = None,
+    probes: bool | Iterable[str] | None = None,
+    probe_epochs: int | None = None,
     mixed_precision: bool = False,
     verify_fingerprint: bool = True,
     deterministic: bool = True,
@@ -49,71 +134,123 @@ def run_baseline(
     """Train and evaluate the baseline on the release in ``data_dir``; write its certificate to ``out_dir``.
 
     ``recipe`` is a name (``baseline/recipes/<name>.yaml``; ``paper`` is also built in) or a YAML
-    path; ``epochs``, ``batch_size`` and ``image_size`` override it and are recorded as overrides.
-    The release's fingerprint is recomputed first and a mismatch with build_report.json raises
-    ``errors.VerificationError`` (``verify_fingerprint=False`` skips that; the certificate says so).
-    ``deterministic`` enables TensorFlow's op determinism (process-wide), so a rerun with the same seed
-    on the same hardware gives the same numbers. ``progress``: True prints one line per stage and
-    epoch to stderr, a callable receives those lines, False is silent.
+    path; ``epochs``, ``batch_size`` and ``image_size`` override it and are recorded as overrides (the
+    verdict is then ``quick-check``). ``config`` names the release configuration (``paper``,
+    ``curated``; default: the release's default). ``seeds`` trains that many models, seeds ``seed``,
+    ``seed + 1``, ...; the verdict weighs their spread. ``probes``: True for the default shortcut
+    probes (border, source, metadata), or names from ``probes.PROBE_NAMES`` (``"all"``);
+    ``probe_epochs`` sets the image probes' epochs (default: the recipe's on a GPU,
+    ``min(3, recipe)`` on a CPU). The configuration's fingerprint is recomputed first and a mismatch
+    with build_report.json raises ``errors.VerificationError`` (``verify_fingerprint=False`` skips
+    that; the certificate says so). ``deterministic`` enables TensorFlow's op determinism
+    (process-wide). ``progress``: True prints one line per stage and epoch (with images/s and the
+    run's ETA) to stderr, a callable receives those lines, False is silent.
 
     Returns the certificate (also written as ``out_dir/certificate.json``).
     """
     started = time.perf_counter()
     say = _stderr if progress is True else (progress or None)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
+    if seeds < 1:
+        raise CxrDatasetError(f"seeds={seeds}: expected at least 1")
     resolved = with_overrides(load_recipe(recipe), epochs=epochs, batch_size=batch_size, image_size=image_size)
+    probe_names = resolve_probes(probes)
     import_tensorflow()  # fail before the long steps if the extra is missing
     configure_devices()  # before any op runs: GPU memory growth can only be set then
     timing: dict[str, float] = {}
 
     report = read_release_report(data_dir)
+    release_config = resolve_config(data_dir, report, config)
     if verify_fingerprint:
         if say:
-            say(f"verifying fingerprint of {data_dir} ...")
+            say(f"verifying fingerprint of {data_dir} (configuration {release_config.name}) ...")
         mark = time.perf_counter()
-        check_fingerprint(data_dir, report)
+        verify_config_fingerprint(data_dir, release_config)
         timing["fingerprint_seconds"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    arrays = load_release(data_dir, resolved)
-    verify_counts(data_dir, report, arrays)
+    shards = release_config.shards_by_split(data_dir)
+    arrays = load_release(data_dir, resolved, shards=shards)
+    verify_counts(data_dir, {**report, "counts": release_config.counts}, arrays)
     timing["decode_seconds"] = time.perf_counter() - mark
     if say:
         sizes = ", ".join(f"{split} {len(a)}" for split, a in arrays.items())
         say(f"decoded {sizes} images in {timing['decode_seconds']:.1f} s; recipe {resolved.name} ({resolved.source})")
 
-    set_determinism(seed, deterministic=deterministic)
     policy = mixed_precision_policy(mixed_precision)
     hardware = describe_hardware(policy)
+    recipe_epochs = resolved["training"]["epochs"]
+    image_probes = [name for name in probe_names if name in IMAGE_PROBES]
+    if probe_epochs is None:
+        probe_epochs = recipe_epochs if hardware["device"] == "GPU" else min(CPU_PROBE_EPOCHS, recipe_epochs)
+    probe_recipe = resolved if probe_epochs == recipe_epochs else with_overrides(resolved, epochs=probe_epochs)
+    clock = RunClock(seeds * recipe_epochs + len(image_probes) * probe_epochs, len(arrays["train"]), say)
     if say:
-        say(f"training on {hardware['name']} ({hardware['device']}, {hardware['dtype_policy']})")
-    pipelines = Pipelines(arrays, resolved, seed=seed)
-    model = compile_model(build_model_from_recipe(resolved, dtype_policy=policy), resolved, dtype_policy=policy)
+        say(f"training on {hardware['name']} ({hardware['device']}, {hardware['dtype_policy']}): "
+            f"{seeds} seed(s) x {recipe_epochs} epochs" +
+            (f", probes {', '.join(image_probes)} x {probe_epochs} epochs" if image_probes else ""))
 
+    evaluation = resolved["evaluation"]
+    smoothing = resolved["training"]["label_smoothing"]
+    test = arrays["test"]
+    runs, first, run_info = [], None, {}
     mark = time.perf_counter()
-    history = train(model, pipelines, resolved, progress=say)
+    for index in range(seeds):
+        run_seed = seed + index
+        trained = _train_once(arrays, resolved, seed=run_seed, policy=policy, deterministic=deterministic,
+                              clock=clock, label=f"seed {run_seed}" if seeds > 1 else "model")
+        metrics = evaluate_predictions(
+            test.labels, trained["probs"], threshold=evaluation["threshold"], confidence=evaluation["confidence"],
+            bootstrap_resamples=evaluation["bootstrap_resamples"], seed=run_seed, label_smoothing=smoothing,
+        )
+        metrics["loss"] = trained["loss"]
+        runs.append({"seed": run_seed, "metrics": metrics, "history": trained["history"]})
+        if first is None:
+            first, run_info = trained, trained["run_info"]
     timing["train_seconds"] = time.perf_counter() - mark
 
-    mark = time.perf_counter()
-    probs = predict(model, pipelines)
-    evaluation = resolved["evaluation"]
-    metrics = evaluate_predictions(
-        arrays["test"].labels, probs, threshold=evaluation["threshold"], confidence=evaluation["confidence"],
-        bootstrap_resamples=evaluation["bootstrap_resamples"], seed=seed,
-    )
-    metrics["loss"] = evaluate_loss(model, pipelines)
-    timing["evaluate_seconds"] = time.perf_counter() - mark
+    probe_results: dict[str, Any] = {}
+    if probe_names:
+        mark = time.perf_counter()
+        model_accuracy = runs[0]["metrics"]["accuracy"]
+        for name in image_probes:
+            trained = _train_once(blank_arrays(arrays, PROBE_SHAPES[name]), probe_recipe, seed=seed, policy=policy,
+                                  deterministic=deterministic, clock=clock, label=f"{name} probe")
+            probe_results[name] = image_probe_result(
+                name, PROBE_SHAPES[name], test.labels, trained["probs"], train_labels=arrays["train"].labels,
+                epochs=probe_epochs, recipe_epochs=recipe_epochs, confidence=evaluation["confidence"])
+        cheap = [name for name in probe_names if name not in IMAGE_PROBES]
+        if cheap:
+            if say:
+                say(f"reading image metadata and thumbnails for the {', '.join(cheap)} probe(s) ...")
+            tables = {split: read_probe_table(paths) for split, paths in shards.items()}
+            if "source" in cheap:
+                probe_results["source"] = source_probe(tables["train"], tables["test"],
+                                                       confidence=evaluation["confidence"])
+            if "metadata" in cheap:
+                probe_results["metadata"] = metadata_probe(tables["train"], tables["test"],
+                                                           confidence=evaluation["confidence"])
+        for name, result in probe_results.items():
+            if name != "source":
+                result["share_of_model_gain"] = share_of_gain(result, model_accuracy)
+            if say and result["status"] == "ran":
+                say(f"{name} probe: accuracy {result['accuracy']:.4f} (majority-class rate "
+                    f"{result['majority_rate']:.4f}){'  FLAGGED' if result['flagged'] else ''}")
+        timing["probes_seconds"] = time.perf_counter() - mark
     timing["total_seconds"] = time.perf_counter() - started
 
     certificate = build_certificate(
         data_dir=data_dir, report=report, fingerprint_verified=verify_fingerprint,
         counts={split: a.counts() for split, a in arrays.items()}, recipe=resolved, seed=seed,
-        deterministic=deterministic, hardware=hardware, timing=timing, history=history, metrics=metrics,
+        deterministic=deterministic, hardware=hardware, timing=timing, history=runs[0]["history"],
+        metrics=runs[0]["metrics"], runs=runs, config=release_config.describe(), probes=probe_results,
+        probes_info={"requested": list(probe_names), "image_probe_epochs": probe_epochs if image_probes else None,
+                     "flag_rule": f"a probe is flagged when the lower end of its accuracy's 95% Wilson interval "
+                                  f"exceeds the majority-class rate by more than {100 * FLAG_MARGIN:.0f} percentage points"},
+        run_info=run_info,
     )
-    test = arrays["test"]
     path = write_run_outputs(out_dir, certificate, sources=test.sources, source_paths=test.source_paths,
-                             labels=test.labels, probs=probs)
+                             labels=test.labels, probs=first["probs"])
     if say:
-        say(f"test accuracy {metrics['accuracy']:.4f}; verdict {certificate['verdict']}; certificate {path}")
+        say(f"test accuracy {runs[0]['metrics']['accuracy']:.4f}; verdict {certificate['verdict']}; certificate {path}")
     return certificate
-

@@ -8,15 +8,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .certificate import build_certificate, write_run_outputs
-from .data import Pipelines, load_release, read_release_report, verify_counts
+from .data import load_release, make_pipelines, read_release_report, verify_counts
 from .data import verify_fingerprint as check_fingerprint
 from .evaluate import evaluate_predictions
 from .model import build_model_from_recipe
 from .recipe import Recipe, load_recipe, with_overrides
 from .train import (
+    check_run_options,
     compile_model,
     configure_devices,
     describe_hardware,
+    describe_run,
     evaluate_loss,
     mixed_precision_policy,
     predict,
@@ -45,6 +47,8 @@ def run_baseline(
     verify_fingerprint: bool = True,
     deterministic: bool = True,
     progress: bool | Callable[[str], None] = True,
+    pipeline: str = "auto",
+    jit_compile: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate the baseline on the release in ``data_dir``; write its certificate to ``out_dir``.
 
@@ -54,7 +58,11 @@ def run_baseline(
     ``errors.VerificationError`` (``verify_fingerprint=False`` skips that; the certificate says so).
     ``deterministic`` enables TensorFlow's op determinism (process-wide), so a rerun with the same seed
     on the same hardware gives the same numbers. ``progress``: True prints one line per stage and
-    epoch to stderr, a callable receives those lines, False is silent.
+    epoch to stderr, a callable receives those lines, False is silent. ``pipeline``: ``resident``
+    keeps the training split on the device and augments there, ``cached`` feeds it from host
+    memory through tf.data, ``auto`` is resident on a GPU and cached on a CPU; ``jit_compile``
+    compiles the train step with XLA (needs ``deterministic=False``: XLA has no deterministic MaxPool
+    gradient). The certificate's ``run_info`` says which path, device, precision and compilation ran.
 
     Returns the certificate (also written as ``out_dir/certificate.json``).
     """
@@ -64,6 +72,7 @@ def run_baseline(
     resolved = with_overrides(load_recipe(recipe), epochs=epochs, batch_size=batch_size, image_size=image_size)
     import_tensorflow()  # fail before the long steps if the extra is missing
     configure_devices()  # before any op runs: GPU memory growth can only be set then
+    check_run_options(pipeline=pipeline, jit_compile=jit_compile, deterministic=deterministic)  # fail early
     timing: dict[str, float] = {}
 
     report = read_release_report(data_dir)
@@ -87,11 +96,12 @@ def run_baseline(
     hardware = describe_hardware(policy)
     if say:
         say(f"training on {hardware['name']} ({hardware['device']}, {hardware['dtype_policy']})")
-    pipelines = Pipelines(arrays, resolved, seed=seed)
-    model = compile_model(build_model_from_recipe(resolved, dtype_policy=policy), resolved, dtype_policy=policy)
+    pipelines = make_pipelines(arrays, resolved, seed=seed, path=pipeline)
+    model = compile_model(build_model_from_recipe(resolved, dtype_policy=policy), resolved, dtype_policy=policy,
+                          jit_compile=jit_compile or None)
 
     mark = time.perf_counter()
-    history = train(model, pipelines, resolved, progress=say)
+    history = train(model, pipelines, resolved, progress=say, jit_compile=jit_compile)
     timing["train_seconds"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -110,6 +120,8 @@ def run_baseline(
         counts={split: a.counts() for split, a in arrays.items()}, recipe=resolved, seed=seed,
         deterministic=deterministic, hardware=hardware, timing=timing, history=history, metrics=metrics,
     )
+    # which input path, device, precision and compilation ran (train.describe_run)
+    certificate["run_info"] = describe_run(model, pipelines, dtype_policy=policy, jit_compile=jit_compile)
     test = arrays["test"]
     path = write_run_outputs(out_dir, certificate, sources=test.sources, source_paths=test.source_paths,
                              labels=test.labels, probs=probs)

@@ -2,7 +2,7 @@
 # Certify the baseline on a GPU machine in one short run (issue 17), everything written under $OUT.
 #
 #   OUT=/some/folder bash benchmarks/device_certify.sh [--skip-install] [--images N] [--size PX]
-#       [--epochs N] [--bench-epochs N] [--budget S] [--python PY]
+#       [--epochs N] [--image-size PX] [--bench-epochs N] [--budget S] [--timeout-scale K] [--python PY]
 #
 # Steps, each under a hard timeout, in this order (optional ones only while the budget allows):
 #   1. install: the project (pip install -e .) and TensorFlow's GPU build. Not '.[baseline]': on
@@ -20,20 +20,24 @@
 # $OUT receives at most 8 files: log.txt, summary.json, summary.md, bench.json and the
 # certificate.json of each run as <run>-certificate.json.
 #
-# Local check with a tiny size (CPU): OUT=/tmp/out bash benchmarks/device_certify.sh --skip-install \
-#   --images 60 --size 256 --epochs 1 --bench-epochs 1 --python /work/venv/bin/python
+# --epochs and --image-size override the recipe (the certificates then say so); --timeout-scale
+# multiplies every step's timeout and the budget. Local check with a tiny size (CPU):
+#   OUT=/tmp/out bash benchmarks/device_certify.sh --skip-install --images 60 --size 256 --epochs 1 \
+#     --image-size 32 --bench-epochs 1 --timeout-scale 6 --python /work/venv/bin/python
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$REPO/device-out}"
 PY="${PYTHON:-python3}"
-SKIP_INSTALL=0 IMAGES=6354 SIZE=1024 EPOCHS="" BENCH_EPOCHS=2 BUDGET=330
+SKIP_INSTALL=0 IMAGES=6354 SIZE=1024 EPOCHS="" IMAGE_SIZE="" BENCH_EPOCHS=2 BUDGET=330 SCALE=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --skip-install) SKIP_INSTALL=1 ;;
     --images) IMAGES="$2"; shift ;;
     --size) SIZE="$2"; shift ;;
     --epochs) EPOCHS="$2"; shift ;;
+    --image-size) IMAGE_SIZE="$2"; shift ;;
+    --timeout-scale) SCALE="$2"; shift ;;
     --bench-epochs) BENCH_EPOCHS="$2"; shift ;;
     --budget) BUDGET="$2"; shift ;;
     --python) PY="$2"; shift ;;
@@ -42,6 +46,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 
+BUDGET=$((BUDGET * SCALE))
 mkdir -p "$OUT"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/device-certify-XXXXXX")"
 LOG="$OUT/log.txt"
@@ -54,7 +59,7 @@ say() { echo "[$((SECONDS - START)) s] $*" | tee -a "$LOG"; }
 
 # step NAME TIMEOUT_S COMMAND...: run with a hard timeout, output to the log, wall seconds to $WORK/NAME.wall
 step() {
-  local name="$1" limit="$2"; shift 2
+  local name="$1" limit=$(($2 * SCALE)); shift 2
   say "$name: $* (timeout ${limit} s)"
   local began=$SECONDS
   timeout --kill-after=10 "$limit" "$@" >>"$LOG" 2>&1
@@ -94,21 +99,24 @@ tail -n 1 "$LOG"
 
 step release 150 "$PY" benchmarks/synthetic_release.py "$WORK/release" --images "$IMAGES" --size "$SIZE" || exit 4
 
-EPOCH_ARGS=()
-[ -n "$EPOCHS" ] && EPOCH_ARGS=(--epochs "$EPOCHS")
+RECIPE_ARGS=()
+[ -n "$EPOCHS" ] && RECIPE_ARGS+=(--epochs "$EPOCHS")
+[ -n "$IMAGE_SIZE" ] && RECIPE_ARGS+=(--image-size "$IMAGE_SIZE")
+BENCH_ARGS=()
+[ -n "$IMAGE_SIZE" ] && BENCH_ARGS+=(--image-size "$IMAGE_SIZE")
 baseline() {  # baseline NAME TIMEOUT_S EXTRA_OPTIONS...
   local name="$1" limit="$2"; shift 2
   # the CLI's main() through -c: cli.py has no __main__ block, so `python -m covid19_cxr_dataset.cli` does nothing
   step "$name" "$limit" "$PY" -c "from covid19_cxr_dataset.cli import main; main()" baseline --data "$WORK/release" --out "$WORK/$name" \
-    "${EPOCH_ARGS[@]}" "$@"
+    "${RECIPE_ARGS[@]}" "$@"
   [ -f "$WORK/$name/certificate.json" ] && cp "$WORK/$name/certificate.json" "$OUT/$name-certificate.json"
 }
 
 baseline run1 150 --pipeline resident --jit-compile
 RUN_S=$(cat "$WORK/run1.wall")
 fits run2 "$RUN_S" && baseline run2 150 --pipeline resident --jit-compile
-fits bench 120 && step bench 180 "$PY" benchmarks/baseline_throughput.py --release "$WORK/release" \
-  --epochs "$BENCH_EPOCHS" --jit-compile --json "$OUT/bench.json"
+fits bench $((120 * SCALE)) && step bench 180 "$PY" benchmarks/baseline_throughput.py --release "$WORK/release" \
+  --epochs "$BENCH_EPOCHS" --jit-compile "${BENCH_ARGS[@]}" --json "$OUT/bench.json"
 fits mixed "$RUN_S" && baseline mixed 150 --pipeline resident --jit-compile --mixed-precision
 fits deterministic "$((RUN_S + 20))" && baseline deterministic 150 --pipeline resident
 

@@ -152,8 +152,11 @@ class ResidentTrainer:
     The step gathers and augments the batch on the device (``ResidentPipelines.training_batch``),
     turns the recipe's class weights into per-image sample weights (as ``fit(class_weight=...)``
     does) and runs ``model.train_step``. With ``jit_compile`` the whole step, augmentation
-    included, is one XLA computation (TensorFlow's op determinism does not stop it, unlike Keras's
-    own ``jit_compile``; whether XLA on a GPU is then bitwise repeatable is for a rerun to show).
+    included, is one XLA computation. That needs op determinism off (XLA has no deterministic
+    MaxPool gradient; ``check_run_options`` refuses the combination), and under XLA the stateless
+    random ops and Keras's dropout draw other numbers for the same seed than outside it: an XLA run
+    repeats itself on a CPU, but is not numerically the non-XLA run. On a GPU, a rerun shows how
+    repeatable it is (benchmarks/device_certify.sh runs it twice).
     """
 
     def __init__(self, model: Any, pipelines: ResidentPipelines, recipe: Any, *, jit_compile: bool = False):

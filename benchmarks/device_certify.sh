@@ -27,7 +27,7 @@
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-OUT="${OUT:-$REPO/device-out}"
+OUT="${OUT:-${TMPDIR:-/tmp}/device-certify-out}"
 PY="${PYTHON:-python3}"
 SKIP_INSTALL=0 IMAGES=6354 SIZE=1024 EPOCHS="" IMAGE_SIZE="" BENCH_EPOCHS=2 BUDGET=330 SCALE=1
 while [ $# -gt 0 ]; do

@@ -1,27 +1,37 @@
-"""Training and inference throughput of the baseline (paper recipe) on this machine, two input pipelines.
+"""Training throughput of the baseline (paper recipe), side by side: our input paths, the reference
+code's, and the model alone.
 
     python3 benchmarks/baseline_throughput.py [--images 300] [--size 1024] [--epochs 2]
+        [--release DIR] [--jit-compile] [--mixed-precision] [--paths resident,reference,model,cached]
+        [--json results.json]
 
-Generates a release of ``--images`` synthetic radiograph-like grayscale JPEGs of ``--size`` pixels a
-side (80% train, 20% test; tests/release_factory.py), then measures, for the paper's model:
+Uses the release in ``--release``, or generates one of ``--images`` synthetic radiograph-like
+grayscale JPEGs of ``--size`` pixels a side in the real release's class proportions
+(benchmarks/synthetic_release.py). Then, for the paper's model, on the device TensorFlow picks
+(the GPU when there is one), measures training images/s:
 
-- ``release``: the baseline's pipeline (covid19_cxr_dataset.baseline.data): read the parquet shards,
-  decode and resize every image once into a uint8 cache, then per epoch gather + augment in a
-  parallel tf.data map with prefetching;
-- ``reference``: the reference code's pipeline: JPEG files in class folders, and per epoch
-  ``list_files`` -> read + decode + augment + resize in a parallel map -> shuffle -> batch -> prefetch.
+- (a) ``resident``: this package's GPU path (``data.ResidentPipelines`` + ``train.ResidentTrainer``):
+  the decoded training split kept on the device, each batch gathered and augmented there inside
+  the train step; the host sends indices only;
+- (b) ``reference``: the reference code's pipeline: JPEG files in class folders, and per epoch
+  ``list_files`` -> read + decode + augment + resize in a parallel map -> shuffle -> batch ->
+  prefetch, fed to ``model.fit``;
+- (c) ``model``: the ceiling: the same train step on synthetic tensors already on the device (no
+  input pipeline, no augmentation);
+- ``cached``: this package's CPU path (``data.Pipelines``): decoded once into host memory, then per
+  epoch gather + augment in a tf.data map, fed to ``model.fit``.
 
-For each: the one-time decode cost (release only), the input pipeline alone (images/s it can feed,
-no model), training images/s (mean over ``--epochs`` epochs after one warm-up epoch that traces the
-step) and inference images/s (test split, after a warm-up pass). On a CPU the pipeline and the model
-share the same cores, so the pipeline-alone figures say more about feeding a GPU than the training
-figures do.
+Each figure is the mean over ``--epochs`` timed epochs after one warm-up epoch (which traces and,
+with ``--jit-compile``, XLA-compiles the step); "s/epoch" scales it to the real release's 5,614
+training images. "input only" is what the input path alone delivers (no model). The targets of
+issue 17 are printed against the figures: (a) >= 0.8 x (c), and one epoch of 5,614 images <= 1 s.
+On a CPU the pipeline and the model share the same cores and the figures are CPU figures, labelled so.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import json
 import os
 import sys
 import tempfile
@@ -32,33 +42,29 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from covid19_cxr_dataset import CLASS_NAMES  # noqa: E402
-from covid19_cxr_dataset.baseline.data import Pipelines, iter_image_rows, load_release  # noqa: E402
+from covid19_cxr_dataset.baseline.data import (  # noqa: E402
+    Pipelines, ResidentPipelines, iter_image_rows, load_release, make_augment)
 from covid19_cxr_dataset.baseline.model import build_model_from_recipe  # noqa: E402
 from covid19_cxr_dataset.baseline.recipe import load_recipe, with_overrides  # noqa: E402
-from covid19_cxr_dataset.baseline.train import compile_model, configure_devices, describe_hardware  # noqa: E402
+from covid19_cxr_dataset.baseline.train import (  # noqa: E402
+    ResidentTrainer, compile_model, configure_devices, describe_hardware, mixed_precision_policy)
+from synthetic_release import write_synthetic_release  # noqa: E402
+
+REAL_TRAIN_IMAGES = 5614
+PATHS = ("resident", "reference", "model", "cached")
 
 
-def _release_factory():
-    spec = importlib.util.spec_from_file_location("release_factory", REPO / "tests" / "release_factory.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def new_model(recipe, policy, jit_compile):
+    import keras
 
-
-def radiograph_like(label: int, split: str, index: int, size: tuple[int, int]) -> np.ndarray:
-    """Smooth chest-film-like image (two dark lung fields, bright mediastinum, mild grain): JPEGs of a
-    realistic size, unlike pure noise."""
-    width, height = size
-    rng = np.random.default_rng([label, index, 0 if split == "train" else 1])
-    yy, xx = np.mgrid[0:height, 0:width] / np.array([height, width])[:, None, None]
-    image = 170 - 60 * np.exp(-(((xx - 0.32) / 0.14) ** 2 + ((yy - 0.5) / 0.28) ** 2))
-    image -= 60 * np.exp(-(((xx - 0.68) / 0.14) ** 2 + ((yy - 0.5) / 0.28) ** 2))
-    image += 25 * label * np.exp(-(((xx - 0.5 - rng.uniform(-0.2, 0.2)) / 0.1) ** 2 + ((yy - 0.55) / 0.1) ** 2))
-    image += rng.normal(0, 4, (height, width))
-    return np.clip(image, 0, 255).astype(np.uint8)
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    return compile_model(build_model_from_recipe(recipe, dtype_policy=policy), recipe, dtype_policy=policy,
+                         jit_compile=jit_compile)
 
 
 def timed_fit(model, datasets, class_weight) -> float:
@@ -69,41 +75,75 @@ def timed_fit(model, datasets, class_weight) -> float:
     return time.perf_counter() - started
 
 
-def input_rate(make_dataset, minimum_images: int = 3000) -> float:
-    """Images/s the pipeline alone delivers: one warm-up pass (traces the map), then passes over
-    fresh epochs until at least ``minimum_images`` images went through."""
-    for _ in make_dataset(0):
+def input_rate(make_batches, epochs: int) -> float:
+    """Images/s the input path alone delivers: one warm-up pass (traces), then ``epochs`` timed passes."""
+    for _ in make_batches(0):
         pass
-    started, count, epoch = time.perf_counter(), 0, 1
-    while count < minimum_images:
-        for images, *_ in make_dataset(epoch):
+    started, count = time.perf_counter(), 0
+    for epoch in range(1, epochs + 1):
+        last = None
+        for images, *_ in make_batches(epoch):
             count += int(images.shape[0])
-        epoch += 1
+            last = images
+        if last is not None:
+            last.numpy()  # wait for the device
     return count / (time.perf_counter() - started)
 
 
-def bench_release(release: Path, recipe, epochs: int) -> dict[str, float]:
-    import keras
+def bench_resident(arrays, recipe, epochs, policy, jit_compile) -> dict[str, float]:
+    pipelines = ResidentPipelines(arrays, recipe, seed=0)
+    pipeline_rate = input_rate(pipelines.train_epoch, epochs)
+    model = new_model(recipe, policy, None)
+    trainer = ResidentTrainer(model, pipelines, recipe, jit_compile=jit_compile)
+    started = time.perf_counter()
+    trainer.fit_epoch(0)  # warm-up: traces (and compiles) the step
+    warmup = time.perf_counter() - started
+    started = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        trainer.fit_epoch(epoch)
+    seconds = time.perf_counter() - started
+    return {"input_img_s": pipeline_rate, "train_img_s": len(arrays["train"]) * epochs / seconds,
+            "warmup_epoch_s": warmup, "device": pipelines.placed_on, "storage_dtype": pipelines.storage_dtype}
+
+
+def bench_model_alone(recipe, n_train, epochs, policy, jit_compile) -> dict[str, float]:
+    """The train step on one batch of random images already on the device, as many steps as an epoch."""
+    import tensorflow as tf
+
+    model = new_model(recipe, policy, None)
+    size, batch = recipe["model"]["input_size"], recipe["training"]["batch_size"]
+    device = "/GPU:0" if tf.config.list_physical_devices("GPU") else "/CPU:0"
+    rng = np.random.default_rng(0)
+    with tf.device(device):
+        images = tf.constant(rng.random((batch, size, size, 3), dtype=np.float32))
+        onehot = tf.one_hot(tf.constant(rng.integers(0, len(CLASS_NAMES), batch)), len(CLASS_NAMES))
+        weights = tf.ones([batch])
+    step = tf.function(lambda: model.train_step((images, onehot, weights)), jit_compile=jit_compile, autograph=False)
+    steps = -(-n_train // batch)
+
+    def run_epoch():
+        for _ in range(steps):
+            logs = step()
+        float(logs["loss"])  # wait for the device
 
     started = time.perf_counter()
-    arrays = load_release(release, recipe)
-    decode = time.perf_counter() - started
-    pipelines = Pipelines(arrays, recipe, seed=0)
-    n_train, n_test = len(arrays["train"]), len(arrays["test"])
-    pipeline_rate = input_rate(lambda epoch: pipelines.train_epoch(100 + epoch))
-    model = compile_model(build_model_from_recipe(recipe), recipe)
-    weights = recipe.class_weight_by_index()
-    timed_fit(model, [pipelines.train_epoch(0)], weights)  # warm-up: traces the train step
-    train_seconds = timed_fit(model, [pipelines.train_epoch(e) for e in range(1, epochs + 1)], weights)
-    test = pipelines.test_batches(with_labels=False)
-    model.predict(test, verbose=0)
+    run_epoch()
+    warmup = time.perf_counter() - started
     started = time.perf_counter()
-    model.predict(test, verbose=0)
-    infer_seconds = time.perf_counter() - started
-    keras.backend.clear_session()
-    return {"decode_once_s": decode, "decode_once_img_s": (n_train + n_test) / decode,
-            "pipeline_img_s": pipeline_rate, "train_img_s": n_train * epochs / train_seconds,
-            "infer_img_s": n_test / infer_seconds}
+    for _ in range(epochs):
+        run_epoch()
+    return {"train_img_s": steps * batch * epochs / (time.perf_counter() - started), "warmup_epoch_s": warmup}
+
+
+def bench_cached(arrays, recipe, epochs, policy, jit_compile) -> dict[str, float]:
+    pipelines = Pipelines(arrays, recipe, seed=0)
+    pipeline_rate = input_rate(lambda epoch: pipelines.train_epoch(100 + epoch), epochs)
+    model = new_model(recipe, policy, jit_compile or None)
+    weights = recipe.class_weight_by_index()
+    warmup = timed_fit(model, [pipelines.train_epoch(0)], weights)
+    seconds = timed_fit(model, [pipelines.train_epoch(e) for e in range(1, epochs + 1)], weights)
+    return {"input_img_s": pipeline_rate, "train_img_s": len(arrays["train"]) * epochs / seconds,
+            "warmup_epoch_s": warmup, "keras_jit_compile": bool(model.jit_compile)}
 
 
 def write_jpeg_folders(release: Path, root: Path) -> None:
@@ -116,8 +156,8 @@ def write_jpeg_folders(release: Path, root: Path) -> None:
             (folder / f"{index:05d}.jpg").write_bytes(jpeg)
 
 
-def reference_datasets(root: Path, recipe, seed: int):
-    """The reference code's tf.data pipeline (per-file read + decode + augment every epoch)."""
+def reference_dataset(root: Path, recipe, seed: int):
+    """The reference code's training pipeline (per-file read + decode + augment every epoch)."""
     import tensorflow as tf
 
     size = recipe["model"]["input_size"]
@@ -125,90 +165,136 @@ def reference_datasets(root: Path, recipe, seed: int):
     aug = recipe["augmentation"]
     batch = recipe["training"]["batch_size"]
 
-    def load_image(path, train: bool):
+    def load_image(path):
         label = tf.where(tf.strings.regex_full_match(path, ".*COVID19.*"), 0,
                          tf.where(tf.strings.regex_full_match(path, ".*NORMAL.*"), 1, 2))
         image = tf.cast(tf.io.decode_jpeg(tf.io.read_file(path), channels=3), tf.float32) / 255.0
-        if train:
-            image = tf.image.random_flip_left_right(image)
-            image = tf.image.random_brightness(image, aug["brightness_max_delta"])
-            image = tf.image.random_contrast(image, *aug["contrast_range"])
-            image = tf.image.random_saturation(image, *aug["saturation_range"])
-            image = tf.image.resize(image, (resize, resize))
-            image = tf.image.random_crop(image, (size, size, 3))
-        image = tf.image.resize(image, (size, size))
+        image = tf.image.random_flip_left_right(image)
+        image = tf.image.random_brightness(image, aug["brightness_max_delta"])
+        image = tf.image.random_contrast(image, *aug["contrast_range"])
+        image = tf.image.random_saturation(image, *aug["saturation_range"])
+        image = tf.image.resize(image, (resize, resize))
+        image = tf.image.random_crop(image, (size, size, 3))
         return image, tf.one_hot(label, len(CLASS_NAMES))
 
-    train = (tf.data.Dataset.list_files(str(root / "train" / "*" / "*.jpg"), seed=seed)
-             .map(lambda p: load_image(p, True), num_parallel_calls=tf.data.AUTOTUNE)
-             .shuffle(1280, seed=seed).batch(batch).prefetch(tf.data.AUTOTUNE))
-    test = (tf.data.Dataset.list_files(str(root / "test" / "*" / "*.jpg"), shuffle=False)
-            .map(lambda p: load_image(p, False)[0], num_parallel_calls=tf.data.AUTOTUNE)
-            .batch(batch).prefetch(tf.data.AUTOTUNE))
-    return train, test
+    return (tf.data.Dataset.list_files(str(root / "train" / "*" / "*.jpg"), seed=seed)
+            .map(load_image, num_parallel_calls=tf.data.AUTOTUNE)
+            .shuffle(1280, seed=seed).batch(batch).prefetch(tf.data.AUTOTUNE))
 
 
-def bench_reference(release: Path, root: Path, recipe, epochs: int) -> dict[str, float]:
-    import keras
-
+def bench_reference(release: Path, root: Path, recipe, epochs, policy, jit_compile) -> dict[str, float]:
     write_jpeg_folders(release, root)
-    train, test = reference_datasets(root, recipe, seed=0)
+    train = reference_dataset(root, recipe, seed=0)
     n_train = sum(1 for _ in (root / "train").glob("*/*.jpg"))
-    n_test = sum(1 for _ in (root / "test").glob("*/*.jpg"))
-    pipeline_rate = input_rate(lambda epoch: train)
-    model = compile_model(build_model_from_recipe(recipe), recipe)
+    pipeline_rate = input_rate(lambda epoch: train, epochs)
+    model = new_model(recipe, policy, jit_compile or None)
     weights = recipe.class_weight_by_index()
-    timed_fit(model, [train], weights)
-    train_seconds = timed_fit(model, [train] * epochs, weights)
-    model.predict(test, verbose=0)
-    started = time.perf_counter()
-    model.predict(test, verbose=0)
-    infer_seconds = time.perf_counter() - started
-    keras.backend.clear_session()
-    return {"pipeline_img_s": pipeline_rate, "train_img_s": n_train * epochs / train_seconds,
-            "infer_img_s": n_test / infer_seconds}
+    warmup = timed_fit(model, [train], weights)
+    seconds = timed_fit(model, [train] * epochs, weights)
+    return {"input_img_s": pipeline_rate, "train_img_s": n_train * epochs / seconds, "warmup_epoch_s": warmup,
+            "keras_jit_compile": bool(model.jit_compile)}
+
+
+def augmentation_agreement(recipe) -> dict[str, float]:
+    """Max |difference| between one augmented batch computed on the host CPU, on the training device,
+    and under XLA on that device (same seed). 0.0: bitwise equal."""
+    import tensorflow as tf
+
+    resize = recipe["data"]["train_resize"]
+    images = np.random.default_rng(1).integers(0, 256, (recipe["training"]["batch_size"], resize, resize, 1),
+                                               dtype=np.uint8)
+    augment = make_augment(recipe, channels=1)
+    seed = tf.constant([7, 11], tf.int64)
+    with tf.device("/CPU:0"):
+        host = augment(tf.constant(images), seed).numpy()
+    device = "/GPU:0" if tf.config.list_physical_devices("GPU") else "/CPU:0"
+    with tf.device(device):
+        stored = tf.constant(images.astype("float16" if "GPU" in device else "uint8"))
+        plain = tf.function(augment, autograph=False)(stored, seed).numpy()
+        xla = tf.function(augment, jit_compile=True, autograph=False)(stored, seed).numpy()
+    return {"device_vs_host": float(np.abs(plain - host).max()), "xla_vs_host": float(np.abs(xla - host).max())}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--release", type=Path, help="a release folder to read (default: generate one)")
     parser.add_argument("--images", type=int, default=300, help="images in the generated release (default 300)")
     parser.add_argument("--size", type=int, default=1024, help="side of each generated JPEG in pixels (default 1024)")
-    parser.add_argument("--epochs", type=int, default=2, help="timed training epochs after the warm-up (default 2)")
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs after the warm-up (default 2)")
     parser.add_argument("--recipe", default="paper", help="recipe name or path (default paper)")
     parser.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
+    parser.add_argument("--image-size", type=int, default=None, help="override the recipe's input size")
+    parser.add_argument("--jit-compile", action="store_true", help="XLA for every path's train step")
+    parser.add_argument("--mixed-precision", action="store_true", help="mixed float16 (bfloat16 on a CPU)")
+    parser.add_argument("--paths", default=",".join(PATHS), help=f"which to measure (default {','.join(PATHS)})")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
-
-    import tensorflow as tf
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    unknown = sorted(set(paths) - set(PATHS))
+    if unknown:
+        parser.error(f"unknown --paths {unknown}; choose from {', '.join(PATHS)}")
 
     configure_devices()
-    tf.keras.utils.set_random_seed(0)
-    recipe = with_overrides(load_recipe(args.recipe), batch_size=args.batch_size)
-    per_class_train = max(1, round(args.images * 0.8 / 3))
-    per_class_test = max(1, round(args.images * 0.2 / 3))
-    hardware = describe_hardware()
+    recipe = with_overrides(load_recipe(args.recipe), batch_size=args.batch_size, image_size=args.image_size)
+    policy = mixed_precision_policy(args.mixed_precision)
+    hardware = describe_hardware(policy)
+    results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="baseline-bench-") as temp:
+        release = args.release
+        if release is None:
+            started = time.perf_counter()
+            release = Path(temp) / "release"
+            write_synthetic_release(release, images=args.images, size=args.size)
+            print(f"generated {release} in {time.perf_counter() - started:.1f} s")
         started = time.perf_counter()
-        release = _release_factory().make_release(
-            Path(temp) / "release", per_class={"train": per_class_train, "test": per_class_test},
-            size=(args.size, args.size), image_fn=radiograph_like)
-        generated = time.perf_counter() - started
-        shard_bytes = sum(p.stat().st_size for p in (release / "data").glob("*.parquet"))
-        mean_kb = shard_bytes / 1024 / (3 * (per_class_train + per_class_test))
-        print(f"device: {hardware['name']} ({hardware['device']}, {hardware['cpu_count']} CPU cores), "
-              f"TensorFlow {hardware['tensorflow']}")
-        print(f"release: {3 * per_class_train} train + {3 * per_class_test} test images, {args.size}x{args.size} "
-              f"JPEG (~{mean_kb:.0f} KB each), generated in {generated:.1f} s; recipe {recipe.name}, "
-              f"batch {recipe['training']['batch_size']}, {args.epochs} timed epochs after 1 warm-up")
-        ours = bench_release(release, recipe, args.epochs)
-        reference = bench_reference(release, Path(temp) / "jpeg", recipe, args.epochs)
+        arrays = load_release(release, recipe)
+        decode = time.perf_counter() - started
+        n_train, n_test = len(arrays["train"]), len(arrays["test"])
+        label = "GPU" if hardware["device"] == "GPU" else "CPU (these are CPU figures, not GPU ones)"
+        print(f"device: {hardware['name']} [{label}], {hardware['cpu_count']} CPU cores, TensorFlow "
+              f"{hardware['tensorflow']}; dtype {hardware['dtype_policy']}, jit_compile {args.jit_compile}")
+        print(f"release: {release} ({n_train} train + {n_test} test images), decoded once in {decode:.1f} s; "
+              f"recipe {recipe.name}, batch {recipe['training']['batch_size']}, input {recipe['model']['input_size']}, "
+              f"{args.epochs} timed epochs after 1 warm-up")
+        for path in paths:
+            started = time.perf_counter()
+            if path == "resident":
+                results[path] = bench_resident(arrays, recipe, args.epochs, policy, args.jit_compile)
+            elif path == "model":
+                results[path] = bench_model_alone(recipe, n_train, args.epochs, policy, args.jit_compile)
+            elif path == "cached":
+                results[path] = bench_cached(arrays, recipe, args.epochs, policy, args.jit_compile)
+            else:
+                results[path] = bench_reference(release, Path(temp) / "jpeg", recipe, args.epochs, policy,
+                                                args.jit_compile)
+            print(f"  measured {path} in {time.perf_counter() - started:.1f} s", flush=True)
+    agreement = augmentation_agreement(recipe)
 
-    print(f"\n{'pipeline':<34}{'input only':>14}{'train':>12}{'inference':>12}   (images/s)")
-    print(f"{'release (decode once, cached)':<34}{ours['pipeline_img_s']:>14.1f}{ours['train_img_s']:>12.1f}"
-          f"{ours['infer_img_s']:>12.1f}")
-    print(f"{'reference (per-file JPEG decode)':<34}{reference['pipeline_img_s']:>14.1f}"
-          f"{reference['train_img_s']:>12.1f}{reference['infer_img_s']:>12.1f}")
-    print(f"\nrelease pipeline one-time decode: {ours['decode_once_s']:.1f} s "
-          f"({ours['decode_once_img_s']:.1f} images/s), paid once per run instead of every epoch")
+    titles = {"resident": "(a) resident (on-device augment)", "reference": "(b) reference (per-file decode)",
+              "model": "(c) model alone (ceiling)", "cached": "    cached (host tf.data)"}
+    print(f"\n{'path':<36}{'input only':>12}{'train':>10}{'s/epoch':>10}{'warm-up s':>11}   "
+          f"(images/s; s/epoch for {REAL_TRAIN_IMAGES:,} images; {label.split(' ')[0]})")
+    for path in paths:
+        row = results[path]
+        row["epoch_s_real_size"] = REAL_TRAIN_IMAGES / row["train_img_s"]
+        feed = f"{row['input_img_s']:>12.1f}" if "input_img_s" in row else f"{'-':>12}"
+        print(f"{titles[path]:<36}{feed}{row['train_img_s']:>10.1f}{row['epoch_s_real_size']:>10.2f}"
+              f"{row['warmup_epoch_s']:>11.1f}")
+    if "resident" in results and "model" in results:
+        ratio = results["resident"]["train_img_s"] / results["model"]["train_img_s"]
+        epoch = results["resident"]["epoch_s_real_size"]
+        print(f"\ntarget (a) >= 0.8 x (c): {ratio:.2f} x -> {'met' if ratio >= 0.8 else 'not met'}")
+        print(f"target one epoch of {REAL_TRAIN_IMAGES:,} images <= 1 s: {epoch:.2f} s -> "
+              f"{'met' if epoch <= 1 else 'not met'}")
+    print(f"augmentation, one batch, max |difference|: device vs host CPU {agreement['device_vs_host']:.3g}, "
+          f"XLA vs host CPU {agreement['xla_vs_host']:.3g}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "hardware": hardware, "recipe": recipe.name, "batch_size": recipe["training"]["batch_size"],
+            "jit_compile": args.jit_compile, "dtype_policy": policy or "float32", "epochs_timed": args.epochs,
+            "release": {"path": str(release), "train": n_train, "test": n_test, "decode_once_s": decode},
+            "results": results, "augmentation_agreement": agreement,
+        }, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

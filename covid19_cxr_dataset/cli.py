@@ -404,9 +404,15 @@ def plan_document(resolution) -> dict:
 @click.option("--mixed-precision", is_flag=True, help="float16 compute on a GPU (numbers may differ slightly).")
 @click.option("--no-verify", is_flag=True, help="Skip recomputing the release fingerprint before training.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-epoch progress.")
+@click.option("--pipeline", type=click.Choice(["auto", "resident", "cached"]), default="auto", show_default=True,
+              help="resident: training images kept and augmented on the device; cached: fed from host memory "
+                   "by tf.data; auto: resident on a GPU, cached on a CPU.")
+@click.option("--jit-compile", is_flag=True,
+              help="Compile the train step with XLA (faster on a GPU). Turns TensorFlow's op determinism off "
+                   "(XLA has no deterministic MaxPool gradient): reruns may differ slightly.")
 @_fail_cleanly
 def baseline(data_dir, out, recipe, epochs, batch_size, image_size, seed, seeds, config, probes_flag, probe_names,
-             probe_epochs, mixed_precision, no_verify, quiet):
+             probe_epochs, mixed_precision, no_verify, quiet, pipeline, jit_compile):
     """Certify a release: train and evaluate the paper's DCNN on it, compare with the paper.
 
     \b
@@ -423,7 +429,7 @@ def baseline(data_dir, out, recipe, epochs, batch_size, image_size, seed, seeds,
         data_dir, out, recipe=recipe, epochs=epochs, batch_size=batch_size, image_size=image_size,
         seed=DEFAULT_SEED if seed is None else seed, seeds=seeds, config=config, probes=probes,
         probe_epochs=probe_epochs, mixed_precision=mixed_precision, verify_fingerprint=not no_verify,
-        progress=not quiet,
+        progress=not quiet, pipeline=pipeline, jit_compile=jit_compile, deterministic=not jit_compile,
     )
     accuracy = certificate.get("metrics", {}).get("accuracy")
     verdict = certificate.get("verdict")

@@ -12,6 +12,18 @@ Augmentation is done per batch (each image its own draws) with stateless random 
 ``(seed, epoch * batches_per_epoch + batch)``, and each epoch's order comes from
 ``numpy.random.default_rng([seed, epoch])``: the same seed gives the same batches whatever the
 number of parallel calls or threads.
+
+Two ways feed the training split to the model, both with these batches and seeds:
+
+- ``cached`` (``Pipelines``): the decoded split stays in host memory and a tf.data pipeline gathers
+  and augments each batch on the CPU, then Keras copies it to the device; the default on a CPU.
+- ``resident`` (``ResidentPipelines``): the decoded split is copied once to the training device as
+  one tensor, and each batch is gathered and augmented there by the same pure-TF augmentation,
+  inside the train step (``train.py``), so the host sends only a batch of indices per step. The
+  default when TensorFlow sees a GPU; selectable on a CPU too, where it runs the same code.
+
+The augmentation's stateless ops name their algorithm (Philox) instead of letting each device pick,
+so a seed draws the same numbers on a CPU, a GPU or under XLA.
 """
 
 from __future__ import annotations
@@ -25,12 +37,19 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from .. import CLASS_NAMES
-from ..errors import VerificationError
+from ..errors import CxrDatasetError, VerificationError
 from ..publish import SPLITS, shard_paths
 from ..report import REPORT_NAME, fingerprint, read_report
 from ._backend import import_tensorflow
 
 DECODE_BATCH = 64
+PIPELINE_PATHS = ("auto", "resident", "cached")
+RANDOM_ALGORITHM = "philox"
+INVERSE_255 = np.float32(1 / 255)
+"""Pixels to [0, 1] by multiplying with this, not dividing by 255: TensorFlow's graph optimizer
+turns a division by a constant into this multiplication in some graphs and not in others (eager,
+tf.function, tf.data and XLA disagreed by an ulp), so writing the multiplication keeps every path's
+batches bitwise equal."""
 
 
 @dataclass(frozen=True)
@@ -189,27 +208,36 @@ def make_augment(recipe: Any, *, channels: int = 3) -> Callable[[Any, Any], Any]
     resize = recipe["data"]["train_resize"]
 
     def uniform(shape: Any, seed: Any, low: float, high: float) -> Any:
-        return tf.random.stateless_uniform(shape, seed, minval=low, maxval=high)
+        return tf.random.stateless_uniform(shape, seed, minval=low, maxval=high, alg=RANDOM_ALGORITHM)
 
     def augment(images: Any, seed: Any) -> Any:
         count = tf.shape(images)[0]
-        seeds = tf.random.experimental.stateless_split(seed, num=6)
-        x = tf.cast(images, tf.float32) / 255.0
+        seeds = tf.random.experimental.stateless_split(seed, num=6, alg=RANDOM_ALGORITHM)
+        pixels = tf.cast(images, tf.float32)
+        x = pixels * INVERSE_255
+        # The contrast step's per-image mean, from the sum of the integer pixel values: a float32
+        # sum of integers stays exact (below 2 ** 24, i.e. up to ~256 x 256 pixels a channel) in any
+        # order, so it does not depend on how a device splits the reduction. A flip keeps the mean;
+        # a brightness delta shifts it by the delta.
+        area = int(images.shape[1]) * int(images.shape[2])
+        mean = tf.reduce_sum(pixels, axis=[1, 2], keepdims=True) * np.float32(1 / (255 * area))
         if aug["horizontal_flip"]:
             flip = uniform([count, 1, 1, 1], seeds[0], 0.0, 1.0) < 0.5
             x = tf.where(flip, tf.reverse(x, axis=[2]), x)
         if aug["brightness_max_delta"] > 0:
-            delta = aug["brightness_max_delta"]
-            x = x + uniform([count, 1, 1, 1], seeds[1], -delta, delta)
-        mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+            max_delta = aug["brightness_max_delta"]
+            delta = uniform([count, 1, 1, 1], seeds[1], -max_delta, max_delta)
+            x, mean = x + delta, mean + delta
         x = (x - mean) * uniform([count, 1, 1, 1], seeds[2], *aug["contrast_range"]) + mean
         if channels == 3:
             hue, saturation, value = tf.unstack(tf.image.rgb_to_hsv(x), axis=-1)
             factor = uniform([count, 1, 1], seeds[3], *aug["saturation_range"])
             x = tf.image.hsv_to_rgb(tf.stack([hue, tf.clip_by_value(saturation * factor, 0, 1), value], axis=-1))
         window = tf.range(size)
-        top = tf.random.stateless_uniform([count, 1], seeds[4], 0, resize - size + 1, dtype=tf.int32)
-        left = tf.random.stateless_uniform([count, 1], seeds[5], 0, resize - size + 1, dtype=tf.int32)
+        top = tf.random.stateless_uniform([count, 1], seeds[4], 0, resize - size + 1, dtype=tf.int32,
+                                          alg=RANDOM_ALGORITHM)
+        left = tf.random.stateless_uniform([count, 1], seeds[5], 0, resize - size + 1, dtype=tf.int32,
+                                           alg=RANDOM_ALGORITHM)
         x = tf.gather(x, top + window, axis=1, batch_dims=1)
         x = tf.gather(x, left + window, axis=2, batch_dims=1)
         return x if channels == 3 else tf.tile(x, [1, 1, 1, 3])
@@ -229,18 +257,28 @@ class Pipelines:
         # one copy of each split as a host tensor (tf.data runs on the CPU; a tensor on the GPU would
         # be copied back for every batch); the per-epoch datasets gather from it by index
         with tf.device("/CPU:0"):
-            self._train_images = tf.constant(self.train.images)
-            self._train_onehot = tf.one_hot(self.train.labels, len(CLASS_NAMES))
+            if self.path == "cached":
+                self._train_images = tf.constant(self.train.images)
+                self._train_onehot = tf.one_hot(self.train.labels, len(CLASS_NAMES))
             self._test_images = tf.constant(self.test.images)
             self._test_onehot = tf.one_hot(self.test.labels, len(CLASS_NAMES))
         self._augment = make_augment(recipe, channels=self.train.images.shape[-1])
 
+    path = "cached"
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return -(-len(self.train) // self.batch_size)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The training rows of 0-based ``epoch`` in their seeded order (batches are consecutive slices)."""
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.train))
+
     def train_epoch(self, epoch: int) -> Any:
         """Batches of (augmented float32 images, one-hot labels) for 0-based ``epoch``."""
         tf = import_tensorflow()
-        n = len(self.train)
-        order = np.random.default_rng([self.seed, epoch]).permutation(n)
-        batches = -(-n // self.batch_size)
+        order = self.epoch_order(epoch)
+        batches = self.batches_per_epoch
         images, onehot, augment, seed = self._train_images, self._train_onehot, self._augment, self.seed
 
         def load(batch: Any, index: Any) -> tuple[Any, Any]:
@@ -264,7 +302,111 @@ class Pipelines:
         repeat = [1, 1, 1, 3 // int(self.test.images.shape[-1])]
 
         def load(index: Any) -> Any:
-            batch = tf.tile(tf.cast(tf.gather(images, index), tf.float32) / 255.0, repeat)
+            batch = tf.tile(tf.cast(tf.gather(images, index), tf.float32) * INVERSE_255, repeat)
             return (batch, tf.gather(onehot, index)) if with_labels else batch
 
         return indices.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+
+
+# --- the training split resident on the device ----------------------------------------------------
+
+
+def resolve_pipeline_path(path: str) -> str:
+    """``cached`` or ``resident``; ``auto`` is ``resident`` when TensorFlow sees a GPU, else ``cached``."""
+    if path not in PIPELINE_PATHS:
+        raise CxrDatasetError(f"pipeline {path!r}: expected one of {', '.join(PIPELINE_PATHS)}")
+    if path != "auto":
+        return path
+    return "resident" if import_tensorflow().config.list_physical_devices("GPU") else "cached"
+
+
+def make_pipelines(arrays: dict[str, SplitArrays], recipe: Any, *, seed: int, path: str = "auto") -> "Pipelines":
+    """The pipelines of ``path`` (see ``resolve_pipeline_path``) over decoded splits."""
+    if resolve_pipeline_path(path) == "resident":
+        return ResidentPipelines(arrays, recipe, seed=seed)
+    return Pipelines(arrays, recipe, seed=seed)
+
+
+class ResidentPipelines(Pipelines):
+    """Both decoded splits copied once to the training device; each batch is gathered and augmented there.
+
+    ``training_batch`` and ``test_batch`` are pure TF ops on tensors of that device, meant to be
+    traced into the train and test steps (``train.ResidentTrainer``), so a step's only input from
+    the host is a batch of row indices and a counter. The batches, their order and their
+    augmentation seeds are those of ``Pipelines.train_epoch``: the two paths feed the same data.
+
+    Storage is uint8 on a CPU. On a GPU it is float16 (twice the bytes: ~104 MB for the paper's
+    5,614 x 96 x 96 training split): TensorFlow registers no GPU kernel that gathers uint8, so
+    outside XLA the gather would silently run on the CPU and copy the split back at every step;
+    float16 holds 0..255 exactly, so the batches are the same. ``test_batches`` (predictions and
+    the test loss after training) stays the host tf.data pipeline of ``Pipelines``.
+    """
+
+    path = "resident"
+
+    def __init__(self, arrays: dict[str, SplitArrays], recipe: Any, *, seed: int,
+                 device: str | None = None, storage_dtype: str | None = None):
+        tf = import_tensorflow()
+        super().__init__(arrays, recipe, seed=seed)
+        self.device = device or ("/GPU:0" if tf.config.list_physical_devices("GPU") else "/CPU:0")
+        self.storage_dtype = storage_dtype or ("float16" if "GPU" in self.device.upper() else "uint8")
+        classes = len(CLASS_NAMES)
+        with tf.device(self.device):
+            self._resident_images = tf.constant(self.train.images.astype(self.storage_dtype))
+            self._resident_onehot = tf.one_hot(tf.constant(self.train.labels), classes)
+            self._resident_test_images = tf.constant(self.test.images.astype(self.storage_dtype))
+            self._resident_test_onehot = tf.one_hot(tf.constant(self.test.labels), classes)
+        self._test_repeat = [1, 1, 1, 3 // int(self.test.images.shape[-1])]
+        self._batch_function: Any = None
+
+    @property
+    def placed_on(self) -> str:
+        """The device TensorFlow put the resident training split on (full device name)."""
+        return self._resident_images.device
+
+    @property
+    def resident_bytes(self) -> int:
+        return int(sum(t.shape.num_elements() * t.dtype.size for t in
+                       (self._resident_images, self._resident_onehot,
+                        self._resident_test_images, self._resident_test_onehot)))
+
+    def training_batch(self, index: Any, counter: Any) -> tuple[Any, Any]:
+        """(augmented float32 RGB images, one-hot labels) of training rows ``index``, augmentation seed
+        ``(seed, counter)`` with ``counter = epoch * batches_per_epoch + batch``. Traceable."""
+        tf = import_tensorflow()
+        seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(counter, tf.int64)])
+        images = self._augment(tf.gather(self._resident_images, index), seed)
+        return images, tf.gather(self._resident_onehot, index)
+
+    def test_batch(self, index: Any) -> tuple[Any, Any]:
+        """(float32 RGB [0, 1] images, one-hot labels) of test rows ``index``. Traceable."""
+        tf = import_tensorflow()
+        images = tf.cast(tf.gather(self._resident_test_images, index), tf.float32) * INVERSE_255
+        return tf.tile(images, self._test_repeat), tf.gather(self._resident_test_onehot, index)
+
+    def _index_batches(self, order: np.ndarray) -> list[Any]:
+        tf = import_tensorflow()
+        with tf.device(self.device):
+            return [tf.constant(order[start:start + self.batch_size].astype(np.int64))
+                    for start in range(0, len(order), self.batch_size)]
+
+    def epoch_batches(self, epoch: int) -> list[tuple[Any, Any]]:
+        """(row indices on the device, augmentation counter) of every training batch of 0-based ``epoch``."""
+        tf = import_tensorflow()
+        first = epoch * self.batches_per_epoch
+        return [(index, tf.constant(first + batch, tf.int64))
+                for batch, index in enumerate(self._index_batches(self.epoch_order(epoch)))]
+
+    def test_index_batches(self) -> list[Any]:
+        """Row indices on the device of every test batch, in row order."""
+        return self._index_batches(np.arange(len(self.test)))
+
+    def train_epoch(self, epoch: int) -> Iterator[tuple[Any, Any]]:
+        """The batches of ``epoch`` as tensors on the device, one traced call per batch (for tests and
+        the benchmark: training traces ``training_batch`` into its step instead)."""
+        tf = import_tensorflow()
+        if self._batch_function is None:
+            self._batch_function = tf.function(self.training_batch, autograph=False)
+        with tf.device(self.device):
+            for index, counter in self.epoch_batches(epoch):
+                yield self._batch_function(index, counter)

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable
 
 from ..errors import CxrDatasetError
 from .certificate import build_certificate, write_run_outputs
-from .data import Pipelines, load_release, read_release_report, verify_counts
+from .data import load_release, make_pipelines, read_release_report, verify_counts
 from .evaluate import evaluate_predictions
 from .model import build_model_from_recipe
 from .probes import (
@@ -28,9 +28,11 @@ from .probes import (
 from .recipe import Recipe, load_recipe, with_overrides
 from .release_config import resolve_config, verify_config_fingerprint
 from .train import (
+    check_run_options,
     compile_model,
     configure_devices,
     describe_hardware,
+    describe_run,
     evaluate_loss,
     mixed_precision_policy,
     predict,
@@ -96,18 +98,20 @@ class RunClock:
 
 
 def _train_once(arrays: dict[str, Any], recipe: Recipe, *, seed: int, policy: str | None, deterministic: bool,
-                clock: RunClock, label: str) -> dict[str, Any]:
-    """Train one model on ``arrays``; its history, test probabilities, test loss and seconds."""
+                clock: RunClock, label: str, pipeline: str = "auto", jit_compile: bool = False) -> dict[str, Any]:
+    """Train one model on ``arrays``; its history, test probabilities, test loss, seconds and run_info."""
     set_determinism(seed, deterministic=deterministic)
-    pipelines = Pipelines(arrays, recipe, seed=seed)
-    model = compile_model(build_model_from_recipe(recipe, dtype_policy=policy), recipe, dtype_policy=policy)
+    pipelines = make_pipelines(arrays, recipe, seed=seed, path=pipeline)
+    model = compile_model(build_model_from_recipe(recipe, dtype_policy=policy), recipe, dtype_policy=policy,
+                          jit_compile=jit_compile or None)
     clock.start(label, recipe["training"]["epochs"])
     mark = time.perf_counter()
-    history = train(model, pipelines, recipe, progress=clock.epoch_line)
+    history = train(model, pipelines, recipe, progress=clock.epoch_line, jit_compile=jit_compile)
     train_seconds = time.perf_counter() - mark
     probs = predict(model, pipelines)
     loss = evaluate_loss(model, pipelines)
-    run_info = dict(getattr(pipelines, "run_info", None) or {})
+    # which input path, device, precision and compilation ran (train.describe_run)
+    run_info = describe_run(model, pipelines, dtype_policy=policy, jit_compile=jit_compile)
     del model, pipelines
     import_keras().backend.clear_session()  # free the previous model before the next seed or probe
     return {"history": history, "probs": probs, "loss": loss, "train_seconds": train_seconds, "run_info": run_info}
@@ -130,6 +134,8 @@ def run_baseline(
     verify_fingerprint: bool = True,
     deterministic: bool = True,
     progress: bool | Callable[[str], None] = True,
+    pipeline: str = "auto",
+    jit_compile: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate the baseline on the release in ``data_dir``; write its certificate to ``out_dir``.
 
@@ -145,6 +151,11 @@ def run_baseline(
     that; the certificate says so). ``deterministic`` enables TensorFlow's op determinism
     (process-wide). ``progress``: True prints one line per stage and epoch (with images/s and the
     run's ETA) to stderr, a callable receives those lines, False is silent.
+    ``pipeline``: ``resident`` keeps the training split on the device and augments there, ``cached``
+    feeds it from host memory through tf.data, ``auto`` is resident on a GPU and cached on a CPU;
+    ``jit_compile`` compiles the train step with XLA (needs ``deterministic=False``: XLA has no
+    deterministic MaxPool gradient). The certificate's ``run_info`` says which path, device,
+    precision and compilation ran.
 
     Returns the certificate (also written as ``out_dir/certificate.json``).
     """
@@ -157,6 +168,7 @@ def run_baseline(
     probe_names = resolve_probes(probes)
     import_tensorflow()  # fail before the long steps if the extra is missing
     configure_devices()  # before any op runs: GPU memory growth can only be set then
+    check_run_options(pipeline=pipeline, jit_compile=jit_compile, deterministic=deterministic)  # fail early
     timing: dict[str, float] = {}
 
     report = read_release_report(data_dir)
@@ -198,7 +210,7 @@ def run_baseline(
     for index in range(seeds):
         run_seed = seed + index
         trained = _train_once(arrays, resolved, seed=run_seed, policy=policy, deterministic=deterministic,
-                              clock=clock, label=f"seed {run_seed}" if seeds > 1 else "model")
+                              pipeline=pipeline, jit_compile=jit_compile, clock=clock, label=f"seed {run_seed}" if seeds > 1 else "model")
         metrics = evaluate_predictions(
             test.labels, trained["probs"], threshold=evaluation["threshold"], confidence=evaluation["confidence"],
             bootstrap_resamples=evaluation["bootstrap_resamples"], seed=run_seed, label_smoothing=smoothing,

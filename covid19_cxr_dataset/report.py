@@ -41,17 +41,17 @@ def combine_digests(digests: Iterable[str]) -> str:
 def fingerprint(out_dir: Path, *, workers: int = 1, config: str | None = None) -> str:
     """Recompute a release's fingerprint from its shards: every shard folder (the default
     configuration), or the shards ``build_report.json`` lists for ``config``."""
-    digests = shard_digests(out_dir, workers=workers)
-    if config is not None:
-        from .publish import config_shard_paths
+    if config is None:
+        return combine_digests(d for rows in shard_digests(out_dir, workers=workers).values() for d in rows)
+    from .publish import config_shard_paths
 
-        wanted = {p.relative_to(Path(out_dir)).as_posix() for p in config_shard_paths(out_dir, config)}
-        digests = {shard: rows for shard, rows in digests.items() if shard in wanted}
-    return combine_digests(d for rows in digests.values() for d in rows)
+    wanted = [p.relative_to(Path(out_dir)).as_posix() for p in config_shard_paths(out_dir, config)]
+    return config_fingerprints(out_dir, {config: wanted}, workers=workers)[config]
 
 
-def shard_digests(out_dir: Path, *, workers: int = 1) -> dict[str, list[str]]:
-    """{shard path relative to ``out_dir``: row digests}: decoded once, combined per configuration."""
+def shard_digests(out_dir: Path, *, workers: int = 1, only: set[str] | None = None) -> dict[str, list[str]]:
+    """{shard path relative to ``out_dir``: row digests}: decoded once, combined per configuration.
+    ``only``: decode just these shards (paths relative to ``out_dir``)."""
     def digest(item: tuple[str, dict]) -> str:
         split, row = item
         return row_digest(split, row["source"], row["source_path"], CLASS_NAMES[row["label"]], row["image"]["bytes"])
@@ -60,6 +60,8 @@ def shard_digests(out_dir: Path, *, workers: int = 1) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     with ThreadPoolExecutor(max(1, workers)) as pool:  # Pillow releases the GIL while decoding
         for path in shard_paths(out_dir / "data"):
+            if only is not None and path.relative_to(out_dir).as_posix() not in only:
+                continue
             rows = iter_rows_of(path)
             found[path.relative_to(out_dir).as_posix()] = list(pool.map(digest, rows, chunksize=16) if workers > 1 else map(digest, rows))
     return found
@@ -67,7 +69,7 @@ def shard_digests(out_dir: Path, *, workers: int = 1) -> dict[str, list[str]]:
 
 def config_fingerprints(out_dir: Path, shards: dict[str, list[str]], *, workers: int = 1) -> dict[str, str]:
     """{configuration: fingerprint} from {configuration: its shard paths}, decoding every image once."""
-    digests = shard_digests(out_dir, workers=workers)
+    digests = shard_digests(out_dir, workers=workers, only={shard for paths in shards.values() for shard in paths})
     return {name: combine_digests(d for shard in paths for d in digests.get(shard, [])) for name, paths in shards.items()}
 
 

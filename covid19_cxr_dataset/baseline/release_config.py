@@ -10,15 +10,13 @@ Pure Python (pyarrow for the fingerprint); no TensorFlow.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import CLASS_NAMES
 from ..errors import VerificationError
 from ..publish import SPLITS, shard_paths
-from ..report import REPORT_NAME, combine_digests, row_digest
+from ..report import REPORT_NAME, config_fingerprints
 from ..report import fingerprint as release_fingerprint
 
 LEGACY_CONFIG = "paper"
@@ -92,32 +90,14 @@ def resolve_config(data_dir: Path, report: dict[str, Any], name: str | None = No
 def config_fingerprint(data_dir: Path, config: ReleaseConfig, *, workers: int | None = None) -> str:
     """Recompute a configuration's fingerprint over its own shards, as ``report.fingerprint`` does for a release.
 
-    ``report.fingerprint(data_dir)`` for a release without configurations; otherwise the same digest
-    (``report.row_digest`` of every row, combined) over the shards that ``config`` (as resolved from
-    the report in hand, which may differ from the one on disk) lists.
+    ``report.fingerprint(data_dir)`` for a release without configurations; otherwise
+    ``report.config_fingerprints`` over the shards that ``config`` (as resolved from the report in
+    hand, which may differ from the one on disk) lists.
     """
-    import pyarrow.parquet as pq
-
     workers = workers or os.cpu_count() or 1
     if config.shards is None:
         return release_fingerprint(data_dir, workers=workers)
-
-    def rows() -> Any:
-        for split in SPLITS:
-            for path in config.shard_paths(data_dir, split):
-                parquet = pq.ParquetFile(path)
-                for group in range(parquet.num_row_groups):
-                    table = parquet.read_row_group(group, columns=["image", "label", "source", "source_path"])
-                    yield from ((split, row) for row in table.to_pylist())
-
-    def digest(item: tuple[str, dict]) -> str:
-        split, row = item
-        return row_digest(split, row["source"], row["source_path"], CLASS_NAMES[row["label"]], row["image"]["bytes"])
-
-    if workers <= 1:
-        return combine_digests(map(digest, rows()))
-    with ThreadPoolExecutor(workers) as pool:
-        return combine_digests(pool.map(digest, rows(), chunksize=16))
+    return config_fingerprints(data_dir, {config.name: list(config.shards)}, workers=workers)[config.name]
 
 
 def verify_config_fingerprint(data_dir: Path, config: ReleaseConfig, *, workers: int | None = None) -> str:

@@ -32,6 +32,7 @@ import zlib
 from pathlib import Path
 
 from .errors import ArchiveError
+from .staging import replace_folder
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def extract_zip(
         try:
             for info, name in plan:
                 _extract_entry(archive, zip_path, info, name, staging)
-            _swap_into_place(staging, dest_dir)
+            replace_folder(staging, dest_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -279,19 +280,3 @@ def _corrupt(zip_path: Path, member: str, exc: BaseException) -> ArchiveError:
         f"{zip_path}: entry {member!r} cannot be read ({type(exc).__name__}: {exc}); the archive is corrupt, "
         "truncated or encrypted. Download it again and pass its path."
     )
-
-
-def _swap_into_place(staging: Path, dest_dir: Path) -> None:
-    """Move the finished tree to ``dest_dir``; an old ``dest_dir`` is moved aside first, then removed."""
-    if not dest_dir.exists():
-        os.replace(staging, dest_dir)
-        return
-    retired = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.", suffix=".old", dir=dest_dir.parent))
-    os.replace(dest_dir, retired / "tree")
-    try:
-        os.replace(staging, dest_dir)
-    except OSError:
-        os.replace(retired / "tree", dest_dir)
-        raise
-    finally:
-        shutil.rmtree(retired, ignore_errors=True)

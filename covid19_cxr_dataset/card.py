@@ -23,7 +23,7 @@ from typing import Any
 from . import CLASS_NAMES, publish
 from .citation import citations
 from .manifest import Manifest
-from .records import FLAGS, REASONS
+from .records import FLAGS, REASONS, split_rank
 from .variant import card_facts, notice_lines
 
 
@@ -69,7 +69,6 @@ def license_warnings(kept: pd.DataFrame) -> list[str]:
     return out
 
 
-_SPLIT_ORDER = {"train": 0, "test": 1}
 
 
 def _conversion_lines(conversions: dict | None) -> list[str]:
@@ -97,17 +96,15 @@ def card_inputs(manifest: Manifest, *, sections: list[dict[str, str]] | None = N
     sections = extra_sections(manifest) if sections is None else sections
     sources = []
     for source in manifest.sources:
-        pin = f"`{source['repository']}` at commit `{source['commit']}`" if source["kind"] == "github" else \
-            f"`{source.get('dataset', source['name'])}` version {source.get('dataset_version', '-')}"
-        sources.append({"name": source["name"], "description": source.get("description", ""), "pin": pin, "license": source["license"]})
+        sources.append({"name": source.name, "description": source.description, "pin": source.card_pin(), "license": source.license})
     return {
         "name": manifest.name,
-        "title": manifest.data["title"],
-        "description": manifest.data.get("description", "").strip(),
-        "release_notes": manifest.data.get("release_notes", "").strip(),
-        "known_risks": manifest.data.get("known_risks", "").strip(),
-        "license": manifest.data.get("card_license", "other"),
-        "seed": manifest.data["split"]["seed"],
+        "title": manifest.title,
+        "description": manifest.description.strip(),
+        "release_notes": manifest.release_notes.strip(),
+        "known_risks": manifest.known_risks.strip(),
+        "license": manifest.card_license,
+        "seed": manifest.split.seed,
         "sources": sources,
         "citations": [c.bibtex.strip() for c in citations(manifest)],
         "extra_sections": list(sections),
@@ -134,7 +131,7 @@ def split_sizes(report: dict, rows: pd.DataFrame, config: dict[str, Any]) -> dic
     shards = report.get("shards", {})
     sizes = {}
     splits = {p.rsplit("/", 1)[-1].split("-", 1)[0] for p in config.get("shards", [])} | set(mine["split"])
-    for split in sorted(splits, key=lambda s: _SPLIT_ORDER.get(s, 9)):
+    for split in sorted(splits, key=lambda s: split_rank(s)):
         files = [p for p in config.get("shards", []) if p.rsplit("/", 1)[-1].startswith(f"{split}-")]
         sizes[split] = (int((mine["split"] == split).sum()), int(sum(int(shards.get(p, {}).get("bytes", 0)) for p in files)))
     return sizes
@@ -170,7 +167,7 @@ def render_card(report: dict, rows: pd.DataFrame) -> str:
 
 def _count_lines(rows: pd.DataFrame) -> list[str]:
     lines = ["| split | " + " | ".join(CLASS_NAMES) + " | total |", "|---|" + "---:|" * (len(CLASS_NAMES) + 1)]
-    for split_name in sorted(set(rows["split"]), key=lambda s: _SPLIT_ORDER.get(s, 9)):
+    for split_name in sorted(set(rows["split"]), key=lambda s: split_rank(s)):
         part = rows[rows["split"] == split_name]
         counts = [int((part["label"] == c).sum()) for c in CLASS_NAMES]
         lines.append(f"| {split_name} | " + " | ".join(f"{n:,}" for n in counts) + f" | {sum(counts):,} |")
@@ -180,7 +177,7 @@ def _count_lines(rows: pd.DataFrame) -> list[str]:
 def _source_lines(rows: pd.DataFrame) -> list[str]:
     lines = ["| split | source | class | images |", "|---|---|---|---:|"]
     groups = rows.groupby(["split", "source", "label"]).size()
-    for (split_name, source, label), n in sorted(groups.items(), key=lambda item: (_SPLIT_ORDER.get(item[0][0], 9), item[0][1], item[0][2])):
+    for (split_name, source, label), n in sorted(groups.items(), key=lambda item: (split_rank(item[0][0]), item[0][1], item[0][2])):
         lines.append(f"| {split_name} | {source} | {label} | {int(n):,} |")
     return lines
 

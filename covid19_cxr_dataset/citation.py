@@ -59,8 +59,8 @@ def citations(manifest: Manifest, config: str | None = None) -> list[Citation]:
     """The release's own citation, then every work the manifest cites (its own, then each source's), no repeats."""
     out = [release_citation(manifest, config)]
     seen = {out[0].key}
-    listed = [(c, "reference", "") for c in manifest.data.get("citations", [])]
-    listed += [(c, "source", s["name"]) for s in manifest.sources for c in s.get("citations", [])]
+    listed = [(c, "reference", "") for c in manifest.citations]
+    listed += [(c, "source", s.name) for s in manifest.sources for c in s.citations]
     for entry, role, source in listed:
         if entry["key"] in seen:
             continue
@@ -75,7 +75,7 @@ def release_citation(manifest: Manifest, config: str | None = None) -> Citation:
     """How to cite version X of this dataset: title, version, the package that builds it, year, URL.
 
     A release with several configurations names them (or, with ``config``, the one used)."""
-    title, version = manifest.data["title"], manifest.version
+    title, version = manifest.title, manifest.version
     configs = manifest.configs
     key = f"{manifest.name}-{version}" + (f"-{config}" if config and len(configs) > 1 else "")
     which = ""
@@ -129,14 +129,14 @@ def release_cff(manifest: Manifest, entries: list[Citation] | None = None) -> di
         "message": (f"If you use release {manifest.version} of this dataset, please cite it and the works it is "
                     "built from (references)."),
         "type": "dataset",
-        "title": manifest.data["title"],
+        "title": manifest.title,
         "version": manifest.version,
         "authors": [{"name": AUTHORS}],
         "url": PROJECT_URL,
         "keywords": ["COVID-19", "chest X-ray", "radiography", "image classification", "dataset"],
     }
-    if manifest.data.get("description"):
-        data["abstract"] = " ".join(manifest.data["description"].split())
+    if manifest.description:
+        data["abstract"] = " ".join(manifest.description.split())
     data["references"] = [package_reference()] + [cff_reference(c) for c in entries if c.role != "release"]
     return data
 

@@ -16,6 +16,7 @@ import click
 
 from . import __version__
 from .errors import CxrDatasetError
+from .records import split_rank
 
 
 def _fail_cleanly(command):
@@ -124,7 +125,7 @@ def manifests():
     file list) and every configuration declares expected counts; Kaggle files without a recorded
     sha256 are counted (the build reports them as unverified).
     """
-    from . import manifest, sources
+    from . import manifest
 
     for name, version, folder in manifest.available():
         try:
@@ -132,19 +133,15 @@ def manifests():
         except CxrDatasetError as error:
             click.echo(f"{name} {version}\tdoes not load: {error}")
             continue
-        click.echo(f"{name} {version}\t{loaded.data['title']}\t{_pin_status(loaded, sources)}")
+        click.echo(f"{name} {version}\t{loaded.title}\t{_pin_status(loaded)}")
         for config in loaded.configs:
             total = {split: sum(per_class.values()) for split, per_class in config.expected_counts.items()}
             click.echo(f"  {config.name}{' (default)' if config.default else ''}\t"
                        + ", ".join(f"{s} {n:,}" for s, n in total.items()))
 
 
-def _pin_status(loaded, sources) -> str:
-    unpinned = 0
-    for source in loaded.sources:
-        if source["kind"] == "kaggle":
-            files = sources.read_kaggle_files(loaded.file(source["files"]))
-            unpinned += int(files["sha256"].eq("").sum())
+def _pin_status(loaded) -> str:
+    unpinned = sum(source.unpinned_files(loaded) for source in loaded.sources)
     if unpinned:
         return f"builds as pinned (GitHub by commit and blob id); {unpinned:,} Kaggle file(s) without a recorded sha256"
     return "builds as pinned (every file by checksum)"
@@ -242,13 +239,13 @@ def plan(version, manifest_path, name, cache_dir, mirror, offline, workers, quie
                    + (f", {flagged:,} flagged" if flagged else ""))
         click.echo(f"  {'':5s} " + "  ".join(f"{label:>10s}" for label in CLASS_NAMES) + f"  {'total':>7s}")
         actual = report.count_table(rows)
-        for split in sorted(config.expected_counts.keys() | actual.keys(), key=lambda s: (s != "train", s)):
+        for split in sorted(config.expected_counts.keys() | actual.keys(), key=lambda s: (split_rank(s), s)):
             got = actual.get(split, {})
             want = config.expected_counts.get(split, {})
             click.echo(f"  {split:5s} " + "  ".join(f"{got.get(label, 0):>10,}" for label in CLASS_NAMES)
                        + f"  {sum(got.values()):>7,}   expected " + " / ".join(f"{want.get(label, 0):,}" for label in CLASS_NAMES))
         click.echo("  by source:")
-        for split, per_source in sorted(report.source_label_table(rows).items(), key=lambda item: item[0] != "train"):
+        for split, per_source in sorted(report.source_label_table(rows).items(), key=lambda item: split_rank(item[0])):
             for source, per_label in sorted(per_source.items()):
                 click.echo(f"    {split:5s} {source:10s} " + "  ".join(f"{label} {n:,}" for label, n in per_label.items()))
         if flagged:
@@ -256,8 +253,8 @@ def plan(version, manifest_path, name, cache_dir, mirror, offline, workers, quie
         problems = check_counts(manifest, kept, config=config.name)
         click.echo("  counts match the manifest" if not problems else "  COUNTS DIFFER: " + "; ".join(problems))
         if problems:
-            where = f"configs.{config.name}.expected_counts" if "configs" in manifest.data else "expected_counts"
-            ordered = {s: actual[s] for s in sorted(actual, key=lambda s: (s != "train", s))}
+            where = f"configs.{config.name}.expected_counts" if manifest.has_configs else "expected_counts"
+            ordered = {s: actual[s] for s in sorted(actual, key=lambda s: (split_rank(s), s))}
             click.echo(f"  if the difference is intended (a new decision), record these counts in {manifest.path}, {where}:\n"
                        + "".join(f"    {s}: {{" + ", ".join(f"{label}: {n}" for label, n in c.items()) + "}\n" for s, c in ordered.items()).rstrip())
         all_problems += problems
@@ -560,7 +557,7 @@ def lock_github(manifest_path, source_name, tree, metadata):
     loaded = manifest.load(manifest_path)
     source = loaded.source(source_name)
     rows = locks.github_lock_rows(loaded, source, tree, metadata)
-    target = loaded.folder / source["lock"]
+    target = loaded.folder / source.lock
     locks.write_github_lock(target, rows)
     click.echo(f"wrote {target}: {len(rows):,} pinned files")
 
@@ -575,11 +572,9 @@ def lock_kaggle(manifest_path, kaggle_archive):
     from . import locks, manifest
 
     loaded = manifest.load(manifest_path)
-    source = next((s for s in loaded.sources if s["kind"] == "kaggle"), None)
-    if source is None:
-        raise CxrDatasetError(f"{loaded.path} has no kaggle source")
+    source = locks.kaggle_source(loaded)
     recorded, missing = locks.record_kaggle_checksums(loaded, source, kaggle_archive)
-    click.echo(f"recorded {recorded:,} sha256 in {loaded.file(source['files'])}")
+    click.echo(f"recorded {recorded:,} sha256 in {loaded.file(source.files)}")
     if missing:
         raise CxrDatasetError(f"{len(missing)} listed file(s) are not in {kaggle_archive}, e.g. {missing[0]}; is it the pinned version?")
 

@@ -17,7 +17,6 @@ The manifest's reviewed decisions (views, annotations, duplicates, exclusions) a
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -26,7 +25,7 @@ from . import safe_load
 from .errors import ManifestError
 from .manifest import Manifest
 from .manifest import Config
-from .records import REASONS, add_flag, empty_exclusions, exclude
+from .records import REASONS, add_flag, empty_exclusions, exclude, seeded_hash
 
 STAGE = "filters"
 DECISION_COLUMNS = {
@@ -59,7 +58,7 @@ def load_decisions(manifest: Manifest, candidates: pd.DataFrame | None = None) -
     """Read the decision files the manifest names; with ``candidates``, check every row names one."""
     decisions = Decisions()
     known = set(candidates["record_id"]) if candidates is not None else None
-    for kind, relative in manifest.data["filters"].get("decisions", {}).items():
+    for kind, relative in manifest.filters.decisions.items():
         path = manifest.file(relative)
         table = safe_load.csv_table(path, comment=None)
         missing = set(DECISION_COLUMNS[kind]) - set(table.columns)
@@ -100,16 +99,14 @@ def load_decisions(manifest: Manifest, candidates: pd.DataFrame | None = None) -
 def _archive_paths(manifest: Manifest, table: pd.DataFrame) -> pd.DataFrame:
     """Kaggle rows may name a file by its path inside the archive root (``train/NORMAL/x.jpeg``) or
     with the root (``chest_xray/train/NORMAL/x.jpeg``, the record's ``source_path``): one form inside."""
-    roots = {s["name"]: s["archive_root"].strip("/") + "/" for s in manifest.sources if s["kind"] == "kaggle"}
-    if not roots:
-        return table
+    by_name = {s.name: s for s in manifest.sources}
     table = table.copy()
     for column_source, column_path in (("source", "source_path"), ("duplicate_of_source", "duplicate_of_path")):
         if column_source not in table.columns:
             continue
-        prefix = table[column_source].map(roots).fillna("")
-        bare = prefix.ne("") & ~pd.Series([p.startswith(r) for p, r in zip(table[column_path], prefix)], index=table.index)
-        table.loc[bare, column_path] = prefix[bare] + table.loc[bare, column_path]
+        table[column_path] = pd.Series([by_name[name].decision_path(path) if name in by_name else path
+                                        for name, path in zip(table[column_source], table[column_path])],
+                                       index=table.index, dtype=table[column_path].dtype)
     return table
 
 
@@ -249,40 +246,40 @@ def in_config(table: pd.DataFrame, config: Config) -> pd.Series:
 def exact_duplicates_after_download(manifest: Manifest, table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Exact duplicates by the downloaded files' sha256 (any source, Kaggle included), if the manifest
     asks for them (``filters.exact_duplicates``); flagged or excluded as the default configuration says."""
-    if not manifest.data["filters"].get("exact_duplicates", True):
+    if not manifest.filters.exact_duplicates:
         return table, empty_exclusions()
-    kept, dropped = exclude_exact_duplicates(table, "sha256", [s["name"] for s in manifest.sources])
+    kept, dropped = exclude_exact_duplicates(table, "sha256", [s.name for s in manifest.sources])
     return keep_as_flags(kept, dropped, manifest.default_config.flag)
 
 
 def exact_duplicates_after_conversion(manifest: Manifest, table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Exact duplicates by decoded pixels: rows whose converted images (``pixels_sha256``, the sha256
     of the deterministic normalized JPEG) are identical although their source files differ."""
-    if not manifest.data["filters"].get("exact_duplicates", True) or "pixels_sha256" not in table.columns:
+    if not manifest.filters.exact_duplicates or "pixels_sha256" not in table.columns:
         return table, empty_exclusions()
-    kept, dropped = exclude_exact_duplicates(table, "pixels_sha256", [s["name"] for s in manifest.sources])
+    kept, dropped = exclude_exact_duplicates(table, "pixels_sha256", [s.name for s in manifest.sources])
     dropped = dropped.assign(detail=dropped["detail"].str.replace("same pixels_sha256 as", "same decoded pixels as", regex=False))
     return keep_as_flags(kept, dropped, manifest.default_config.flag)
 
 
 def metadata_filters(manifest: Manifest, table: pd.DataFrame, decisions: Decisions) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every filter that needs only metadata, locks and decisions, in the order the report lists them."""
-    spec = manifest.data["filters"]
-    inconclusive = {s["name"]: set(s.get("inconclusive_findings", [])) for s in manifest.sources}
-    pinned = {s["name"] for s in manifest.sources if s["kind"] == "github"}
-    source_order = [s["name"] for s in manifest.sources]
+    spec = manifest.filters
+    inconclusive = {s.name: set(s.inconclusive_findings) for s in manifest.sources}
+    pinned = {s.name for s in manifest.sources if s.pinned_individually}
+    source_order = [s.name for s in manifest.sources]
     excluded = []
     steps = [
         lambda t: exclude_unlabelled(t, inconclusive),
-        lambda t: exclude_non_xray(t, spec["modalities"], spec.get("exclude_paths_under", [])),
-        lambda t: exclude_non_frontal(apply_view_decisions(t, decisions.views), spec["frontal_views"], spec["lateral_views"]),
+        lambda t: exclude_non_xray(t, spec.modalities, spec.exclude_paths_under),
+        lambda t: exclude_non_frontal(apply_view_decisions(t, decisions.views), spec.frontal_views, spec.lateral_views),
         lambda t: exclude_unpinned(t, pinned),
         lambda t: exclude_decided(t, decisions.annotations, "annotation review"),
         lambda t: exclude_decided(t, decisions.exclusions, "manual exclusion"),
         lambda t: exclude_listed_duplicates(t, decisions.duplicates),
         lambda t: flag_unreviewed(t, decisions.unreviewed),
     ]
-    if spec.get("exact_duplicates", True):
+    if spec.exact_duplicates:
         # By pinned id before download: git blob ids, and the sha256 pins of the Kaggle files.
         steps.append(lambda t: exclude_exact_duplicates(t, "git_blob_sha1", source_order))
         steps.append(lambda t: exclude_exact_duplicates(t, "sha256_expected", source_order))
@@ -302,18 +299,17 @@ def apply_quota(manifest: Manifest, table: pd.DataFrame) -> tuple[pd.DataFrame, 
     ``source:<a>,<b>,...`` (sources in that priority) or ``hash`` (sha256 of seed + record_id, a
     stable pseudo-random order).
     """
-    quota = manifest.data["filters"].get("quota", {})
-    seed = manifest.data["split"]["seed"]
+    seed = manifest.split.seed
     excluded = []
-    for label, rule in quota.items():
+    for label, rule in manifest.filters.quota.items():
         rows = table[table["label"] == label]
-        if len(rows) <= rule["keep"]:
+        if len(rows) <= rule.keep:
             continue
-        keys = _order_keys(rows, rule["order"], seed)
-        surplus = keys.sort_values(list(keys.columns), kind="stable").index[rule["keep"]:]
+        keys = _order_keys(rows, rule.order, seed)
+        surplus = keys.sort_values(list(keys.columns), kind="stable").index[rule.keep:]
         table, dropped = exclude(
             table, table.index.isin(surplus), stage=STAGE, reason="over-quota",
-            detail=f"{label}: beyond the {rule['keep']} kept by order {rule['order']}",
+            detail=f"{label}: beyond the {rule.keep} kept by order {list(rule.order)}",
         )
         excluded.append(dropped)
     return table, _concat(excluded)
@@ -323,7 +319,7 @@ def _order_keys(rows: pd.DataFrame, order: list[str], seed: str) -> pd.DataFrame
     keys = []
     for key in order:
         if key == "hash":
-            keys.append(rows["record_id"].map(lambda rid: hashlib.sha256(f"{seed}\0{rid}".encode()).hexdigest()))
+            keys.append(rows["record_id"].map(lambda rid: seeded_hash(seed, rid)))
         elif key.startswith("source:"):
             priority = {name: i for i, name in enumerate(key.split(":", 1)[1].split(","))}
             keys.append(rows["source"].map(priority).fillna(len(priority)))

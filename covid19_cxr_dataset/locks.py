@@ -17,18 +17,26 @@ from pathlib import Path
 import pandas as pd
 
 from .archive import check_regular_file
-from .errors import ManifestError
+from .errors import CxrDatasetError, ManifestError
 from .manifest import Manifest
 from .safe_load import csv_table
-from .sources import github_records, read_kaggle_files, read_lock, read_metadata_csv
+from .sources import GitHubSource, KaggleSource, github_records, read_lock, read_metadata_csv
 
 
-def github_lock_rows(manifest: Manifest, source: dict, tree_tsv: Path, metadata_csv: Path) -> list[tuple[str, str, str]]:
+def kaggle_source(manifest: Manifest) -> KaggleSource:
+    """The manifest's Kaggle source (the one ``cxr-dataset lock kaggle`` pins)."""
+    found = [s for s in manifest.sources if isinstance(s, KaggleSource)]
+    if not found:
+        raise CxrDatasetError(f"{manifest.path} has no kaggle source")
+    return found[0]
+
+
+def github_lock_rows(manifest: Manifest, source: GitHubSource, tree_tsv: Path, metadata_csv: Path) -> list[tuple[str, str, str]]:
     tree = read_lock(tree_tsv)  # a tree listing has the lock's columns; unknown sizes read as -1
-    metadata_path = source["metadata"]["path"]
+    metadata_path = source.metadata.path
     if metadata_path not in tree:
-        raise ManifestError(f"{tree_tsv}: the tree has no {metadata_path!r}; is it the listing of {source['repository']}?")
-    metadata = read_metadata_csv(metadata_csv, source["metadata"].get("encoding", "utf-8"))
+        raise ManifestError(f"{tree_tsv}: the tree has no {metadata_path!r}; is it the listing of {source.repository}?")
+    metadata = read_metadata_csv(metadata_csv, source.metadata.encoding)
     # Parse against the whole tree so every referenced path resolves.
     records = github_records(manifest, source, metadata, lock=tree)
     # Every image the metadata names, labelled or not, so that each row's path resolves exactly
@@ -44,13 +52,12 @@ def write_github_lock(path: Path, rows: list[tuple[str, str, str]]) -> None:
         writer.writerows(rows)
 
 
-def record_kaggle_checksums(manifest: Manifest, source: dict, archive: Path) -> tuple[int, list[str]]:
+def record_kaggle_checksums(manifest: Manifest, source: KaggleSource, archive: Path) -> tuple[int, list[str]]:
     """Fill the sha256 column of the Kaggle file list from ``archive``; returns (recorded, missing)."""
     check_regular_file(archive)
-    files_path = manifest.file(source["files"])
-    files = read_kaggle_files(files_path)
-    root = source["archive_root"].strip("/")
-    wanted = {f"{root}/{r.split}/{r['class']}/{r.filename}": i for i, r in files.iterrows()}
+    files_path = manifest.file(source.files)
+    files = source.read_files(manifest)
+    wanted = {source.member_path(r.split, r["class"], r.filename): i for i, r in files.iterrows()}
     found = {}
     try:
         with zipfile.ZipFile(archive) as handle:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import jsonschema
 import yaml
 
 from . import CLASS_NAMES
-from . import safe_load
+from . import safe_load, sources
 from .errors import ManifestError
 
 MANIFEST_FILE = "manifest.yaml"
@@ -28,73 +28,6 @@ _COUNTS = {
     "type": "object",
     "propertyNames": {"enum": list(CLASS_NAMES)},
     "additionalProperties": {"type": "integer", "minimum": 0},
-}
-_CITATION = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["key", "text", "bibtex"],
-    "properties": {"key": {"type": "string"}, "text": {"type": "string"}, "bibtex": {"type": "string"}},
-}
-_LABELS = {"type": "object", "additionalProperties": {"enum": list(CLASS_NAMES)}}
-_COMMON_SOURCE = {
-    "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]*$"},
-    "kind": {"type": "string"},
-    "description": {"type": "string"},
-    "homepage": {"type": "string"},
-    "license": {"type": "string"},
-    "citations": {"type": "array", "items": _CITATION},
-    "labels": _LABELS,
-}
-GITHUB_SOURCE = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["name", "kind", "repository", "commit", "metadata", "image_folder", "lock", "labels", "license"],
-    "properties": {
-        **_COMMON_SOURCE,
-        "kind": {"const": "github"},
-        "repository": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"},
-        "commit": {"type": "string", "pattern": "^[0-9a-f]{40}$"},
-        "metadata": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["path", "layout"],
-            "properties": {
-                "path": {"type": "string"},
-                "encoding": {"type": "string"},
-                "layout": {"enum": ["cohen", "chung"]},
-            },
-        },
-        "image_folder": {"type": "string"},
-        "lock": {"type": "string"},
-        "inconclusive_findings": {"type": "array", "items": {"type": "string"}},
-    },
-}
-KAGGLE_SOURCE = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["name", "kind", "dataset", "dataset_version", "archive_root", "files", "labels", "license"],
-    "properties": {
-        **_COMMON_SOURCE,
-        "kind": {"const": "kaggle"},
-        "dataset": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"},
-        "dataset_version": {"type": "integer", "minimum": 1},
-        "archive_root": {"type": "string"},
-        "archive_sha256": {"type": "string", "pattern": "^([0-9a-f]{64})?$"},
-        "files": {"type": "string"},
-        "view": {"type": "string"},
-    },
-}
-DICOM_SOURCE = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["name", "kind", "files", "license"],
-    "properties": {
-        **_COMMON_SOURCE,
-        "kind": {"const": "dicom"},
-        "files": {"type": "string"},
-        "base_url": {"type": "string"},
-        "local_dir": {"type": "string"},
-    },
 }
 _EXPECTED_COUNTS = {
     "type": "object",
@@ -128,21 +61,8 @@ MANIFEST_SCHEMA: dict[str, Any] = {
         "card_license": {"type": "string"},
         "release_notes": {"type": "string"},
         "known_risks": {"type": "string"},
-        "citations": {"type": "array", "items": _CITATION},
-        "sources": {
-            "type": "array",
-            "minItems": 1,
-            "items": {
-                "type": "object",
-                "required": ["kind"],
-                "properties": {"kind": {"enum": ["github", "kaggle", "dicom"]}},
-                "allOf": [
-                    {"if": {"properties": {"kind": {"const": "github"}}}, "then": GITHUB_SOURCE},
-                    {"if": {"properties": {"kind": {"const": "kaggle"}}}, "then": KAGGLE_SOURCE},
-                    {"if": {"properties": {"kind": {"const": "dicom"}}}, "then": DICOM_SOURCE},
-                ],
-            },
-        },
+        "citations": {"type": "array", "items": sources.base.CITATION_SCHEMA},
+        "sources": sources.sources_schema(),  # one section schema per kind (sources/)
         "filters": {
             "type": "object",
             "additionalProperties": False,
@@ -241,6 +161,48 @@ class Config:
     leave_out_flagged: bool
     expected_counts: dict[str, dict[str, int]]
 
+
+
+@dataclass(frozen=True)
+class QuotaRule:
+    """``filters.quota.<class>``: keep at most ``keep`` rows of the class, in ``order``."""
+
+    keep: int
+    order: tuple[str, ...]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The ``filters`` section (docs/MANIFEST.md)."""
+
+    modalities: tuple[str, ...]
+    frontal_views: tuple[str, ...]
+    lateral_views: tuple[str, ...]
+    exclude_paths_under: tuple[str, ...] = ()
+    exact_duplicates: bool = True
+    decisions: dict[str, str] = field(default_factory=dict)  # decision kind -> file, relative to the manifest folder
+    quota: dict[str, QuotaRule] = field(default_factory=dict)
+
+    @classmethod
+    def from_section(cls, spec: dict[str, Any]) -> "Filters":
+        return cls(
+            modalities=tuple(spec["modalities"]), frontal_views=tuple(spec["frontal_views"]),
+            lateral_views=tuple(spec["lateral_views"]), exclude_paths_under=tuple(spec.get("exclude_paths_under", ())),
+            exact_duplicates=bool(spec.get("exact_duplicates", True)), decisions=dict(spec.get("decisions", {})),
+            quota={label: QuotaRule(rule["keep"], tuple(rule["order"]), rule.get("description", ""))
+                   for label, rule in spec.get("quota", {}).items()},
+        )
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """The ``split`` section: the seed and the rules ``split.assign_splits`` applies in order."""
+
+    seed: str
+    rules: tuple[dict[str, Any], ...]
+
+
 _FIXES = {
     "additionalProperties": "remove the key or check its spelling against docs/MANIFEST.md",
     "required": "add the key (see docs/MANIFEST.md)",
@@ -271,8 +233,52 @@ class Manifest:
         return self.folder / MANIFEST_FILE
 
     @property
-    def sources(self) -> list[dict[str, Any]]:
-        return self.data["sources"]
+    def sources(self) -> list[sources.Source]:
+        """The typed sources (one ``sources.Source`` subclass per kind), in manifest order."""
+        return [sources.from_section(section) for section in self.data["sources"]]
+
+    @property
+    def title(self) -> str:
+        return self.data["title"]
+
+    @property
+    def description(self) -> str:
+        return self.data.get("description", "")
+
+    @property
+    def release_notes(self) -> str:
+        return self.data.get("release_notes", "")
+
+    @property
+    def known_risks(self) -> str:
+        return self.data.get("known_risks", "")
+
+    @property
+    def card_license(self) -> str:
+        return self.data.get("card_license", "other")
+
+    @property
+    def citations(self) -> list[dict[str, str]]:
+        return list(self.data.get("citations", []))
+
+    @property
+    def filters(self) -> "Filters":
+        return Filters.from_section(self.data["filters"])
+
+    @property
+    def split(self) -> "SplitSpec":
+        spec = self.data["split"]
+        return SplitSpec(seed=spec["seed"], rules=tuple(spec["rules"]))
+
+    @property
+    def convert(self) -> dict[str, Any]:
+        """The ``convert`` section: keyword arguments of ``convert.ConvertSettings``."""
+        return dict(self.data["convert"])
+
+    @property
+    def has_configs(self) -> bool:
+        """Whether the manifest declares a ``configs`` section (else one configuration, ``default``)."""
+        return "configs" in self.data
 
     @property
     def configs(self) -> list[Config]:
@@ -297,11 +303,11 @@ class Manifest:
                 return config
         raise ManifestError(f"{self.path}: no configuration named {name!r}; configurations are {[c.name for c in self.configs]}")
 
-    def source(self, name: str) -> dict[str, Any]:
+    def source(self, name: str) -> sources.Source:
         for source in self.sources:
-            if source["name"] == name:
+            if source.name == name:
                 return source
-        raise ManifestError(f"{self.path}: no source named {name!r}; sources are {[s['name'] for s in self.sources]}")
+        raise ManifestError(f"{self.path}: no source named {name!r}; sources are {[s.name for s in self.sources]}")
 
     def file(self, relative: str) -> Path:
         """A file the manifest names, relative to its folder; must exist."""
@@ -441,17 +447,16 @@ def _check_configs(manifest: Manifest) -> None:
 def _check_references(manifest: Manifest) -> None:
     """Cross-field checks the schema cannot express."""
     _check_configs(manifest)
-    names = [s["name"] for s in manifest.sources]
+    names = [s.name for s in manifest.sources]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ManifestError(f"{manifest.path}: source names must be unique; repeated: {duplicates}")
     for source in manifest.sources:
-        for key in ("lock", "files"):
-            if key in source:
-                manifest.file(source[key])
-    for relative in manifest.data["filters"].get("decisions", {}).values():
+        for relative in source.list_files():
+            manifest.file(relative)
+    for relative in manifest.filters.decisions.values():
         manifest.file(relative)
-    for rule in manifest.data["split"]["rules"]:
+    for rule in manifest.split.rules:
         if "source" in rule and rule["source"] not in names:
             raise ManifestError(f"{manifest.path}: split rule names source {rule['source']!r}, not one of {names}")
         if rule["method"] == "upstream" and "map" not in rule:

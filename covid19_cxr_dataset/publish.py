@@ -52,7 +52,6 @@ is the path its image took (a key of ``convert.CONVERSIONS``)."""
 
 FLAGGED_FOLDER = "flagged"
 
-SPLITS = ("train", "test")
 DEFAULT_MAX_SHARD_BYTES = 256 * 1024 * 1024
 ROW_GROUP_ROWS = 64  # small row groups keep random access to images cheap for readers
 _SCHEMA = FEATURES.arrow_schema

@@ -34,7 +34,12 @@ Excluded rows carry three more columns: ``stage`` (the module that dropped the r
 
 from __future__ import annotations
 
+import hashlib
+
 import pandas as pd
+
+SPLITS = ("train", "test")
+"""The values of ``split``, in the order every table, card and shard list shows them."""
 
 RECORD_COLUMNS = (
     "record_id",
@@ -144,3 +149,14 @@ def exclude(
     if unknown:
         raise ValueError(f"unknown reason codes {sorted(unknown)}; add them to records.REASONS")
     return table[~mask].copy(), dropped[list(EXCLUSION_COLUMNS)]
+
+
+def split_rank(name: str) -> int:
+    """Sort key of a split name: ``train`` before ``test`` (``SPLITS``), anything else after them."""
+    return SPLITS.index(name) if name in SPLITS else len(SPLITS)
+
+
+def seeded_hash(seed: str, *parts: str) -> str:
+    """sha256 hex of ``seed`` and ``parts`` joined by NUL: the one stable pseudo-random order of the
+    package (split groups, quota ``hash`` order, row order inside a shard)."""
+    return hashlib.sha256("\0".join((seed, *parts)).encode()).hexdigest()

@@ -13,13 +13,16 @@ import io
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import pandas as pd
 from PIL import Image
 
 from . import CLASS_NAMES
 from .publish import sha256_file, shard_paths
+
+if TYPE_CHECKING:
+    from .manifest import Manifest
 
 REPORT_NAME = "build_report.json"
 REPORT_SCHEMA_VERSION = 1
@@ -177,3 +180,100 @@ def cross_split_near_duplicates(kept: pd.DataFrame, *, workers: int = 1, thresho
         for a, b, d in pairs
         if side[a] != side[b]
     ]
+
+
+# ---- the build report --------------------------------------------------------------------------
+
+def check_counts(manifest: "Manifest", kept: pd.DataFrame, *, shortfall_only: bool = False, config: str | None = None) -> list[str]:
+    """Differences between the kept rows and each configuration's expected counts (empty when exact).
+
+    ``kept`` is the default configuration's selection; each configuration's rows are taken from it
+    (``filters.in_config``). Messages name the configuration when the release has more than one.
+    ``shortfall_only``: report only cells with too few images (later stages can still remove some).
+    """
+    from .filters import in_config
+
+    configs = [manifest.config(config)] if config else manifest.configs
+    named = len(manifest.configs) > 1
+    problems = []
+    for chosen in configs:
+        actual = count_table(kept[in_config(kept, chosen)])
+        for split_name, expected in chosen.expected_counts.items():
+            for label, count in expected.items():
+                got = actual.get(split_name, {}).get(label, 0)
+                if got < count or (got > count and not shortfall_only):
+                    problems.append((f"{chosen.name}: " if named else "") + f"{split_name}/{label}: expected {count}, got {got}")
+    return problems
+
+
+def assemble(
+    manifest: "Manifest", candidates: pd.DataFrame, kept: pd.DataFrame, excluded: pd.DataFrame, out_dir: Path, *,
+    unverified: list[str], workers: int = 1,
+) -> dict[str, Any]:
+    """The build report of the release whose shards are in ``out_dir`` (``kept`` as written, with
+    ``converted_path``), per configuration and for the default one; its ``card`` holds what the card
+    needs besides the shards (``card.card_inputs`` plus the shortcut evidence of a committed
+    certificate whose fingerprint matches), so ``verify`` regenerates the same card later."""
+    from . import __version__, convert, publish, split
+    from .baseline.evidence import HEADING as EVIDENCE_HEADING, card_section
+    from .card import card_inputs
+    from .filters import in_config
+
+    shards = shard_hashes(out_dir)
+    config_shards = {
+        c.name: [p for p in shards if p.split("/")[1] in publish.config_folders(c, manifest.configs)] for c in manifest.configs
+    }
+    fingerprints = config_fingerprints(out_dir, config_shards, workers=workers)
+    configs = {}
+    for config in manifest.configs:
+        rows = kept[in_config(kept, config)]
+        configs[config.name] = {
+            "default": config.default,
+            "description": config.description,
+            "folders": publish.config_folders(config, manifest.configs),
+            "counts": count_table(rows),
+            "expected_counts": config.expected_counts,
+            "counts_match_manifest": not check_counts(manifest, kept, config=config.name),
+            "source_label_counts": source_label_table(rows),
+            "flags": flag_summary(rows),
+            "duplicate_pairs_across_splits": split.duplicate_pairs_across_splits(rows),
+            "patients_in_both_splits": split.patients_in_both(rows),
+            "upstream_groups_in_both_splits": split.upstream_groups_in_both(rows),
+            "fingerprint": fingerprints[config.name],
+            "shards": config_shards[config.name],
+        }
+    default = manifest.default_config.name
+    report = {
+        "report_schema": REPORT_SCHEMA_VERSION,
+        "dataset": manifest.name,
+        "version": manifest.version,
+        "package_version": __version__,
+        "manifest_sha256": manifest.sha256(),
+        "sources": {s.name: s.pins() for s in manifest.sources},
+        "convert": manifest.convert,
+        "conversions": convert.conversion_summary(kept.get("converted_path", pd.Series(dtype=str))),
+        "default_config": default,
+        "counts": configs[default]["counts"],
+        "expected_counts": configs[default]["expected_counts"],
+        "source_label_counts": configs[default]["source_label_counts"],
+        "candidates": int(len(candidates)),
+        "exclusions_by_reason": exclusion_summary(excluded),
+        "checks": {
+            "counts_match_manifest": not check_counts(manifest, kept),
+            "patients_in_both_splits": split.patients_in_both(kept),
+            "upstream_groups_in_both_splits": split.upstream_groups_in_both(kept),
+            "duplicate_pairs_across_splits": split.duplicate_pairs_across_splits(kept),
+            "near_duplicate_pairs_across_splits": cross_split_near_duplicates(kept, workers=workers),
+            "unverified_files": len(unverified),
+        },
+        "configs": configs,
+        "unverified_files": unverified,
+        "exclusions": exclusion_list(excluded),
+        "flagged": flagged_list(kept),
+        "card": card_inputs(manifest),
+        "shards": shards,
+        "fingerprint": fingerprints[default],
+    }
+    evidence = card_section(report).strip().removeprefix(EVIDENCE_HEADING).strip()
+    report["card"]["extra_sections"].append({"title": EVIDENCE_HEADING.removeprefix("## "), "markdown": evidence})
+    return report

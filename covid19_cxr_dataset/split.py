@@ -18,11 +18,10 @@ Nothing depends on file system or download order.
 
 from __future__ import annotations
 
-import hashlib
-
 import pandas as pd
 
 from .errors import CxrDatasetError
+from .records import seeded_hash
 
 
 def patient_groups(table: pd.DataFrame, links: list[tuple[str, str]] = ()) -> pd.Series:
@@ -56,10 +55,6 @@ def duplicate_patient_links(rows: pd.DataFrame, candidates: pd.DataFrame) -> lis
     linked = rows[rows["duplicate_of"].ne("")]
     pairs = zip(linked["record_id"], linked["duplicate_of"])
     return [(patient_of[a], patient_of[b]) for a, b in pairs if a in patient_of and b in patient_of]
-
-
-def _hash(seed: str, key: str) -> str:
-    return hashlib.sha256(f"{seed}\0{key}".encode()).hexdigest()
 
 
 def assign_splits(table: pd.DataFrame, rules: list[dict], seed: str, links: list[tuple[str, str]] = ()) -> pd.DataFrame:
@@ -100,7 +95,7 @@ def _patient_hash_split(rows: pd.DataFrame, rule: dict, seed: str, table: pd.Dat
     sizes = rows.groupby("patient_group").size()
     side = {group: placed[group] for group in sizes.index if group in placed.index}
     in_test = sum(sizes[g] for g, s in side.items() if s == "test")
-    for group in sorted(sizes.index, key=lambda g: _hash(seed, g)):
+    for group in sorted(sizes.index, key=lambda g: seeded_hash(seed, g)):
         if group in side:
             continue
         if in_test + sizes[group] <= target:

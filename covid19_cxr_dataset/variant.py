@@ -34,6 +34,7 @@ from . import CLASS_NAMES
 from . import manifest as manifest_module
 from .errors import CxrDatasetError, ManifestError
 from .manifest import Manifest
+from .records import split_rank
 
 LOCAL_LABEL = "local"
 MISSING_REASON = "upstream-missing"
@@ -144,13 +145,13 @@ def _planned_counts(resolution, config: str | None) -> dict[str, dict[str, int]]
     rows = resolution.rows(config) if config is not None and hasattr(resolution, "rows") else resolution.kept
     counts = report.count_table(rows)
     return {split_name: {label: int(counts[split_name].get(label, 0)) for label in CLASS_NAMES}
-            for split_name in sorted(counts, key=lambda s: (s != "train", s))}
+            for split_name in sorted(counts, key=lambda s: (split_rank(s), s))}
 
 
 def count_differences(published: dict[str, dict[str, int]], actual: dict[str, dict[str, int]]) -> list[str]:
     """``"train/COVID-19 390 (published 398)"`` for every cell that differs."""
     out = []
-    for split_name in sorted(set(published) | set(actual), key=lambda s: (s != "train", s)):
+    for split_name in sorted(set(published) | set(actual), key=lambda s: (split_rank(s), s)):
         for label in CLASS_NAMES:
             want = published.get(split_name, {}).get(label, 0)
             got = actual.get(split_name, {}).get(label, 0)
@@ -362,7 +363,7 @@ def new_variant(
 
 
 def _variant_title(base: Manifest) -> str:
-    title = re.sub(r"\s*\(local variant of release [^)]*\)$", "", base.data["title"])
+    title = re.sub(r"\s*\(local variant of release [^)]*\)$", "", base.title)
     return f"{title} (local variant of release {public_version(base.version)})"
 
 
@@ -388,7 +389,7 @@ def _notes_template(base: Manifest, version: str, missing: list[dict], report: P
 
 def _with_exclusions(base: Manifest, staging: Path, filters_spec: dict, missing: list[dict], report: Path) -> dict:
     """Append the missing files to the variant's exclusions list (declaring one when absent)."""
-    names = {s["name"] for s in base.sources}
+    names = {s.name for s in base.sources}
     strangers = sorted({r["source"] for r in missing} - names)
     if strangers:
         raise CxrDatasetError(

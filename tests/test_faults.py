@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from filelock import FileLock
 from PIL import Image
 
-from covid19_cxr_dataset import build as build_module
+from covid19_cxr_dataset import staging as staging_module
 from covid19_cxr_dataset import download, errors, manifest as manifest_module
 from covid19_cxr_dataset.build import Options, build
 from covid19_cxr_dataset.cli import main
@@ -195,7 +195,7 @@ def test_a_live_build_in_another_pid_namespace_keeps_its_staging_folder(world, s
     # Another container's build: its PID (999999) does not exist here, but it holds the output lock.
     staging = tmp_path / ".out.partial-999999-abcd"
     staging.mkdir()
-    (staging / build_module.STAGING_MARKER).write_text("")
+    (staging / staging_module.STAGING_MARKER).write_text("")
     (staging / "data").mkdir()
     with FileLock(str(tmp_path / ".out.lock")):
         result = cli(*build_args(world, server, tmp_path / "cache", tmp_path / "out"))
@@ -207,7 +207,7 @@ def test_a_live_build_in_another_pid_namespace_keeps_its_staging_folder(world, s
 def test_staging_left_by_a_build_killed_as_pid_1_is_removed_and_others_are_left_alone(world, server, tmp_path):
     dead = tmp_path / ".out.partial-1-abcd"  # PID 1 is alive here (init), yet that build is gone
     dead.mkdir()
-    (dead / build_module.STAGING_MARKER).write_text("")
+    (dead / staging_module.STAGING_MARKER).write_text("")
     (dead / "data").mkdir()
     foreign = tmp_path / ".out.partial-2-notours"  # same pattern, but not a staging folder of this package
     foreign.mkdir()
@@ -216,7 +216,7 @@ def test_staging_left_by_a_build_killed_as_pid_1_is_removed_and_others_are_left_
     assert report["counts"] == EXPECTED
     assert not dead.exists()
     assert (foreign / "keep.txt").read_text() == "someone else's"
-    assert not (tmp_path / "out" / build_module.STAGING_MARKER).exists()
+    assert not (tmp_path / "out" / staging_module.STAGING_MARKER).exists()
 
 
 # ---- 4. nothing unpinned is trusted ----------------------------------------------------------------
@@ -528,19 +528,19 @@ def test_report_paths_are_relative_to_the_cache(world, server, tmp_path):
 
 
 def test_ctrl_c_after_the_release_is_in_place_exits_0(world, server, tmp_path, monkeypatch):
-    original = build_module._move_into_place
+    original = staging_module.move_into_place
 
     def move_then_interrupt(staging, out):
         original(staging, out)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(build_module, "_move_into_place", move_then_interrupt)
+    monkeypatch.setattr(staging_module, "move_into_place", move_then_interrupt)
     result = cli(*build_args(world, server, tmp_path / "cache", tmp_path / "out"))
     assert result.exit_code == 0, result.output
     assert "wrote" in result.output
     assert json.loads((tmp_path / "out" / "build_report.json").read_text())["counts"] == EXPECTED
 
-    monkeypatch.setattr(build_module, "_move_into_place", original)
+    monkeypatch.setattr(staging_module, "move_into_place", original)
     from covid19_cxr_dataset import cli as cli_module
 
     def interrupted_summary(result):

@@ -38,7 +38,8 @@ import pyarrow.parquet as pq
 
 from .. import CLASS_NAMES
 from ..errors import CxrDatasetError, VerificationError
-from ..publish import SPLITS, shard_paths
+from ..publish import shard_paths
+from ..records import SPLITS
 from ..report import REPORT_NAME, fingerprint, read_report
 from ._backend import import_tensorflow
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VerificationError
-from ..publish import SPLITS, shard_paths
+from ..publish import shard_paths
+from ..records import SPLITS
 from ..report import REPORT_NAME, config_fingerprints
 from ..report import fingerprint as release_fingerprint
 

@@ -1,0 +1,124 @@
+"""Convert stage, as the build runs it: every image through the conversion cache, on worker processes.
+
+Converted images are kept under ``<cache>/converted/<key>/<sha256[:2]>/`` where ``<key>`` names the
+settings and every library that can change the output bytes (``convert.output_fingerprint``), and
+each file is ``<sha256 of the source>.<conversion><suffix>`` (``convert.cache_path``), so a rebuild
+converts nothing twice and knows each image's conversion path. Beside each entry,
+``<entry>.json`` records ``{"sha256", "size"}`` of the output (other keys may follow); an entry is
+reused only while it matches that record, so a replaced, truncated or emptied file is converted
+again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+
+from . import convert
+from .errors import ConversionError, CxrDatasetError
+from .records import exclude
+
+
+def cache_folder(cache: Path, settings: convert.ConvertSettings) -> Path:
+    """The conversion cache of ``settings`` under the download cache ``cache``."""
+    identity = f"{settings.cache_identity()}|{convert.output_fingerprint()}"
+    key = f"q{settings.quality}-side{settings.max_side or 'orig'}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
+    return cache / "converted" / key
+
+
+def _record_path(target: Path) -> Path:
+    """``<sha256>.jpg.json`` beside a converted image: ``{"sha256", "size"}`` of it."""
+    return target.with_name(target.name + ".json")
+
+
+def _entry_ok(target: Path) -> bool:
+    """An entry is reused only while its bytes still hash to what was recorded when it was written."""
+    try:
+        record = json.loads(_record_path(target).read_text(encoding="utf-8"))
+        data = target.read_bytes()
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(record, dict) and record.get("size") == len(data) and len(data) > 0
+        and record.get("sha256") == hashlib.sha256(data).hexdigest()
+    )
+
+
+def _store(target: Path, image: bytes) -> None:
+    """Image first, then its record, each by atomic rename: a crash in between leaves an entry without
+    a record, which is converted again."""
+    suffix = f".{os.getpid()}.tmp"  # one writer per process
+    record = json.dumps({"sha256": hashlib.sha256(image).hexdigest(), "size": len(image)})
+    for path, data in ((target, image), (_record_path(target), record.encode())):
+        temporary = path.with_name(path.name + suffix)
+        try:
+            temporary.write_bytes(data)
+            os.replace(temporary, path)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise CxrDatasetError(
+                f"cannot write the converted image {path.name} into the conversion cache {target.parent.parent} "
+                f"({error.strerror or error}); pass --cache-dir (or set COVID19_CXR_CACHE) to a writable folder, or "
+                "use a cache that already holds this release's conversions"
+            ) from None
+
+
+def _convert_one(task: tuple[str, str, convert.ConvertSettings]) -> tuple[str, str]:
+    """Worker: convert one file into the conversion cache; returns (target path, "") or ("", "reason\\terror")."""
+    source_path, stem, settings = task
+    cached = convert.cached_output(Path(stem))
+    if cached is not None and _entry_ok(cached):
+        return str(cached), ""
+    try:
+        result = convert.convert_file(Path(source_path), settings)
+    except ConversionError as error:
+        return "", f"{error.reason}\t{error}"
+    target_path = convert.cache_path(Path(stem), result.conversion)
+    _store(target_path, result.data)
+    return str(target_path), ""
+
+
+def conversions(kept: pd.DataFrame, cache: Path, settings: convert.ConvertSettings, workers: int) -> Iterator[tuple[str, str]]:
+    """(converted path or "", error) for each row of ``kept`` (``local_path``, ``sha256``), in row
+    order, from ``workers`` processes (in this one when ``workers <= 1``)."""
+    folder = cache_folder(cache, settings)
+    try:
+        for prefix in {s[:2] for s in kept["sha256"]}:  # once here, not once per image in the workers
+            (folder / prefix).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise CxrDatasetError(
+            f"cannot create the conversion cache {folder} ({error.strerror or error}); pass --cache-dir (or set "
+            "COVID19_CXR_CACHE) to a writable folder"
+        ) from None
+    tasks = [(p, str(folder / s[:2] / s), settings) for p, s in zip(kept["local_path"], kept["sha256"])]
+    if workers <= 1:
+        yield from map(_convert_one, tasks)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        yield from pool.map(_convert_one, tasks, chunksize=4)
+
+
+def separate_failures(kept: pd.DataFrame, results: list[tuple[str, str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows with their ``converted_path``, and the rows that failed as ``convert`` exclusions."""
+    kept = kept.copy()
+    kept["converted_path"] = [target for target, _ in results]
+    errors = pd.Series([error for _, error in results], index=kept.index)
+    remaining, dropped = exclude(
+        kept.drop(columns="converted_path"), kept["converted_path"].eq(""), stage="convert",
+        reason=errors.map(lambda e: e.split("\t", 1)[0] if e else ""), detail=errors.map(lambda e: e.split("\t", 1)[-1]),
+    )
+    remaining["converted_path"] = kept.loc[remaining.index, "converted_path"]
+    return remaining, dropped

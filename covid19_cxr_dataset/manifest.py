@@ -2,7 +2,7 @@
 
 A release is a folder ``builder_manifests/<name>/<version>/`` holding ``manifest.yaml`` and the
 lists it names (locks, decisions). It is data, not code: read with ``yaml.safe_load`` and checked
-against ``MANIFEST_SCHEMA``; an unknown key, a missing pin or a wrong type is a ManifestError that
+against ``manifest_schema()`` (``MANIFEST_SCHEMA`` plus each source kind's section schema, ``sources/``); an unknown key, a missing pin or a wrong type is a ManifestError that
 names the file, the key and the fix.
 """
 
@@ -62,7 +62,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
         "release_notes": {"type": "string"},
         "known_risks": {"type": "string"},
         "citations": {"type": "array", "items": sources.base.CITATION_SCHEMA},
-        "sources": sources.sources_schema(),  # one section schema per kind (sources/)
+        "sources": {"type": "array"},  # replaced by sources.sources_schema() in manifest_schema()
         "filters": {
             "type": "object",
             "additionalProperties": False,
@@ -142,6 +142,13 @@ MANIFEST_SCHEMA: dict[str, Any] = {
         "expected_counts": _EXPECTED_COUNTS,
     },
 }
+
+
+def manifest_schema() -> dict[str, Any]:
+    """``MANIFEST_SCHEMA`` with the ``sources`` list checked against every registered source kind."""
+    return {**MANIFEST_SCHEMA, "properties": {**MANIFEST_SCHEMA["properties"], "sources": sources.sources_schema()}}
+
+
 DEFAULT_CONFIG_NAME = "default"  # the one configuration of a manifest without a ``configs`` section
 
 
@@ -387,7 +394,7 @@ def load(folder: Path | str) -> Manifest:
 
 
 def validate(data: dict[str, Any], path: Path) -> None:
-    validator = jsonschema.Draft202012Validator(MANIFEST_SCHEMA)
+    validator = jsonschema.Draft202012Validator(manifest_schema())
     errors = sorted(validator.iter_errors(data), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if not errors:
         return

@@ -131,11 +131,9 @@ def expected_counts(manifest: Manifest) -> dict[str, dict[str, int]]:
 def expected_by_config(manifest: Manifest) -> dict[str | None, dict[str, dict[str, int]]]:
     """``{configuration: expected counts}``, the default first; ``{None: ...}`` for a manifest
     without a ``configs`` section (its top-level ``expected_counts``)."""
-    configs = manifest.data.get("configs")
-    if isinstance(configs, dict):
-        ordered = sorted(configs.items(), key=lambda item: not item[1].get("default"))
-        return {name: spec.get("expected_counts", {}) for name, spec in ordered}
-    return {None: manifest.data.get("expected_counts", {})}
+    if manifest.has_configs:
+        return {config.name: config.expected_counts for config in manifest.configs}
+    return {None: manifest.default_config.expected_counts}
 
 
 def _planned_counts(resolution, config: str | None) -> dict[str, dict[str, int]]:

@@ -7,7 +7,8 @@ Each source kind is one class in its own module, registered here by its ``kind``
 * ``dicom`` (``dicom.py``) — a list of DICOM files with checksums, from URLs or a local folder.
 
 The interface every kind implements is ``base.Source``. A new kind is one new module with one
-``Source`` subclass (its ``kind``, ``SCHEMA`` and ``records``) added to ``KINDS``; nothing outside
+``Source`` subclass (its ``kind``, ``SCHEMA`` and ``records``), listed in ``KINDS`` (or added with
+``register``); nothing outside
 this package tests a kind name. Patient ids are normalized by each kind, so that one patient has one
 id across the whole build.
 """
@@ -24,6 +25,14 @@ from .kaggle import KAGGLE_SUBTYPES, KaggleSource, kaggle_patient, kaggle_record
 
 KINDS: dict[str, type[Source]] = {cls.kind: cls for cls in (GitHubSource, KaggleSource, DicomSource)}
 """Every source kind a manifest may use, by its ``kind`` name."""
+
+
+def register(cls: type[Source]) -> type[Source]:
+    """Add a source kind (a ``Source`` subclass with its ``kind`` and ``SCHEMA``); usable as a decorator."""
+    if not cls.kind or not cls.SCHEMA:
+        raise TypeError(f"{cls.__name__}: a source kind needs a 'kind' name and a 'SCHEMA'")
+    KINDS[cls.kind] = cls
+    return cls
 
 
 def sources_schema() -> dict[str, Any]:
@@ -51,6 +60,6 @@ def from_section(section: Mapping[str, Any]) -> Source:
 
 __all__ = [
     "GITHUB_RAW_BASE", "KAGGLE_SUBTYPES", "KINDS", "DicomSource", "GitHubSource", "Inputs", "KaggleSource", "Source",
-    "check_relative_path", "dicom_records", "from_section", "github_records", "kaggle_patient", "kaggle_records",
+    "check_relative_path", "dicom_records", "from_section", "register", "github_records", "kaggle_patient", "kaggle_records",
     "read_kaggle_files", "read_lock", "read_metadata_csv", "sources_schema",
 ]

@@ -332,7 +332,7 @@ def test_disk_full_gives_a_clean_error_and_a_consistent_cache(server, tmp_path, 
         writes.append(len(data))
         handle.write(data)
 
-    monkeypatch.setattr(download, "_write_chunk", full_disk)
+    monkeypatch.setattr("covid19_cxr_dataset.download.resume._write_chunk", full_disk)
     downloader = make_downloader(tmp_path)
     with pytest.raises(errors.DownloadError) as caught:
         downloader.fetch(spec_for(server))

@@ -25,10 +25,9 @@ from tqdm.auto import tqdm
 
 from . import archive, convert, convert_cache, filters, publish, report, split, staging, variant
 from .card import render_card
-from .download import KAGGLE_BASE_URL, Downloader, check_base_url, default_cache_dir
+from .download import KAGGLE_BASE_URL, Downloader, check_base_url, default_cache_dir, file_sha256
 from .errors import CountMismatch, CxrDatasetError, MissingUpstreamFiles
 from .manifest import Manifest
-from .publish import sha256_file as file_sha256  # MERGE: download.file_sha256
 from .records import SPLITS, seeded_hash, split_rank
 from .report import check_counts
 from .sources import Inputs

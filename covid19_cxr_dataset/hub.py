@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import CredentialsError, CxrDatasetError, PublishError
-from .publish import sha256_file
+from .download.hashes import file_sha256
 from .report import REPORT_NAME, read_report
 from .verify import CARD_NAME, require_verified
 
@@ -160,7 +160,7 @@ def make_plan(out_dir: Path, repo_id: str, *, private: bool = False, dry_run: bo
     if branch == tag_name(version):
         raise PublishError(f"revision {branch!r} is the version's tag name; upload to another branch "
                            f"(default {branch_name(version)!r}) and let publish create the tag")
-    files = [PlannedFile(name, (out_dir / name).stat().st_size, sha256_file(out_dir / name)) for name in (CARD_NAME, REPORT_NAME)]
+    files = [PlannedFile(name, (out_dir / name).stat().st_size, file_sha256(out_dir / name)) for name in (CARD_NAME, REPORT_NAME)]
     files += [PlannedFile(path, int(entry["bytes"]), str(entry["sha256"])) for path, entry in sorted(report["shards"].items())]
     planned = {f.path for f in files}
     skipped = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*")

@@ -20,6 +20,7 @@ import yaml
 
 from . import CLASS_NAMES
 from . import safe_load, sources
+from .download import file_sha256
 from .errors import ManifestError
 
 MANIFEST_FILE = "manifest.yaml"
@@ -330,7 +331,7 @@ class Manifest:
         digest = hashlib.sha256()
         for path in sorted(p for p in self.folder.rglob("*") if p.is_file()):
             digest.update(str(path.relative_to(self.folder)).encode() + b"\0")
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
+            digest.update(bytes.fromhex(file_sha256(path)))
         return digest.hexdigest()
 
 

@@ -15,7 +15,6 @@ reads both folders, the subset only its own. A release with one configuration wr
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -309,11 +308,3 @@ def read_row_table(out_dir: Path) -> "pd.DataFrame":
         frame["duplicate_of"] = ""
     frame["label"] = [CLASS_NAMES[int(i)] if 0 <= int(i) < len(CLASS_NAMES) else f"label {int(i)}" for i in frame["label"]]
     return frame
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()

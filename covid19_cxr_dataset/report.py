@@ -19,7 +19,8 @@ import pandas as pd
 from PIL import Image
 
 from . import CLASS_NAMES
-from .publish import sha256_file, shard_paths
+from .download.hashes import file_sha256
+from .publish import shard_paths
 
 if TYPE_CHECKING:
     from .manifest import Manifest
@@ -90,7 +91,7 @@ def iter_rows_of(path: Path) -> Iterable[tuple[str, dict]]:
 def shard_hashes(out_dir: Path) -> dict[str, dict[str, Any]]:
     out_dir = Path(out_dir)
     return {
-        str(path.relative_to(out_dir)): {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        str(path.relative_to(out_dir)): {"sha256": file_sha256(path), "bytes": path.stat().st_size}
         for path in shard_paths(out_dir / "data")
     }
 

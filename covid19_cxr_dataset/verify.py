@@ -39,7 +39,8 @@ import yaml
 from . import CLASS_NAMES
 from . import safe_load
 from .errors import VerificationError
-from .publish import FLAGGED_FOLDER, read_row_table, sha256_file, shard_paths
+from .download.hashes import file_sha256
+from .publish import FLAGGED_FOLDER, read_row_table, shard_paths
 from .report import REPORT_NAME, combine_digests, shard_digests
 
 CARD_NAME = "README.md"
@@ -185,7 +186,7 @@ def _check_shard_files(out_dir: Path, listed: dict[str, Any], result: VerifyResu
 
     def digest(item: tuple[str, Path, dict[str, Any]]) -> tuple[str, dict[str, Any], int, str]:
         relpath, path, entry = item
-        return relpath, entry, path.stat().st_size, sha256_file(path)
+        return relpath, entry, path.stat().st_size, file_sha256(path)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:  # hashlib releases the GIL on large blocks
         for relpath, entry, size, sha256 in pool.map(digest, present):

@@ -13,7 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from covid19_cxr_dataset import hub, publish, report
+from covid19_cxr_dataset import hub, report
+from covid19_cxr_dataset.download import file_sha256
 from covid19_cxr_dataset.errors import CredentialsError, CxrDatasetError, VerificationError
 from release_factory import make_release, tamper_label
 
@@ -58,7 +59,7 @@ class FakeHfApi:
         for path in sorted(Path(folder_path).rglob("*")):
             relpath = path.relative_to(folder_path).as_posix()
             if path.is_file() and relpath in allow_patterns:
-                lfs = publish.sha256_file(path) if relpath.endswith(".parquet") else None
+                lfs = file_sha256(path) if relpath.endswith(".parquet") else None
                 files[relpath] = (path.stat().st_size, lfs)
         if self.tamper_upload:
             self.tamper_upload(files)
@@ -122,7 +123,7 @@ def test_dry_run_lists_every_file_with_size_and_sha256(release):
     assert {f.path for f in plan.files} == expected
     for planned in plan.files:
         assert planned.bytes == (release / planned.path).stat().st_size
-        assert planned.sha256 == publish.sha256_file(release / planned.path)
+        assert planned.sha256 == file_sha256(release / planned.path)
     assert plan.skipped == ["notes.txt"]
     assert (plan.branch, plan.tag, plan.version) == (f"release-{VERSION}", f"v{VERSION}", VERSION)
     assert plan.fingerprint == report.read_report(release)["fingerprint"]

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covid19_cxr_dataset import CLASS_NAMES, publish, report
+from covid19_cxr_dataset import CLASS_NAMES, report
+from covid19_cxr_dataset.download import file_sha256
 from covid19_cxr_dataset.errors import CxrDatasetError, VerificationError
 from covid19_cxr_dataset.verify import card_header, card_label_names, require_verified, verify_release
 from release_factory import make_release, rewrite_first_shard, tamper_image, tamper_label
@@ -71,7 +72,7 @@ def test_edited_label_is_caught_with_the_report_untouched(release):
     assert counts.actual == "COVID-19 2, Normal 4, Pneumonia 3"
     sha = next(p for p in result.problems if p.check == "shard-sha256")
     assert sha.expected == f"sha256 {report.read_report(release)['shards'][TEST_SHARD]['sha256']}"
-    assert sha.actual == f"sha256 {publish.sha256_file(release / TEST_SHARD)}"
+    assert sha.actual == f"sha256 {file_sha256(release / TEST_SHARD)}"
 
 
 def test_edited_label_is_caught_even_when_the_shard_hashes_were_rewritten(release):

@@ -20,7 +20,7 @@ import pandas as pd
 from filelock import FileLock
 
 from .. import archive, safe_load
-from ..download import Downloader, FileSpec, fetch_kaggle_archive, kaggle_archive_spec
+from ..download import Downloader, FileSpec, fetch_kaggle_archive, file_sha256, kaggle_archive_spec
 from ..errors import ArchiveError, ChecksumMismatch, CxrDatasetError, ManifestError
 from ..records import new_record_table
 from .base import Inputs, Source, check_relative_path, section_schema
@@ -94,8 +94,6 @@ class KaggleSource(Source):
         is not a zip (an HTML page answered with 200, a truncated body) is removed from the cache and
         fetched once more; a second failure is an error and leaves nothing in the cache.
         """
-        from ..publish import sha256_file as file_sha256  # MERGE: download.file_sha256
-
         pinned = self.archive_sha256
         if inputs.kaggle_archive:
             archive_path = archive.check_regular_file(Path(inputs.kaggle_archive))

@@ -221,6 +221,11 @@ _FIXES = {
 }
 
 
+def _optional_text(key: str, default: str = "") -> property:
+    """A manifest key read as text, ``default`` when the manifest leaves it out."""
+    return property(lambda self: self.data.get(key, default), doc=f"The manifest's ``{key}`` ({default!r} when absent).")
+
+
 @dataclass(frozen=True)
 class Manifest:
     """A validated manifest and the folder it came from."""
@@ -249,21 +254,10 @@ class Manifest:
     def title(self) -> str:
         return self.data["title"]
 
-    @property
-    def description(self) -> str:
-        return self.data.get("description", "")
-
-    @property
-    def release_notes(self) -> str:
-        return self.data.get("release_notes", "")
-
-    @property
-    def known_risks(self) -> str:
-        return self.data.get("known_risks", "")
-
-    @property
-    def card_license(self) -> str:
-        return self.data.get("card_license", "other")
+    description = _optional_text("description")
+    release_notes = _optional_text("release_notes")
+    known_risks = _optional_text("known_risks")
+    card_license = _optional_text("card_license", "other")
 
     @property
     def citations(self) -> list[dict[str, str]]:

@@ -1,4 +1,4 @@
-"""download.py against a loopback server: bytes, errors and the requests the server saw."""
+"""The download package against a loopback server: bytes, errors and the requests the server saw."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 ``plan`` resolves a release from metadata, locks and decisions alone (no image downloads):
 manifest -> sources (``sources/``) -> metadata filters (``filters``) -> quota and split (``split``).
-``build`` then runs download (``download/``) -> hash and exact-duplicate checks -> convert and
+``build`` then runs download (``fetch``, through ``download/``) -> hash and exact-duplicate checks -> convert and
 publish together (``convert_cache``, ``publish``) -> report and card (``report``, ``card``), inside a
 staging folder that is renamed into place only when every check passed (``staging``).
 
@@ -23,20 +23,16 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import archive, convert, convert_cache, filters, publish, report, split, staging, variant
+from . import archive, convert, convert_cache, fetch, filters, publish, report, split, staging
 from .card import render_card
 from .download import KAGGLE_BASE_URL, Downloader, check_base_url, default_cache_dir, file_sha256
-from .errors import CountMismatch, CxrDatasetError, MissingUpstreamFiles
+from .errors import CountMismatch, CxrDatasetError
 from .manifest import Manifest
 from .records import SPLITS, seeded_hash, split_rank
 from .report import check_counts
 from .sources import Inputs
 
 log = logging.getLogger(__name__)
-
-MISSING_REPORT_SUFFIX = ".missing-files.csv"
-"""``build --out X`` writes the list of files it could not get to ``X.missing-files.csv``."""
-
 
 @dataclass
 class Options:
@@ -128,32 +124,6 @@ def plan(manifest: Manifest, options: Options) -> Resolution:
     return finish_selection(resolve(manifest, options))
 
 
-def check_files(resolution: Resolution, options: Options, downloader: Downloader | None = None) -> tuple[int, list[dict]]:
-    """HEAD every file a build of ``resolution`` (what ``plan`` returned) would download; download
-    nothing. Returns (files checked, one missing-files row per unreachable file). Files from a
-    Kaggle archive or a local folder are not checked (they are not fetched one by one)."""
-    over_quota = resolution.excluded[resolution.excluded["reason"].eq("over-quota")]
-    rows = pd.concat([resolution.kept, over_quota], ignore_index=True).fillna({"split": ""})
-    rows = rows[rows["download_url"].ne("")]
-    specs = _file_specs(resolution.manifest, rows)
-    answers = (downloader or options.downloader()).check_reachable(list(specs.values()), desc="check files (HEAD)")
-    unreachable = []
-    for row in rows.itertuples():
-        answer = answers[specs[row.record_id].cache_key]
-        if not answer["reachable"]:
-            unreachable.append({"source": row.source, "source_path": row.source_path, "split": row.split, "label": row.label,
-                                # A 200 is unreachable only when the announced size differs from the pin.
-                                "status": "size" if answer["status"] == 200 else str(answer["status"]),
-                                "url": answer["url"], "detail": answer["detail"]})
-    return len(specs), unreachable
-
-
-def _file_specs(manifest: Manifest, rows: pd.DataFrame) -> dict:
-    """{record_id: download.FileSpec} of rows with a ``download_url``, each from its source."""
-    by_name = {source.name: source for source in manifest.sources}
-    return {row.record_id: by_name[row.source].file_spec(row) for row in rows.itertuples()}
-
-
 # ---- build: download, convert, publish, report ---------------------------------------------------
 
 def build(manifest: Manifest, out: Path, options: Options) -> dict:
@@ -192,8 +162,8 @@ def _build_locked(manifest: Manifest, out: Path, options: Options, downloader: D
     resolution = resolve(manifest, options, downloader)
     _fail_early_if_short(manifest, resolution, out)
     log.info("downloading %d candidate image(s)", len(resolution.kept))
-    kept = fetch_images(resolution, options, downloader, out=out)
-    kept, unverified = hash_and_verify(kept)
+    kept = fetch.fetch_images(resolution, options, downloader, out=out, planned_splits=lambda: _planned_splits(resolution))
+    kept, unverified = fetch.hash_and_verify(kept)
     kept, exact = filters.exact_duplicates_after_download(manifest, kept)
     resolution = Resolution(manifest, resolution.candidates, kept, pd.concat([resolution.excluded, exact], ignore_index=True),
                             resolution.decisions)
@@ -208,97 +178,10 @@ def _build_locked(manifest: Manifest, out: Path, options: Options, downloader: D
     return build_report
 
 
-def fetch_images(resolution: Resolution, options: Options, downloader: Downloader, *, out: Path | None = None) -> pd.DataFrame:
-    """Download stage: put every kept row's file in the cache; fill ``local_path``.
-
-    Every file that can be fetched is fetched; the ones that cannot (absent upstream or on the
-    mirror, other bytes than pinned, not in the Kaggle archive or local folder) are collected and
-    raised once as :class:`~covid19_cxr_dataset.errors.MissingUpstreamFiles`, after writing their
-    list beside ``out`` (``<out>.missing-files.csv``; see variant.MISSING_COLUMNS).
-    """
-    kept = resolution.kept.copy()
-    manifest = resolution.manifest
-    remote = kept["download_url"].ne("")
-    specs = _file_specs(manifest, kept[remote])
-    absent: dict[str, dict] = {}  # record_id -> what the downloader said
-    if specs:
-        try:
-            paths = downloader.fetch_all(list(specs.values()), desc="download images", keep_going=True)
-        except MissingUpstreamFiles as error:
-            by_key = {entry["cache_key"]: entry for entry in error.missing}
-            absent = {rid: by_key[spec.cache_key] for rid, spec in specs.items() if spec.cache_key in by_key}
-            paths = {spec.cache_key: downloader.path_for(spec) for rid, spec in specs.items() if rid not in absent}
-        fetched = remote & ~kept["record_id"].isin(absent)
-        kept.loc[fetched, "local_path"] = [str(paths[specs[rid].cache_key]) for rid in kept.loc[fetched, "record_id"]]
-        # The downloader hashed each file as it verified it; hash_and_verify reuses that sha256.
-        kept.loc[fetched, "sha256"] = [downloader.stored_hashes(specs[rid]).sha256 for rid in kept.loc[fetched, "record_id"]]
-    inputs = options.inputs(downloader)
-    for source in manifest.sources:
-        local = kept["source"].eq(source.name) & ~remote
-        if local.any():
-            root = source.local_root(manifest, inputs)
-            if root is not None:
-                kept.loc[local, "local_path"] = [str(root / p) for p in kept.loc[local, "source_path"]]
-    unfound = kept[~kept["record_id"].isin(absent) & ~kept["local_path"].map(lambda p: bool(p) and Path(p).is_file())]
-    if absent or len(unfound):
-        raise _missing_files_error(resolution, options, kept, absent, unfound, out)
-    return kept
-
-
-def _missing_files_error(
-    resolution: Resolution, options: Options, kept: pd.DataFrame, absent: dict[str, dict], unfound: pd.DataFrame,
-    out: Path | None,
-) -> MissingUpstreamFiles:
-    """One error naming every file that could not be had, its list written to a CSV beside ``out``."""
-    manifest = resolution.manifest
-    planned = dict(zip(*[finish_selection(resolution).kept[c] for c in ("record_id", "split")]))
-    status_of_local = {s.name: s.MISSING_STATUS for s in manifest.sources}
-    rows = []
-    for row in kept.itertuples():
-        if row.record_id in absent:
-            entry = absent[row.record_id]
-            status, url = entry["status"], entry["url"]
-            detail = entry["detail"].removeprefix(f"{url}: ")
-        elif row.Index in unfound.index:
-            status = status_of_local.get(row.source, "not-in-folder")
-            url, detail = row.local_path, f"{row.local_path} does not exist"
-        else:
-            continue
-        rows.append({"source": row.source, "source_path": row.source_path, "split": planned.get(row.record_id, ""),
-                     "label": row.label, "status": status, "url": url, "detail": detail})
-    target = Path(out).with_name(Path(out).name + MISSING_REPORT_SUFFIX) if out is not None else \
-        options.cache / "missing-files" / f"{manifest.name}-{manifest.version}.csv"
-    variant.write_missing_report(target, rows)
-    where = f"; nothing was written to {out}" if out is not None else ""
-    message = "\n".join([
-        f"{manifest.path}: {len(rows):,} of {len(kept):,} pinned file(s) could not be fetched; every other file was "
-        f"downloaded and is verified in the cache {options.cache}{where}.",
-        "Missing per source and split (split: where the file would have gone):",
-        *variant.missing_table(rows),
-        *variant.missing_lines(rows),
-        f"The full list (source, path, split, label, HTTP status, URL) is in {variant.shown_path(target)}",
-        variant.missing_files_advice(manifest, target, out=out, mirror=options.mirror, cache_dir=options.cache_dir,
-                                     kaggle_archive=options.kaggle_archive),
-    ])
-    return MissingUpstreamFiles(message, rows, report_path=target)
-
-
-def hash_and_verify(kept: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """sha256 of every source file (hashing only those the downloader has not); a pinned sha256 that
-    differs is an error naming the file."""
-    kept = kept.copy()
-    kept["sha256"] = [s or file_sha256(Path(p)) for p, s in zip(kept["local_path"], kept["sha256"])]
-    pinned = kept["sha256_expected"].ne("")
-    wrong = kept[pinned & kept["sha256_expected"].ne(kept["sha256"])]
-    if len(wrong):
-        row = wrong.iloc[0]
-        raise CxrDatasetError(
-            f"{row['local_path']} ({row['record_id']}): sha256 {row['sha256']} differs from the pinned "
-            f"{row['sha256_expected']}; the file changed upstream or the archive is not the pinned version "
-            f"({len(wrong)} file(s) differ)"
-        )
-    unverified = sorted(kept.loc[~pinned & kept["git_blob_sha1"].eq(""), "record_id"])
-    return kept, unverified
+def _planned_splits(resolution: Resolution) -> dict[str, str]:
+    """{record_id: split} the selection would give: where each missing file would have gone."""
+    kept = finish_selection(resolution).kept
+    return dict(zip(kept["record_id"], kept["split"]))
 
 
 def _convert_and_publish(resolution: Resolution, data_dir: Path, options: Options, out: Path) -> Resolution:

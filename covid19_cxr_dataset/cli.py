@@ -278,7 +278,7 @@ def plan(version, manifest_path, name, cache_dir, mirror, offline, workers, quie
 def _check_files(manifest, resolution, options, missing_report: Path | None) -> list[dict]:
     """plan --check-files: HEAD every file, print what is unreachable, write the missing-files report."""
     from . import variant
-    from .build import check_files
+    from .fetch import check_files
 
     checked, unreachable = check_files(resolution, options)
     where = options.mirror or "raw.githubusercontent.com"

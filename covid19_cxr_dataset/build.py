@@ -52,8 +52,13 @@ class Options:
     def cache(self) -> Path:
         return Path(self.cache_dir) if self.cache_dir else default_cache_dir()
 
+    @property
+    def mirror_base(self) -> str:
+        """``--mirror``, checked (``download.check_base_url``); "" when none was given."""
+        return check_base_url(self.mirror, "--mirror") if self.mirror else ""
+
     def downloader(self) -> Downloader:
-        allowed = [check_base_url(self.mirror, "--mirror")] if self.mirror else []
+        allowed = [self.mirror_base] if self.mirror else []
         return Downloader(
             self.cache, offline=self.offline, workers=max(1, min(16, self.workers * 4)),
             allowed_redirect_hosts=allowed, progress=self.progress,
@@ -62,7 +67,7 @@ class Options:
     def inputs(self, downloader: Downloader | None = None) -> Inputs:
         """What the sources need to know of these options (``sources.Inputs``)."""
         return Inputs(
-            cache=self.cache, downloader=downloader, github_base=check_base_url(self.mirror, "--mirror") if self.mirror else "",
+            cache=self.cache, downloader=downloader, github_base=self.mirror_base,
             kaggle_api=self.kaggle_api, kaggle_archive=self.kaggle_archive, offline=self.offline, progress=self.progress,
         )
 

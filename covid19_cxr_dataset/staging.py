@@ -33,7 +33,9 @@ from .errors import CxrDatasetError
 
 log = logging.getLogger(__name__)
 
-REPORT_NAME = "build_report.json"  # report.REPORT_NAME (report.py imports heavier things)
+REPORT_NAME = "build_report.json"
+"""The build report's file name, also ``report.REPORT_NAME``. Defined here: report.py cannot be imported
+from this module (report -> publish -> manifest -> sources -> archive -> staging would be a cycle)."""
 STAGING_MARKER = ".cxr-dataset-staging"
 """File in every staging folder until the card is written: what makes a ``.partial-*`` folder ours."""
 

@@ -100,20 +100,15 @@ class GitHubSource(Source):
     def read_lock(self, manifest: "Manifest") -> dict[str, tuple[str, int]]:
         return read_lock(manifest.file(self.lock))
 
-    def metadata_pin(self, manifest: "Manifest") -> tuple[str, int]:
-        lock = self.read_lock(manifest)
-        if self.metadata.path not in lock:
-            raise ManifestError(f"{manifest.file(self.lock)}: the metadata file {self.metadata.path!r} of source {self.name!r} is not pinned; add its git blob id")
-        return lock[self.metadata.path]
-
     def records(self, manifest: "Manifest", inputs: Inputs) -> pd.DataFrame:
-        """Download the pinned metadata table and parse it into rows."""
-        blob, size = self.metadata_pin(manifest)
-        path = self.metadata.path
+        """Download the pinned metadata table and parse it into rows (the lock is read once for both)."""
+        lock, path = self.read_lock(manifest), self.metadata.path
+        if path not in lock:
+            raise ManifestError(f"{manifest.file(self.lock)}: the metadata file {path!r} of source {self.name!r} is not pinned; add its git blob id")
+        blob, size = lock[path]
         spec = FileSpec(url=self.url(path, inputs.github_base), cache_key=self.cache_key(path), git_blob_sha1=blob, size=size)
-        local = inputs.downloader.fetch(spec)
-        metadata = read_metadata_csv(local, self.metadata.encoding)
-        return github_records(manifest, self, metadata, inputs.github_base or GITHUB_RAW_BASE)
+        metadata = read_metadata_csv(inputs.downloader.fetch(spec), self.metadata.encoding)
+        return github_records(manifest, self, metadata, inputs.github_base or GITHUB_RAW_BASE, lock=lock)
 
     def pins(self) -> dict[str, Any]:
         return {"kind": self.kind, "repository": self.repository, "commit": self.commit}

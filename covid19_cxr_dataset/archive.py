@@ -13,7 +13,10 @@ is checked before a byte is written:
   Kaggle archive carries next to ``<root>/train`` etc.
 
 Extraction writes into a temporary sibling of ``dest_dir`` and renames it into place at the end, so
-an interrupted or refused extraction never leaves a half-extracted folder behind.
+an interrupted or refused extraction never leaves a half-extracted folder behind. It records the
+size and sha256 of every file it wrote (``EXTRACTION_RECORD`` inside the tree); ``check_extracted``
+holds the tree to that record on every use and extracts a changed or missing file again, so a cache
+never hands over bytes that did not come out of the archive.
 
 Paths are reported as they appear in the archive (``chest_xray/train/NORMAL/IM-0115-0001.jpeg``):
 they are the ``source_path`` of Kaggle records.
@@ -21,6 +24,8 @@ they are the ``source_path`` of Kaggle records.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
@@ -31,6 +36,9 @@ import zipfile
 import zlib
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
+from .download import file_sha256
 from .errors import ArchiveError
 from .staging import replace_folder
 
@@ -46,6 +54,9 @@ _RATIO_FLOOR = 1024 * 1024  # Tiny entries (text, empty files) may compress well
 _COPY_CHUNK = 1 << 20
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _METADATA_NAMES = {".DS_Store"}
+
+EXTRACTION_RECORD = ".extraction.json"
+"""Inside an extracted tree: {"files": {archive path: [size, sha256]}} of every file extraction wrote."""
 
 
 def extract_zip(
@@ -73,8 +84,8 @@ def extract_zip(
         dest_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.", suffix=".partial", dir=dest_dir.parent))
         try:
-            for info, name in plan:
-                _extract_entry(archive, zip_path, info, name, staging)
+            written = {name: _extract_entry(archive, zip_path, info, name, staging) for info, name in plan}
+            _write_record(staging, written)
             replace_folder(staging, dest_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -137,6 +148,83 @@ def check_regular_file(path: Path, option: str = "--kaggle-archive") -> Path:
     if not os.access(path, os.R_OK):
         raise ArchiveError(f"{option} {path} is not readable by this user; fix its permissions or copy it elsewhere")
     return path
+
+
+def read_extraction_record(tree: Path) -> dict[str, tuple[int, str]] | None:
+    """{archive path: (size, sha256)} that extraction recorded in ``tree``; None for a tree without one
+    (extracted by an older version of this package) or with an unreadable one."""
+    try:
+        files = json.loads((Path(tree) / EXTRACTION_RECORD).read_text(encoding="utf-8"))["files"]
+        return {str(name): (int(entry[0]), str(entry[1])) for name, entry in files.items()}
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+def check_extracted(tree: Path, zip_path: Path, *, progress: bool = False) -> dict[str, str]:
+    """Hold the extracted ``tree`` of ``zip_path`` to its extraction record; returns {archive path: sha256}.
+
+    Every recorded file is hashed; one that changed size or bytes, or disappeared, is extracted again
+    from ``zip_path`` (written beside it and renamed into place) and checked once more. Nothing in the
+    tree is handed over unchecked: the returned hashes are those of the bytes now on disk.
+
+    Raises:
+        ArchiveError: the tree has no readable record, a file cannot be restored (the archive no
+            longer holds it, or gives other bytes than it gave at extraction), or the tree is read-only.
+    """
+    tree, zip_path = Path(tree), Path(zip_path)
+    record = read_extraction_record(tree)
+    if record is None:
+        raise ArchiveError(f"{tree} has no readable {EXTRACTION_RECORD}; remove the folder so that the archive is extracted again")
+    checked, damaged = {}, []
+    for name, (size, sha256) in tqdm(sorted(record.items()), desc="check extracted archive files", unit="file",
+                                     disable=not progress, leave=False):
+        path = tree.joinpath(*name.split("/"))
+        try:
+            intact = path.is_file() and path.stat().st_size == size and file_sha256(path) == sha256
+        except OSError:
+            intact = False
+        if intact:
+            checked[name] = sha256
+        else:
+            damaged.append(name)
+    if damaged:
+        log.warning("%d file(s) of the extracted archive %s changed or disappeared in the cache; extracting them again "
+                    "from %s: %s", len(damaged), tree, zip_path, ", ".join(damaged[:5]) + (" ..." if len(damaged) > 5 else ""))
+        with _open_zip(zip_path) as archive:
+            for name in damaged:
+                checked[name] = _restore_member(archive, zip_path, tree, name, record[name])
+    return checked
+
+
+def _restore_member(archive: zipfile.ZipFile, zip_path: Path, tree: Path, name: str, recorded: tuple[int, str]) -> str:
+    try:
+        info = archive.getinfo(name)
+    except KeyError:
+        raise ArchiveError(
+            f"{zip_path} no longer holds {name!r}, which was extracted from it into {tree} and has changed there; "
+            "remove that folder and build again with the archive the release pins"
+        ) from None
+    _check_entry(info, zip_path)
+    target = tree.joinpath(*name.split("/"))
+    temp = target.with_name(f".{target.name}.{os.getpid()}.restore")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp.unlink(missing_ok=True)
+        size, sha256 = _extract_to(archive, zip_path, info, temp)
+        if (size, sha256) != tuple(recorded):
+            raise ArchiveError(
+                f"{zip_path}: entry {name!r} gives sha256 {sha256} ({size} bytes), but extraction into {tree} recorded "
+                f"{recorded[1]} ({recorded[0]} bytes); the archive changed. Remove {tree} and build again."
+            )
+        os.replace(temp, target)
+    except OSError as exc:
+        raise ArchiveError(
+            f"{target} changed in the cache and cannot be extracted again from {zip_path} ({exc.strerror or exc}); "
+            "make the cache writable, or pass --cache-dir (or set COVID19_CXR_CACHE) to a writable folder"
+        ) from None
+    finally:
+        temp.unlink(missing_ok=True)
+    return sha256
 
 
 # ---- internals -----------------------------------------------------------------------------------
@@ -254,25 +342,40 @@ def _plan(
     return chosen
 
 
-def _extract_entry(archive: zipfile.ZipFile, zip_path: Path, info: zipfile.ZipInfo, name: str, staging: Path) -> None:
+def _extract_entry(archive: zipfile.ZipFile, zip_path: Path, info: zipfile.ZipInfo, name: str, staging: Path) -> tuple[int, str]:
+    """Write one entry under ``staging``; returns its (size, sha256) as written."""
     target = staging.joinpath(*name.split("/"))
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        written = 0
+        return _extract_to(archive, zip_path, info, target)
+    except OSError as exc:
+        raise ArchiveError(
+            f"could not write {info.filename!r} from {zip_path} into {staging.parent}: {exc.strerror or exc}. "
+            "Nothing was left half-extracted; free some disk space or extract elsewhere."
+        ) from None
+
+
+def _extract_to(archive: zipfile.ZipFile, zip_path: Path, info: zipfile.ZipInfo, target: Path) -> tuple[int, str]:
+    """Stream one entry into the new file ``target`` (never an existing one); returns (size, sha256)."""
+    written = 0
+    digest = hashlib.sha256()
+    try:
         # "xb": never overwrite, even if a path check above were ever wrong.
         with archive.open(info) as source, open(target, "xb") as sink:
             while chunk := source.read(_COPY_CHUNK):
                 written += len(chunk)
                 if written > info.file_size:  # zipfile caps reads at file_size; this is a second fence
                     raise ArchiveError(f"{zip_path}: entry {info.filename!r} inflates beyond its declared size")
+                digest.update(chunk)
                 sink.write(chunk)
     except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as exc:
         raise _corrupt(zip_path, info.filename, exc) from None
-    except OSError as exc:
-        raise ArchiveError(
-            f"could not write {info.filename!r} from {zip_path} into {staging.parent}: {exc.strerror or exc}. "
-            "Nothing was left half-extracted; free some disk space or extract elsewhere."
-        ) from None
+    return written, digest.hexdigest()
+
+
+def _write_record(tree: Path, written: dict[str, tuple[int, str]]) -> None:
+    text = json.dumps({"files": {name: list(entry) for name, entry in sorted(written.items())}}, indent=0)
+    (tree / EXTRACTION_RECORD).write_text(text + "\n", encoding="utf-8")
 
 
 def _corrupt(zip_path: Path, member: str, exc: BaseException) -> ArchiveError:

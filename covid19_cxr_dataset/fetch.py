@@ -59,9 +59,11 @@ def fetch_images(
     for source in manifest.sources:
         local = kept["source"].eq(source.name) & ~remote
         if local.any():
-            root = source.local_root(manifest, inputs)
-            if root is not None:
-                kept.loc[local, "local_path"] = [str(root / p) for p in kept.loc[local, "source_path"]]
+            found = source.local_files(manifest, inputs)
+            if found is not None:
+                kept.loc[local, "local_path"] = [str(found.root / p) for p in kept.loc[local, "source_path"]]
+                # Hashes the source took of the bytes on disk just now (an extracted archive checks every file).
+                kept.loc[local, "sha256"] = [found.sha256.get(p, "") for p in kept.loc[local, "source_path"]]
     unfound = kept[~kept["record_id"].isin(absent) & ~kept["local_path"].map(lambda p: bool(p) and Path(p).is_file())]
     if absent or len(unfound):
         raise _missing_files_error(resolution.manifest, options, kept, absent, unfound, out, planned_splits())

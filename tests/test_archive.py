@@ -64,7 +64,8 @@ def test_extracts_images_and_skips_mac_metadata_and_the_nested_duplicate(tmp_pat
     zip_path = kaggle_like(tmp_path / "archive.zip")
     dest = tmp_path / "out" / "kaggle"
     assert archive.extract_zip(zip_path, dest) == EXPECTED
-    assert files_under(dest) == EXPECTED
+    assert files_under(dest) == [archive.EXTRACTION_RECORD, *EXPECTED]  # the record of what was written
+    assert sorted(archive.read_extraction_record(dest)) == EXPECTED
     assert (dest / "chest_xray/train/PNEUMONIA/person1_bacteria_1.jpeg").read_bytes() == IMAGE[::-1]
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["kaggle"]  # no staging folder left
 
@@ -91,7 +92,7 @@ def test_extracting_again_replaces_the_previous_tree(tmp_path):
     (dest / "stale.txt").write_text("from an older run")
     second = make_zip(tmp_path / "two.zip", {"chest_xray/train/NORMAL/new.jpeg": IMAGE})
     assert archive.extract_zip(second, dest) == ["chest_xray/train/NORMAL/new.jpeg"]
-    assert files_under(dest) == ["chest_xray/train/NORMAL/new.jpeg"]
+    assert files_under(dest) == [archive.EXTRACTION_RECORD, "chest_xray/train/NORMAL/new.jpeg"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.zip", "out", "two.zip"]
 
 

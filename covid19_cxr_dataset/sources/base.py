@@ -9,7 +9,8 @@ A source kind is one class (a frozen dataclass) registered by its ``kind`` name
   (``records.py`` columns; patient ids normalized here).
 * ``file_spec(row)`` — how one row's file is downloaded (a ``download.FileSpec``).
 * ``local_root(manifest, inputs)`` — the folder holding the rows that are not downloaded one by one
-  (an extracted archive, a local folder), or None.
+  (an extracted archive, a local folder), or None; ``local_files`` adds the sha256 of each file the
+  source checked there (an extracted archive is held to its extraction record on every use).
 * ``pins()`` / ``card_pin()`` — what the build report and the card say pins the source.
 
 A source still reads as the manifest's own mapping (``source["commit"]``, ``source.get(...)``):
@@ -75,6 +76,14 @@ class Inputs:
 
 
 @dataclass(frozen=True)
+class LocalFiles:
+    """Where a source's local rows lie, and the sha256 of each file it checked there just now."""
+
+    root: Path
+    sha256: Mapping[str, str] = field(default_factory=dict)  # source_path -> sha256 of the bytes on disk
+
+
+@dataclass(frozen=True)
 class Source(Mapping):
     """The fields every manifest source section has; subclasses add their kind's own."""
 
@@ -137,6 +146,12 @@ class Source(Mapping):
     def local_root(self, manifest: "Manifest", inputs: Inputs) -> Path | None:
         """The folder holding this source's rows that have no ``download_url``, or None."""
         return None
+
+    def local_files(self, manifest: "Manifest", inputs: Inputs) -> LocalFiles | None:
+        """``local_root`` and the sha256 of the files the source checked in it (none by default: the
+        download stage hashes them)."""
+        root = self.local_root(manifest, inputs)
+        return None if root is None else LocalFiles(root)
 
     def local_folders(self, manifest: "Manifest") -> list[tuple[str, Path]]:
         """(label, folder) of the source's local input folders, which a build must never write into."""

@@ -2,7 +2,9 @@
 
 The files are pinned by name, split and class in the manifest's file list (``split,class,filename,
 subtype[,sha256]``); the archive comes from ``--kaggle-archive`` or the Kaggle API and is extracted
-into the cache, keyed by its sha256. A file's path is always ``<archive_root>/<split>/<class>/<name>``
+into the cache, keyed by its sha256, and every use holds the extracted tree to what extraction recorded
+(``archive.check_extracted``): a file changed or deleted in the cache is extracted again, never used.
+A file's path is always ``<archive_root>/<split>/<class>/<name>``
 (``member_path``), in the record table, in decisions and in the archive.
 """
 
@@ -23,7 +25,7 @@ from .. import archive, safe_load
 from ..download import Downloader, FileSpec, fetch_kaggle_archive, file_sha256, kaggle_archive_spec
 from ..errors import ArchiveError, ChecksumMismatch, CxrDatasetError, ManifestError
 from ..records import new_record_table
-from .base import Inputs, Source, check_relative_path, section_schema
+from .base import Inputs, LocalFiles, Source, check_relative_path, section_schema
 
 if TYPE_CHECKING:
     from ..manifest import Manifest
@@ -88,7 +90,20 @@ class KaggleSource(Source):
         return kaggle_records(manifest, self)
 
     def local_root(self, manifest: "Manifest", inputs: Inputs) -> Path:
-        """The extracted archive in the cache, from ``--kaggle-archive`` or the Kaggle API.
+        return self.local_files(manifest, inputs).root
+
+    def local_files(self, manifest: "Manifest", inputs: Inputs) -> LocalFiles:
+        """The extracted archive in the cache, checked file by file against its extraction record.
+
+        ``sha256`` holds every extracted file's hash as it is on disk now; a changed or missing file
+        was extracted again first (``archive.check_extracted``).
+        """
+        archive_path, digest = self._archive(inputs)
+        root = self._extracted(inputs.cache, archive_path, digest)
+        return LocalFiles(root, archive.check_extracted(root, archive_path, progress=inputs.progress))
+
+    def _archive(self, inputs: Inputs) -> tuple[Path, str]:
+        """The archive, from ``--kaggle-archive`` or the Kaggle API, and its sha256.
 
         The manifest's ``archive_sha256`` binds both ways the archive arrives. A downloaded archive that
         is not a zip (an HTML page answered with 200, a truncated body) is removed from the cache and
@@ -104,7 +119,7 @@ class KaggleSource(Source):
                     f"{self.dataset} version {self.dataset_version}. Pass the archive of that version (Kaggle's "
                     "dataset page, Download, with that version selected), or drop --kaggle-archive to fetch it."
                 )
-            return self._extracted(inputs.cache, archive_path, digest)
+            return archive_path, digest
         for attempt in (1, 2):
             archive_path = Path(fetch_kaggle_archive(
                 self.dataset, version=self.dataset_version, cache_dir=inputs.cache, sha256=pinned,
@@ -112,7 +127,7 @@ class KaggleSource(Source):
                 discard_cached=attempt == 2,
             ))
             if zipfile.is_zipfile(archive_path):
-                return self._extracted(inputs.cache, archive_path, file_sha256(archive_path))
+                return archive_path, file_sha256(archive_path)
             try:
                 archive.list_members(archive_path, root=None)  # the error that says what the file is instead
             except ArchiveError as error:
@@ -137,7 +152,9 @@ class KaggleSource(Source):
     def _extracted(self, cache: Path, archive_path: Path, digest: str) -> Path:
         # Keyed by the archive's bytes: another archive (or version) never reuses a stale extraction.
         extracted = cache / "kaggle" / self.dataset / "extracted" / digest[:20]
-        if extracted.is_dir():  # complete: extraction renames the finished tree into place (works on a read-only cache)
+        # Complete: extraction renames the finished tree into place (works on a read-only cache). A tree
+        # without an extraction record (an older package) cannot be checked: it is extracted again.
+        if extracted.is_dir() and archive.read_extraction_record(extracted) is not None:
             return extracted
         try:
             extracted.parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +167,7 @@ class KaggleSource(Source):
             ) from None
         # Two builds sharing a cache must not both extract: the second would swap the tree under the first.
         try:
-            if not extracted.is_dir():
+            if not extracted.is_dir() or archive.read_extraction_record(extracted) is None:
                 archive.extract_zip(archive_path, extracted, root=self.section.get("archive_root", self.archive_root))
         finally:
             lock.release()

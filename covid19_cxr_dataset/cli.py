@@ -566,15 +566,23 @@ def lock_github(manifest_path, source_name, tree, metadata):
 @click.option("--manifest", "manifest_path", type=click.Path(exists=True, path_type=Path), required=True, help="The manifest folder to pin.")
 @click.option("--kaggle-archive", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="The Kaggle archive the release is built from.")
+@click.option("--replace-pins", is_flag=True,
+              help="Overwrite sha256 already pinned that this archive contradicts (each change is printed). Without "
+                   "it such a contradiction is an error and nothing is written.")
 @_fail_cleanly
-def lock_kaggle(manifest_path, kaggle_archive):
-    """Record the sha256 of every listed Kaggle file from the archive, so later builds verify them."""
+def lock_kaggle(manifest_path, kaggle_archive, replace_pins):
+    """Record the sha256 of every listed Kaggle file from the archive, so later builds verify them.
+
+    Files without a pin get one; an existing pin is never replaced unless --replace-pins is given.
+    """
     from . import locks, manifest
 
     loaded = manifest.load(manifest_path)
     source = locks.kaggle_source(loaded)
-    recorded, missing = locks.record_kaggle_checksums(loaded, source, kaggle_archive)
-    click.echo(f"recorded {recorded:,} sha256 in {loaded.file(source.files)}")
+    recorded, missing, changed = locks.record_kaggle_checksums(loaded, source, kaggle_archive, replace=replace_pins)
+    for name, old, new in changed:
+        click.echo(f"replaced the pin of {name}: {old} -> {new}")
+    click.echo(f"recorded {recorded:,} sha256 in {loaded.file(source.files)} ({len(changed):,} pin(s) replaced)")
     if missing:
         raise CxrDatasetError(f"{len(missing)} listed file(s) are not in {kaggle_archive}, e.g. {missing[0]}; is it the pinned version?")
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import zipfile
 from pathlib import Path
 
 import pandas as pd
 
 from .archive import check_regular_file
-from .errors import CxrDatasetError, ManifestError
+from .errors import ChecksumMismatch, CxrDatasetError, ManifestError
 from .manifest import Manifest
 from .safe_load import csv_table
 from .sources import GitHubSource, KaggleSource, github_records, read_lock, read_metadata_csv
@@ -52,8 +53,16 @@ def write_github_lock(path: Path, rows: list[tuple[str, str, str]]) -> None:
         writer.writerows(rows)
 
 
-def record_kaggle_checksums(manifest: Manifest, source: KaggleSource, archive: Path) -> tuple[int, list[str]]:
-    """Fill the sha256 column of the Kaggle file list from ``archive``; returns (recorded, missing)."""
+def record_kaggle_checksums(
+    manifest: Manifest, source: KaggleSource, archive: Path, *, replace: bool = False,
+) -> tuple[int, list[str], list[tuple[str, str, str]]]:
+    """Fill the sha256 column of the Kaggle file list from ``archive``.
+
+    Returns (recorded, missing, changed): how many files the archive holds, the listed paths it lacks,
+    and (path, pinned sha256, archive sha256) of every existing pin the archive contradicts. A pin is
+    never replaced silently: with any such contradiction and ``replace`` False, nothing is written and
+    the error lists them (a published release's pins are facts; a different archive is a variant).
+    """
     check_regular_file(archive)
     files_path = manifest.file(source.files)
     files = source.read_files(manifest)
@@ -70,11 +79,26 @@ def record_kaggle_checksums(manifest: Manifest, source: KaggleSource, archive: P
                     found[info.filename] = digest.hexdigest()
     except zipfile.BadZipFile:
         raise ManifestError(f"{archive} is not a zip archive; download the Kaggle archive again") from None
+    changed = [(name, files.at[wanted[name], "sha256"], digest) for name, digest in sorted(found.items())
+               if files.at[wanted[name], "sha256"] not in ("", digest)]
+    if changed and not replace:
+        shown = "".join(f"\n  {name}: pinned {old}, archive {new}" for name, old, new in changed[:10])
+        raise ChecksumMismatch(
+            f"{archive}: {len(changed):,} file(s) differ from the sha256 already pinned in {files_path}; nothing was "
+            f"written.{shown}{' ...' if len(changed) > 10 else ''}\nA pinned release does not change its pins: build "
+            "a local variant that records this archive's hashes (run `cxr-dataset build` with this archive; the "
+            "failure prints the commands). To replace the pins of an unreleased manifest, pass --replace-pins."
+        )
     for name, index in wanted.items():
         if name in found:
             files.at[index, "sha256"] = found[name]
-    files.to_csv(files_path, index=False, lineterminator="\n")
-    return len(found), sorted(set(wanted) - set(found))
+    temp = files_path.with_name(f".{files_path.name}.{os.getpid()}.tmp")
+    try:
+        files.to_csv(temp, index=False, lineterminator="\n")
+        os.replace(temp, files_path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return len(found), sorted(set(wanted) - set(found)), changed
 
 
 def kaggle_files_from_listing(listing: Path) -> pd.DataFrame:

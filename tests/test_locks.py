@@ -43,3 +43,30 @@ def test_recorded_kaggle_checksums_verify_the_next_build(tmp_path):
         options = Options(cache_dir=tmp_path / "cache", mirror=server.base_url, workers=1, progress=False, kaggle_archive=other)
         with pytest.raises(CxrDatasetError, match=r"IM-0001-0001\.jpeg.*differs from the pinned"):
             build(manifest_module.load(world.manifest_dir), tmp_path / "out2", options)
+
+
+def test_lock_kaggle_never_replaces_an_existing_pin_silently(tmp_path):
+    world = make_world(tmp_path / "world")
+    lock = ["lock", "kaggle", "--manifest", str(world.manifest_dir)]
+    assert CliRunner().invoke(main, [*lock, "--kaggle-archive", str(world.kaggle_zip)]).exit_code == 0
+    pinned = (world.manifest_dir / "locks" / "kaggle.csv").read_bytes()
+    other = tmp_path / "other.zip"
+    changed_member = "chest_xray/{}/{}/{}".format(*KAGGLE_FILES[0][:3])
+    with zipfile.ZipFile(world.kaggle_zip) as source, zipfile.ZipFile(other, "w") as target:
+        for info in source.infolist():
+            payload = source.read(info)
+            target.writestr(info, payload + b"\0" if info.filename == changed_member else payload)
+
+    refused = CliRunner().invoke(main, [*lock, "--kaggle-archive", str(other)])
+    assert refused.exit_code != 0
+    assert "1 file(s) differ from the sha256 already pinned" in refused.output and changed_member in refused.output
+    assert "--replace-pins" in refused.output and "nothing was written" in refused.output
+    assert (world.manifest_dir / "locks" / "kaggle.csv").read_bytes() == pinned
+
+    replaced = CliRunner().invoke(main, [*lock, "--kaggle-archive", str(other), "--replace-pins"])
+    assert replaced.exit_code == 0, replaced.output
+    with zipfile.ZipFile(other) as archive:
+        new = hashlib.sha256(archive.read(changed_member)).hexdigest()
+    assert f"replaced the pin of {changed_member}:" in replaced.output and new in replaced.output
+    files = pd.read_csv(world.manifest_dir / "locks" / "kaggle.csv", dtype=str)
+    assert (files["sha256"] == new).sum() == 1

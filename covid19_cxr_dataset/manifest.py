@@ -115,6 +115,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
             "required": ["seed", "rules"],
             "properties": {
                 "seed": {"type": "string"},
+                "assignment": {"type": "string"},  # the release's split as data (split.ASSIGNMENT_COLUMNS)
                 "rules": {
                     "type": "array",
                     "minItems": 1,
@@ -205,10 +206,12 @@ class Filters:
 
 @dataclass(frozen=True)
 class SplitSpec:
-    """The ``split`` section: the seed and the rules ``split.assign_splits`` applies in order."""
+    """The ``split`` section: the seed, the rules ``split.assign_splits`` applies in order, and the
+    release's recorded assignment (a file of the manifest folder, "" for none)."""
 
     seed: str
     rules: tuple[dict[str, Any], ...]
+    assignment: str = ""
 
 
 _FIXES = {
@@ -270,7 +273,7 @@ class Manifest:
     @property
     def split(self) -> "SplitSpec":
         spec = self.data["split"]
-        return SplitSpec(seed=spec["seed"], rules=tuple(spec["rules"]))
+        return SplitSpec(seed=spec["seed"], rules=tuple(spec["rules"]), assignment=spec.get("assignment", ""))
 
     @property
     def convert(self) -> dict[str, Any]:
@@ -458,6 +461,8 @@ def _check_references(manifest: Manifest) -> None:
             manifest.file(relative)
     for relative in manifest.filters.decisions.values():
         manifest.file(relative)
+    if manifest.split.assignment:
+        manifest.file(manifest.split.assignment)
     for rule in manifest.split.rules:
         if "source" in rule and rule["source"] not in names:
             raise ManifestError(f"{manifest.path}: split rule names source {rule['source']!r}, not one of {names}")

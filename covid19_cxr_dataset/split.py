@@ -14,14 +14,34 @@ excluded rows) and every reviewed link (patients.csv), so no person ends up on b
 manifest's rules choose the side. A source that brings its own split (``upstream``) keeps it: a
 group that source's split puts on both sides is reported (``upstream_groups_in_both``), not moved.
 Nothing depends on file system or download order.
+
+A release records its split as data: the manifest's ``split.assignment`` file (``splits.csv``,
+columns ``ASSIGNMENT_COLUMNS``), generated once from the rules (``cxr-dataset lock splits``). Every
+plan and build reads it: a record it names keeps that side and patient group (its label must agree),
+and the rules assign only the records it does not name (a variant's added sources). A record it names
+that the selection lacks is *absent* (``absent_counts``): a variant that leaves files out keeps every
+other record where the release put it, and says how many of the release's images it lacks.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import pandas as pd
 
-from .errors import CxrDatasetError
-from .records import seeded_hash
+from . import CLASS_NAMES
+from .errors import CxrDatasetError, ManifestError
+from .filters import in_config
+from .records import SPLITS, seeded_hash, split_rank
+from .safe_load import csv_table
+
+if TYPE_CHECKING:
+    from .manifest import Config
+
+ASSIGNMENT_COLUMNS = ("source", "source_path", "label", "split", "patient_group", "configs")
+"""A release's split file: one row per image; ``configs`` lists the configurations holding it (``;``)."""
 
 
 def patient_groups(table: pd.DataFrame, links: list[tuple[str, str]] = ()) -> pd.Series:
@@ -57,11 +77,19 @@ def duplicate_patient_links(rows: pd.DataFrame, candidates: pd.DataFrame) -> lis
     return [(patient_of[a], patient_of[b]) for a, b in pairs if a in patient_of and b in patient_of]
 
 
-def assign_splits(table: pd.DataFrame, rules: list[dict], seed: str, links: list[tuple[str, str]] = ()) -> pd.DataFrame:
-    """Return ``table`` with ``split`` and ``patient_group`` filled; raise if a row stays unassigned."""
+def assign_splits(
+    table: pd.DataFrame, rules: list[dict], seed: str, links: list[tuple[str, str]] = (),
+    assignment: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Return ``table`` with ``split`` and ``patient_group`` filled; raise if a row stays unassigned.
+
+    ``assignment`` (``read_assignment``): rows it names take its side and group; the rules place the rest.
+    """
     table = table.copy()
     table["patient_group"] = patient_groups(table, links)
     table["split"] = ""
+    if assignment is not None and len(table):
+        _apply_assignment(table, assignment)
     for number, rule in enumerate(rules, start=1):
         selected = table["split"].eq("")
         if "source" in rule:
@@ -83,18 +111,94 @@ def assign_splits(table: pd.DataFrame, rules: list[dict], seed: str, links: list
             f"{len(unassigned)} record(s) match no split rule, e.g. {unassigned.iloc[0]['record_id']}; "
             "add a rule for their source or label to the manifest's split.rules"
         )
+    return table.drop(columns="_assigned", errors="ignore")
+
+
+def _apply_assignment(table: pd.DataFrame, assignment: pd.DataFrame) -> None:
+    """Rows ``assignment`` names take its split and patient group (in place); their labels must agree."""
+    recorded = assignment.set_index("record_id")
+    named = table["record_id"].isin(recorded.index)
+    ids = table.loc[named, "record_id"]
+    relabelled = table.loc[named & table["label"].ne(table["record_id"].map(recorded["label"]))]
+    if len(relabelled):
+        row = relabelled.iloc[0]
+        raise CxrDatasetError(
+            f"{len(relabelled)} record(s) have another label than the release's split file records, e.g. "
+            f"{row['record_id']}: {row['label']!r}, recorded {recorded.at[row['record_id'], 'label']!r}. A label change "
+            "is a new major release: regenerate the split file (`cxr-dataset lock splits`) in a new manifest version"
+        )
+    table.loc[named, "split"] = ids.map(recorded["split"])
+    # Groups are facts of the release: a group the file names keeps its name for every row linked to it.
+    renamed = dict(zip(table.loc[named, "patient_group"], ids.map(recorded["patient_group"])))
+    table["patient_group"] = table["patient_group"].map(lambda g: renamed.get(g, g))
+    table["_assigned"] = named
+
+
+def read_assignment(path: Path) -> pd.DataFrame:
+    """A release's split file (``ASSIGNMENT_COLUMNS``), checked, with a ``record_id`` column added."""
+    table = csv_table(path)
+    missing = [c for c in ASSIGNMENT_COLUMNS if c not in table.columns]
+    if missing:
+        raise ManifestError(f"{path}: missing columns {missing}; expected {','.join(ASSIGNMENT_COLUMNS)} (`cxr-dataset lock splits` writes it)")
+    for column, allowed in (("split", SPLITS), ("label", CLASS_NAMES)):
+        bad = table[~table[column].isin(allowed)]
+        if len(bad):
+            raise ManifestError(f"{path}: row {bad.index[0] + 2}: {column} {bad.iloc[0][column]!r} is not one of {list(allowed)}")
+    table["record_id"] = table["source"] + ":" + table["source_path"]
+    repeated = table[table["record_id"].duplicated()]
+    if len(repeated):
+        raise ManifestError(f"{path}: row {repeated.index[0] + 2} names {repeated.iloc[0]['record_id']} a second time")
+    empty = table[table["configs"].eq("") | table["patient_group"].eq("")]
+    if len(empty):
+        raise ManifestError(f"{path}: row {empty.index[0] + 2} has an empty configs or patient_group cell")
     return table
 
 
+def assignment_of(rows: pd.DataFrame, configs: "list[Config]") -> pd.DataFrame:
+    """The split file a selection gives (``rows``: a plan's or build's kept rows), sorted by record."""
+    member = {config.name: in_config(rows, config) for config in configs}
+    names = [";".join(name for name, rows_in in member.items() if rows_in[i]) for i in rows.index]
+    table = rows.assign(configs=names)[list(ASSIGNMENT_COLUMNS)]
+    return table.sort_values(["source", "source_path"]).reset_index(drop=True)
+
+
+def write_assignment(path: Path, table: pd.DataFrame) -> Path:
+    """Write a split file (temporary file renamed into place: a failure leaves the old one)."""
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        table[list(ASSIGNMENT_COLUMNS)].to_csv(temp, index=False, lineterminator="\n")
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return path
+
+
+def absent_counts(assignment: pd.DataFrame, kept: pd.DataFrame) -> dict[str, dict[str, dict[str, int]]]:
+    """{config: {split: {class: n}}} of the recorded images the selection ``kept`` lacks (only non-zero)."""
+    absent = assignment[~assignment["record_id"].isin(kept["record_id"])]
+    counts: dict[str, dict[str, dict[str, int]]] = {}
+    for row in absent.itertuples():
+        for config in row.configs.split(";"):
+            per_split = counts.setdefault(config, {}).setdefault(row.split, {})
+            per_split[row.label] = per_split.get(row.label, 0) + 1
+    return {c: dict(sorted(s.items(), key=lambda item: split_rank(item[0]))) for c, s in counts.items()}
+
+
 def _patient_hash_split(rows: pd.DataFrame, rule: dict, seed: str, table: pd.DataFrame) -> pd.Series:
-    # A group already placed by an earlier rule keeps that side for all its rows.
+    # A group already placed by an earlier rule (or by the recorded assignment) keeps that side for all its rows.
     placed = table[table["split"].ne("")].groupby("patient_group")["split"].first()
+    # Rows of this rule's kind that the recorded assignment already put in test count towards its target.
+    recorded = table["split"].eq("test") & table.get("_assigned", pd.Series(False, index=table.index))
+    for key in ("source", "label"):
+        if key in rule:
+            recorded &= table[key].eq(rule[key])
     target = rule.get("test_images")
     if target is None:
-        target = round(len(rows) * rule.get("test_fraction", 0.0))
+        target = round((len(rows) + int(recorded.sum())) * rule.get("test_fraction", 0.0))
     sizes = rows.groupby("patient_group").size()
     side = {group: placed[group] for group in sizes.index if group in placed.index}
-    in_test = sum(sizes[g] for g, s in side.items() if s == "test")
+    in_test = sum(sizes[g] for g, s in side.items() if s == "test") + int(recorded.sum())
     for group in sorted(sizes.index, key=lambda g: seeded_hash(seed, g)):
         if group in side:
             continue

@@ -35,7 +35,7 @@ from .records import SPLITS
 log = logging.getLogger(__name__)
 
 
-# ---- build: download, convert, publish, report ---------------------------------------------------
+# ---- build: download, convert, shards, report, card ----------------------------------------------
 
 def build(manifest: Manifest, out: Path, options: Options) -> dict:
     """Build the release ``manifest`` describes into ``out``; returns the build report.

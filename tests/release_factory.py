@@ -12,7 +12,7 @@ Images come from ``image_fn(label, split, index, size) -> image``: ``label`` is 
 (``CLASS_NAMES``), ``index`` the image's number within its split and class, ``size`` (width, height);
 it returns a PIL image or a uint8 array (H, W) or (H, W, 3). The default makes the class visible as
 brightness (dark COVID-19, mid Normal, bright Pneumonia) with seeded noise, so a classifier can
-learn it. Every image is stored as an 8-bit grayscale JPEG, like convert.py's output.
+learn it. Every image is stored as an 8-bit grayscale JPEG, like the convert package's output.
 """
 
 from __future__ import annotations

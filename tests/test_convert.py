@@ -1,4 +1,4 @@
-"""convert.py: every input kind -> the release's 8-bit grayscale JPEG.
+"""convert/: every input kind -> the release's 8-bit grayscale JPEG.
 
 Pixel checks compare the normalized 8-bit array (``normalize_bytes``/``normalize_file``, before
 JPEG encoding) with an expectation computed here from first principles, exactly; the JPEG round

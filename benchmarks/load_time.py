@@ -3,7 +3,7 @@ for each form of the release side by side.
 
     python benchmarks/load_time.py [--train 5614] [--test 740] [--side 1024] [--fixtures DIR]
 
-Writes a release of the given size with the project's own publish and report code, then, in a fresh
+Writes a release of the given size with the project's own shards, card and release code, then, in a fresh
 subprocess with an empty Hugging Face cache, times ``load_dataset`` (parquet -> Arrow cache) and one
 full pass decoding every image, and prints peak RSS. With the real fixtures
 (``$COVID19_CXR_REAL_FIXTURES`` or ``--fixtures``) the images are the real files converted by
@@ -79,24 +79,24 @@ def fixture_films(fixtures: Path, form: str) -> tuple[list[tuple[bytes, str]], l
 
 
 def write_release(out: Path, counts: dict[str, int], covid: list[tuple[bytes, str]], others: list[tuple[bytes, str]]) -> None:
-    from covid19_cxr_dataset import CLASS_NAMES, publish, report
+    from covid19_cxr_dataset import CLASS_NAMES, card, release as release_format, shards
 
     (out / "data").mkdir(parents=True)
     sizes = {}
     for split, n in counts.items():
-        writer = publish.SplitShardWriter(out / "data", split)
+        writer = shards.SplitShardWriter(out / "data", split)
         for i in range(n):
             is_covid = (i * COVID_SHARE) % 1 + COVID_SHARE >= 1  # spread COVID rows evenly
             data, conversion = covid[i % len(covid)] if is_covid else others[i % len(others)]
             record = {"source": "bench", "source_path": f"{split}/{i:05d}.jpg", "patient_id": f"bench:{split}{i}",
                       "label": "COVID-19" if is_covid else CLASS_NAMES[1 + i % 2], "view": "PA", "finding": "",
                       "license": "", "sha256": f"{i:064x}"}
-            writer.add(publish.publish_row(record, data, conversion))
+            writer.add(shards.publish_row(record, data, conversion))
         writer.close()
         sizes[split] = (writer.num_rows, writer.num_bytes)
-    header = publish.card_yaml(split_sizes=sizes, license_id="other", pretty_name="bench", version="0.0.0")
-    publish.write_card(out, header_yaml=header, body_markdown="# bench")
-    report.write_report(out, {"dataset": "bench", "version": "0.0.0", "shards": report.shard_hashes(out)})
+    header = card.card_yaml(split_sizes=sizes, license_id="other", pretty_name="bench", version="0.0.0")
+    card.write_card(out, header_yaml=header, body_markdown="# bench")
+    release_format.write_report(out, {"dataset": "bench", "version": "0.0.0", "shards": release_format.shard_hashes(out)})
 
 
 def child(release: Path) -> None:

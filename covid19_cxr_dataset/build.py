@@ -1,10 +1,11 @@
-"""The pipeline: the order of the stages, and nothing else.
+"""The build: the order of the stages, and the loop that converts images into their shards.
 
-``plan`` resolves a release from metadata, locks and decisions alone (no image downloads):
-manifest -> sources (``sources/``) -> metadata filters (``filters``) -> quota and split (``split``).
-``build`` then runs download (``fetch``, through ``download/``) -> hash and exact-duplicate checks -> convert and
-publish together (``convert_cache``, ``publish``) -> report and card (``report``, ``card``), inside a
-staging folder that is renamed into place only when every check passed (``staging``).
+``plan`` (``plan.py``) resolves a release from metadata alone; ``build`` then runs download (``fetch``,
+through ``download/``) -> hash and exact-duplicate checks -> convert and shards together
+(``convert_cache``, ``shards``: ``convert_and_write_shards``) -> report (``report.assemble``), the
+shortcut evidence (``evidence``) and the card (``card``), which this module hands their inputs, inside
+a staging folder that is renamed into place only when every check passed (``staging``). Exclusion
+details are written without this machine's folders (``portable_paths``).
 
 Selection and split are made before conversion, so each image is written to its shard as its
 conversion arrives; an image that fails to convert, or two images with the same decoded pixels,
@@ -17,119 +18,24 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import archive, convert, convert_cache, fetch, filters, publish, report, split, staging
-from .card import render_card
-from .download import KAGGLE_BASE_URL, Downloader, check_base_url, default_cache_dir, file_sha256
+from . import archive, card, convert, convert_cache, evidence, fetch, filters, release, report, shards, split, staging
+from .counts import check_counts, exclusion_summary
+from .download import Downloader, file_sha256
 from .errors import CountMismatch, CxrDatasetError
 from .manifest import Manifest
-from .records import SPLITS, seeded_hash, split_rank
-from .report import check_counts
-from .sources import Inputs
+from .options import Options
+from .plan import Resolution, finish_selection, plan, resolve
+from .records import SPLITS
 
 log = logging.getLogger(__name__)
 
-@dataclass
-class Options:
-    """Everything a build or plan can be told besides the manifest (the CLI's flags)."""
 
-    cache_dir: Path | None = None
-    mirror: str | None = None
-    kaggle_api: str = KAGGLE_BASE_URL
-    kaggle_archive: Path | None = None
-    offline: bool = False
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    progress: bool = True
-    max_shard_bytes: int = publish.DEFAULT_MAX_SHARD_BYTES
-    overwrite: bool = False
-
-    @property
-    def cache(self) -> Path:
-        return Path(self.cache_dir) if self.cache_dir else default_cache_dir()
-
-    @property
-    def mirror_base(self) -> str:
-        """``--mirror``, checked (``download.check_base_url``); "" when none was given."""
-        return check_base_url(self.mirror, "--mirror") if self.mirror else ""
-
-    def downloader(self) -> Downloader:
-        allowed = [self.mirror_base] if self.mirror else []
-        return Downloader(
-            self.cache, offline=self.offline, workers=max(1, min(16, self.workers * 4)),
-            allowed_redirect_hosts=allowed, progress=self.progress,
-        )
-
-    def inputs(self, downloader: Downloader | None = None) -> Inputs:
-        """What the sources need to know of these options (``sources.Inputs``)."""
-        return Inputs(
-            cache=self.cache, downloader=downloader, github_base=self.mirror_base,
-            kaggle_api=self.kaggle_api, kaggle_archive=self.kaggle_archive, offline=self.offline, progress=self.progress,
-        )
-
-
-@dataclass
-class Resolution:
-    """What a manifest resolves to: every candidate, the kept rows and the exclusions so far."""
-
-    manifest: Manifest
-    candidates: pd.DataFrame
-    kept: pd.DataFrame
-    excluded: pd.DataFrame
-    decisions: filters.Decisions
-
-    def counts(self, config: str | None = None) -> dict[str, dict[str, int]]:
-        """{split: {class: n}} of one configuration (default: the default configuration)."""
-        return report.count_table(self.rows(config))
-
-    def rows(self, config: str | None = None) -> pd.DataFrame:
-        """The kept rows that belong to ``config`` (default: the default configuration: all of them)."""
-        chosen = self.manifest.config(config) if config else self.manifest.default_config
-        return self.kept[filters.in_config(self.kept, chosen)]
-
-
-# ---- plan: metadata alone ----------------------------------------------------------------------
-
-def resolve(manifest: Manifest, options: Options, downloader: Downloader | None = None) -> Resolution:
-    """Sources + every metadata-level filter (what needs no image bytes)."""
-    inputs = options.inputs(downloader or options.downloader())
-    candidates = pd.concat([source.records(manifest, inputs) for source in manifest.sources], ignore_index=True)
-    decisions = filters.load_decisions(manifest, candidates)
-    kept, excluded = filters.metadata_filters(manifest, candidates, decisions)
-    return Resolution(manifest, candidates, kept, excluded, decisions)
-
-
-def finish_selection(resolution: Resolution) -> Resolution:
-    """Quota and split: the last steps, run by plan on metadata and by build after conversion."""
-    manifest = resolution.manifest
-    kept, dropped = filters.apply_quota(manifest, resolution.kept)
-    excluded = pd.concat([resolution.excluded, dropped], ignore_index=True) if len(dropped) else resolution.excluded
-    # Duplicate links are the duplicate_of column: flagged copies among the kept rows, dropped copies among the excluded.
-    links = split.duplicate_patient_links(pd.concat([kept, excluded], ignore_index=True), resolution.candidates)
-    links += resolution.decisions.patient_links()
-    rules = manifest.split
-    kept = split.assign_splits(kept, list(rules.rules), rules.seed, links)
-    return Resolution(manifest, resolution.candidates, publish_order(kept, rules.seed), excluded, resolution.decisions)
-
-
-def publish_order(kept: pd.DataFrame, seed: str) -> pd.DataFrame:
-    """Train before test; inside a split a seeded shuffle (sha256 of seed and record id), not grouped
-    by class or source, and independent of download or file-system order."""
-    order = kept["record_id"].map(lambda rid: seeded_hash(seed, "row-order", rid))
-    side = kept["split"].map(split_rank)
-    return kept.assign(_side=side, _order=order).sort_values(["_side", "_order"]).drop(columns=["_side", "_order"]).reset_index(drop=True)
-
-
-def plan(manifest: Manifest, options: Options) -> Resolution:
-    """Resolve the release from metadata, locks and decisions alone: no image is downloaded."""
-    return finish_selection(resolve(manifest, options))
-
-
-# ---- build: download, convert, publish, report ---------------------------------------------------
+# ---- build: download, convert, shards, report, card ----------------------------------------------
 
 def build(manifest: Manifest, out: Path, options: Options) -> dict:
     """Build the release ``manifest`` describes into ``out``; returns the build report.
@@ -176,9 +82,11 @@ def _build_locked(manifest: Manifest, out: Path, options: Options, downloader: D
     with staging.staging_folder(out, disk=f"{out.parent} or the cache {options.cache}") as stage:
         selection = _convert_and_publish(resolution, stage.folder / "data", options, out)
         build_report = report.assemble(manifest, selection.candidates, selection.kept, selection.excluded, stage.folder,
-                                       unverified=unverified, workers=options.workers)
-        (stage.folder / "README.md").write_text(render_card(build_report, publish.read_row_table(stage.folder)), encoding="utf-8")
-        report.write_report(stage.folder, build_report)
+                                       unverified=unverified, workers=options.workers, card_inputs=card.card_inputs(manifest))
+        # The shortcut evidence needs the fingerprints: it joins the card's inputs once the report has them.
+        build_report["card"]["extra_sections"].append(evidence.card_extra_section(build_report))
+        (stage.folder / release.CARD_NAME).write_text(card.render_card(build_report, release.read_row_table(stage.folder)), encoding="utf-8")
+        release.write_report(stage.folder, build_report)
         stage.commit()
     return build_report
 
@@ -224,29 +132,29 @@ def _convert_and_publish(resolution: Resolution, data_dir: Path, options: Option
 def convert_and_write_shards(
     kept: pd.DataFrame, data_dir: Path, options: Options, settings: convert.ConvertSettings, configs: list | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[tuple[str, str], tuple[int, int]]]:
-    """Convert + publish stages together: each image goes into its shard as soon as its conversion
+    """Convert and shards stages together: each image goes into its shard as soon as its conversion
     arrives, so this process writes parquet while the workers convert.
 
     ``kept`` must be in publish order with ``split`` (and ``flags``) filled; each row goes to the
-    shard folder of its partition (``publish.partition_of``). Returns the rows written (with
+    shard folder of its partition (``shards.partition_of``). Returns the rows written (with
     ``converted_path``), the rows whose conversion failed (as exclusions) and
     {(folder, split): (rows, bytes)}.
     """
     data_dir.mkdir(parents=True)
-    folders = publish.partitions(configs) if configs else [""]
+    folders = shards.partitions(configs) if configs else [""]
     writers = {}
     for folder in folders:
         (data_dir / folder).mkdir(parents=True, exist_ok=True)
         for name in SPLITS:
-            writers[(folder, name)] = publish.SplitShardWriter(data_dir / folder, name, max_shard_bytes=options.max_shard_bytes)
+            writers[(folder, name)] = shards.SplitShardWriter(data_dir / folder, name, max_shard_bytes=options.max_shard_bytes)
     records = kept.to_dict("records")
     results = []
     bar = tqdm(total=len(records), desc="convert and write", unit="img", disable=not options.progress)
     for record, result in zip(records, convert_cache.conversions(kept, options.cache, settings, options.workers)):
         target = result[0]
         if target:
-            folder = publish.partition_of(record["flags"], configs) if configs else ""
-            writers[(folder, record["split"])].add(publish.publish_row(record, Path(target).read_bytes(), convert.conversion_of(target)))
+            folder = shards.partition_of(record["flags"], configs) if configs else ""
+            writers[(folder, record["split"])].add(shards.publish_row(record, Path(target).read_bytes(), convert_cache.conversion_of(target)))
         results.append(result)
         bar.update()
     bar.close()
@@ -261,7 +169,7 @@ def convert_and_write_shards(
 def portable_paths(text: str, cache: Path, manifest_folder: Path) -> str:
     """``text`` with this machine's cache and manifest folders written as ``<cache>`` and ``<manifest>``.
 
-    Exclusion details end up in build_report.json, which ``publish`` uploads: they must say which file,
+    Exclusion details end up in build_report.json, which ``cxr-dataset publish`` uploads: they must say which file,
     not where one user's home folder is.
     """
     roots = {"<cache>": cache, "<manifest>": manifest_folder}
@@ -296,7 +204,7 @@ def _check_selection(manifest: Manifest, selection: Resolution, failed: pd.DataF
         unreadable = "".join(f"\n  {r.record_id} ({r.local_path}): {r.reason}: {r.detail}" for r in failed.itertuples())
         raise CountMismatch(
             f"{manifest.path}: the build does not give the expected counts: {'; '.join(problems)}. "
-            f"Exclusions by reason: {report.exclusion_summary(selection.excluded)}."
+            f"Exclusions by reason: {exclusion_summary(selection.excluded)}."
             + (f" Images that could not be converted:{unreadable}" if len(failed) else "")
             + f"\nNothing was written to {out}."
         )

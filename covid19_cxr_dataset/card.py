@@ -1,30 +1,43 @@
 """The dataset card (README.md), generated from the build report and the shards alone.
 
-``render_card(report, rows)`` is the whole file: the YAML header (``publish.card_yaml``, the
-contract with ``load_dataset``) and the Markdown body (``card_body``): counts per configuration,
-flags, curation, risks, licenses and citations. Its inputs are ``build_report.json`` (which carries
-the manifest's card text under ``card``, see ``card_inputs``) and the rows of the shards without
-their images (``publish.read_row_table``), so ``verify`` regenerates the card byte for byte.
+``render_card(report, rows)`` is the whole file: the YAML header (``card_yaml``, the contract with
+``load_dataset``, generated from ``shards.FEATURES``) and the Markdown body (``card_body``): counts
+per configuration, flags, curation, risks, licenses and citations. Its inputs are
+``build_report.json`` (which carries the manifest's card text under ``card``, see ``card_inputs``)
+and the rows of the shards without their images (``release.read_row_table``), so ``verify``
+regenerates the card byte for byte. A card that does not describe a published release says so in
+its first lines (``card_facts``, ``notice_lines``).
 
-Extra sections (e.g. shortcut evidence from a certificate) are ``{"title", "markdown"}`` items in
-``report["card"]["extra_sections"]``; ``extra_sections(manifest)`` (the one place to add one)
-returns them, ``card_inputs`` stores them in the report at build time and ``card_body`` appends
-them after "Known risks".
+Extra sections are ``{"title", "markdown"}`` items in ``report["card"]["extra_sections"]``, appended
+after "Known risks": the manifest's own (``extra_sections(manifest)``, stored by ``card_inputs``),
+then the shortcut evidence, which the build adds once the fingerprints are known
+(``evidence.card_extra_section``).
 """
 
 from __future__ import annotations
 
 import re
 
-import pandas as pd
-
+from pathlib import Path
 from typing import Any
 
-from . import CLASS_NAMES, publish
+import pandas as pd
+import yaml
+from datasets import DatasetInfo
+from datasets.splits import SplitDict, SplitInfo
+
+from . import CLASS_NAMES
 from .citation import citations
+from .counts import count_differences, expected_counts
 from .manifest import Manifest
+from .naming import is_local, portable_manifest_option, public_version, published_release
 from .records import FLAGS, REASONS, split_rank
-from .variant import card_facts, notice_lines
+from .release import CARD_NAME, available_configs
+from .shards import FEATURES
+
+HUB_DEFAULT_CONFIG = "default"
+"""The configuration name a card gives a release written before configurations (read elsewhere as
+``release.LEGACY_CONFIG``): what ``load_dataset`` calls the one configuration of a card without named ones."""
 
 
 
@@ -113,10 +126,12 @@ def card_inputs(manifest: Manifest, *, sections: list[dict[str, str]] | None = N
 
 
 def _configs(report: dict) -> list[dict[str, Any]]:
-    """The report's configurations, default first (one over the flat data/ for older reports)."""
-    configs = report.get("configs") or {"default": {"default": True, "folders": [], "shards": sorted(report.get("shards", {}))}}
-    items = [{"name": name, **spec} for name, spec in configs.items()]
-    return sorted(items, key=lambda c: not c.get("default"))
+    """The report's configurations, default first (``release.available_configs``); one over the flat
+    data/, named ``HUB_DEFAULT_CONFIG``, for a report written before configurations."""
+    configs = report.get("configs") or {}
+    if not configs:
+        return [{"name": HUB_DEFAULT_CONFIG, "default": True, "folders": [], "shards": sorted(report.get("shards", {}))}]
+    return [{"name": name, **configs[name]} for name in available_configs(report)]
 
 
 def config_rows(rows: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
@@ -153,7 +168,7 @@ def _folders_by_split(config: dict[str, Any]) -> dict[str, list[str]]:
 def card_header(report: dict, rows: pd.DataFrame) -> str:
     card = report.get("card", {})
     configs = _configs(report)
-    return publish.card_yaml(
+    return card_yaml(
         license_id=card.get("license", "other"), pretty_name=card.get("title", report.get("dataset", "")), version=str(report.get("version", "")),
         configs=[{"name": c["name"], "default": bool(c.get("default")), "folders": _folders_by_split(c),
                   "split_sizes": split_sizes(report, rows, c)} for c in configs],
@@ -330,3 +345,111 @@ def card_body(report: dict, rows: pd.DataFrame, extra_sections: list[dict[str, s
     lines += [bibtex + "\n" for bibtex in card.get("citations", [])]
     lines += ["```", ""]
     return "\n".join(lines)
+
+
+# ---- the YAML header --------------------------------------------------------------------------------
+
+def dataset_info_yaml(split_sizes: dict[str, tuple[int, int]], config_name: str | None = None) -> dict[str, Any]:
+    """``dataset_info`` for the card, from FEATURES and {split: (num_examples, num_bytes)}."""
+    splits = SplitDict()
+    for name, (examples, nbytes) in split_sizes.items():
+        splits.add(SplitInfo(name=name, num_examples=examples, num_bytes=nbytes))
+    info = DatasetInfo(features=FEATURES, splits=splits, config_name=config_name)._to_yaml_dict()
+    return {"config_name": config_name, **{k: v for k, v in info.items() if k != "config_name"}} if config_name else info
+
+
+def card_yaml(
+    *, split_sizes: dict[str, tuple[int, int]] | None = None, license_id: str, pretty_name: str, version: str,
+    configs: list[dict[str, Any]] | None = None,
+) -> str:
+    """The YAML header of README.md: the contract with ``datasets.load_dataset``.
+
+    ``configs``: one dict per configuration, the default first: ``name``, ``default``, ``folders``
+    {split: the shard folders under ``data/`` holding rows of that split, "" for shards directly in
+    ``data/``} and ``split_sizes`` {split: (num_examples, num_bytes)}. Without it, one default
+    configuration over ``data/`` of ``split_sizes`` (the layout of releases written before configurations).
+    """
+    if configs is None:
+        configs = [{"name": "default", "default": True, "folders": {s: [""] for s in split_sizes or {}}, "split_sizes": split_sizes or {}}]
+    default = configs[0]
+    total = sum(n for n, _ in default["split_sizes"].values())
+
+    def paths(folders: list[str], split: str) -> str | list[str]:
+        globs = [f"data/{folder}/{split}-*.parquet" if folder else f"data/{split}-*.parquet" for folder in folders]
+        return globs[0] if len(globs) == 1 else globs
+
+    header = {
+        "pretty_name": pretty_name,
+        "license": license_id,
+        **({"license_name": "per-image-source-licenses", "license_link": "README.md#licenses"} if license_id == "other" else {}),
+        "task_categories": ["image-classification"],
+        "tags": ["medical", "chest-x-ray", "covid-19", f"release-{version}"],
+        "size_categories": [_size_category(total)],
+        "configs": [
+            {
+                "config_name": c["name"],
+                **({"default": True} if c["default"] else {}),
+                "data_files": [{"split": s, "path": paths(c["folders"][s], s)} for s in c["split_sizes"] if c["folders"].get(s)],
+            }
+            for c in configs
+        ],
+        "dataset_info": (
+            dataset_info_yaml(default["split_sizes"]) if len(configs) == 1 and default["name"] == "default"
+            else [dataset_info_yaml(c["split_sizes"], c["name"]) for c in configs]
+        ),
+    }
+    return yaml.safe_dump(header, sort_keys=False, allow_unicode=True)
+
+
+def _size_category(n: int) -> str:
+    """The Hub's size bucket for n examples."""
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K")):
+        if n < limit:
+            return label
+    return "100K<n<1M"
+
+
+def write_card(out_dir: Path, *, header_yaml: str, body_markdown: str) -> Path:
+    path = Path(out_dir) / CARD_NAME
+    path.write_text(f"---\n{header_yaml}---\n\n{body_markdown.rstrip()}\n", encoding="utf-8")
+    return path
+
+
+# ---- where the manifest stands (the card's first lines) ------------------------------------------
+
+def card_facts(manifest: Manifest) -> dict[str, Any]:
+    """What the card needs to know about where its manifest stands, as plain data (it can live in the
+    build report): how commands name the manifest, whether its version is local, and the published
+    release it claims to be or derive from (version and expected counts), if any."""
+    published = published_release(manifest)
+    return {
+        # A card is published: name an unbundled manifest by its folder name, never by this machine's path.
+        "manifest_option": portable_manifest_option(manifest),
+        "local": is_local(manifest.version),
+        "version": manifest.version,
+        "published": None if published is None else {"version": published.version, "expected_counts": expected_counts(published)},
+    }
+
+
+def notice_lines(facts: dict[str, Any], counts: dict[str, dict[str, int]]) -> list[str]:
+    """The card's first lines when it does not describe a published release (empty when it does).
+
+    ``facts`` is :func:`card_facts`; ``counts`` the built default configuration's {split: {label: n}}."""
+    published, local, version = facts.get("published"), facts.get("local", False), facts.get("version", "")
+    if published is None:
+        if not local:
+            return []
+        return [f"> **Local variant {version}**, not a published release "
+                f"(release {public_version(version)} is not known to this package).", ""]
+    differences = count_differences(published["expected_counts"], counts)
+    what = (f"a local variant derived from release {published['version']}" if local
+            else f"a manifest folder that is not the published release {published['version']}")
+    if differences:
+        return [f"> **Not release {published['version']}: the counts differ.** This dataset was built from {what}; "
+                f"its counts differ from the published release: " + "; ".join(differences) + ".", ""]
+    return [f"> **Not the published release.** This dataset was built from {what}, with the same counts.", ""]
+
+
+def card_notice(manifest: Manifest, counts: dict[str, dict[str, int]]) -> list[str]:
+    """:func:`notice_lines` for a loaded manifest."""
+    return notice_lines(card_facts(manifest), counts)

@@ -1,4 +1,7 @@
-"""The ``cxr-dataset`` command line. It parses arguments and calls the library, nothing more."""
+"""The ``cxr-dataset`` command line: click commands that parse arguments, call the library and print what it returns.
+
+What a command prints beyond a line or two comes from the library (``plan.summary_lines``, ``report.summary``,
+``missing.missing_table``), so everything a command does is also a Python call."""
 
 from __future__ import annotations
 
@@ -16,7 +19,6 @@ import click
 
 from . import __version__
 from .errors import CxrDatasetError
-from .records import split_rank
 
 
 def _fail_cleanly(command):
@@ -65,7 +67,7 @@ def _manifest(version: str | None, manifest_path: Path | None, name: str):
 
 
 def _options(cache_dir, mirror, offline, workers, quiet, kaggle_archive=None, overwrite=False):
-    from .build import Options
+    from .options import Options
 
     return Options(
         cache_dir=cache_dir, mirror=mirror, offline=offline, workers=workers or (os.cpu_count() or 1),
@@ -162,13 +164,14 @@ def build(version, manifest_path, name, cache_dir, mirror, offline, workers, qui
     folder appears only when everything succeeded; a failed build leaves nothing behind.
     """
     from .build import build as run_build
+    from .report import summary as report_summary
 
     manifest = _manifest(version, manifest_path, name)
     options = _options(cache_dir, mirror, offline, workers, quiet, kaggle_archive, overwrite)
     result = run_build(manifest, out, options)
     # The release is in place: a Ctrl-C from here on undoes nothing, so it must not fail the command.
     with contextlib.suppress(KeyboardInterrupt), _sigint_ignored():
-        click.echo(_summary(result))
+        click.echo(report_summary(result))
         click.echo(f"wrote {out}  (load it with datasets.load_dataset({str(out)!r}))")
 
 
@@ -182,26 +185,6 @@ def _sigint_ignored():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def _summary(result: dict) -> str:
-    lines = [f"{result['dataset']} {result['version']}: fingerprint {result['fingerprint'][:16]}…"]
-    configs = result.get("configs") or {"": {"counts": result["counts"], "fingerprint": result["fingerprint"], "default": True}}
-    for name, config in configs.items():
-        if len(configs) > 1:
-            lines.append(f"  configuration {name}{' (default)' if config['default'] else ''}: fingerprint {config['fingerprint'][:16]}…")
-        for split, per_class in config["counts"].items():
-            lines.append(f"  {split:5s} " + "  ".join(f"{label} {n:,}" for label, n in per_class.items()) + f"  (total {sum(per_class.values()):,})")
-    lines.append("  excluded: " + ", ".join(f"{reason} {n:,}" for reason, n in result["exclusions_by_reason"].items()))
-    checks = result["checks"]
-    lines.append(
-        f"  checks: patients in both splits {len(checks['patients_in_both_splits'])}, near-duplicate pairs across splits "
-        f"{len(checks['near_duplicate_pairs_across_splits'])}, unverified files {checks['unverified_files']}"
-    )
-    crossing = checks.get("duplicate_pairs_across_splits") or []
-    if crossing:
-        lines.append(f"  {len(crossing)} duplicate pair(s) sit on both sides of a source's own split (kept there; see the card)")
-    return "\n".join(lines)
 
 
 @main.command()
@@ -222,50 +205,14 @@ def plan(version, manifest_path, name, cache_dir, mirror, offline, workers, quie
     files the server (or --mirror) holds, and writes the list of the others for
     `cxr-dataset new-variant --exclude-missing`. Exit code 2: the counts differ, or files are unreachable.
     """
-    from . import CLASS_NAMES, report
-    from . import split as split_stage
-    from .build import check_counts, plan as run_plan
+    from .plan import plan as run_plan, plan_document, summary_lines
 
     manifest = _manifest(version, manifest_path, name)
     options = _options(cache_dir, mirror, offline, workers, quiet)
     resolution = run_plan(manifest, options)
-    kept, excluded = resolution.kept, resolution.excluded
-    click.echo(f"{manifest.name} {manifest.version}: {len(resolution.candidates):,} candidate files, {len(kept):,} kept")
-    all_problems = []
-    for config in manifest.configs:
-        rows = resolution.rows(config.name)
-        flagged = int(rows["flags"].map(bool).sum())
-        click.echo(f"configuration {config.name}{' (default)' if config.default else ''}: {len(rows):,} images"
-                   + (f", {flagged:,} flagged" if flagged else ""))
-        click.echo(f"  {'':5s} " + "  ".join(f"{label:>10s}" for label in CLASS_NAMES) + f"  {'total':>7s}")
-        actual = report.count_table(rows)
-        for split in sorted(config.expected_counts.keys() | actual.keys(), key=lambda s: (split_rank(s), s)):
-            got = actual.get(split, {})
-            want = config.expected_counts.get(split, {})
-            click.echo(f"  {split:5s} " + "  ".join(f"{got.get(label, 0):>10,}" for label in CLASS_NAMES)
-                       + f"  {sum(got.values()):>7,}   expected " + " / ".join(f"{want.get(label, 0):,}" for label in CLASS_NAMES))
-        click.echo("  by source:")
-        for split, per_source in sorted(report.source_label_table(rows).items(), key=lambda item: split_rank(item[0])):
-            for source, per_label in sorted(per_source.items()):
-                click.echo(f"    {split:5s} {source:10s} " + "  ".join(f"{label} {n:,}" for label, n in per_label.items()))
-        if flagged:
-            click.echo("  flags: " + ", ".join(f"{flag} {n:,}" for flag, n in report.flag_summary(rows).items()))
-        problems = check_counts(manifest, kept, config=config.name)
-        click.echo("  counts match the manifest" if not problems else "  COUNTS DIFFER: " + "; ".join(problems))
-        if problems:
-            where = f"configs.{config.name}.expected_counts" if manifest.has_configs else "expected_counts"
-            ordered = {s: actual[s] for s in sorted(actual, key=lambda s: (split_rank(s), s))}
-            click.echo(f"  if the difference is intended (a new decision), record these counts in {manifest.path}, {where}:\n"
-                       + "".join(f"    {s}: {{" + ", ".join(f"{label}: {n}" for label, n in c.items()) + "}\n" for s, c in ordered.items()).rstrip())
-        all_problems += problems
-    click.echo("excluded by reason (every configuration):")
-    for reason, n in report.exclusion_summary(excluded).items():
-        click.echo(f"    {reason:24s} {n:,}")
-    crossing = split_stage.upstream_groups_in_both(kept)
-    pairs = split_stage.duplicate_pairs_across_splits(kept)
-    if crossing or pairs:
-        click.echo(f"kept as the source's own split puts them (not moved): {len(crossing)} patient group(s) and "
-                   f"{len(pairs)} duplicate pair(s) on both sides, e.g. {(crossing or [p['record_id'] for p in pairs])[:3]}")
+    lines, all_problems = summary_lines(resolution)
+    for line in lines:
+        click.echo(line)
     if json_path:
         plan_json = plan_document(resolution)
         json_path.write_text(json.dumps(plan_json, indent=1) + "\n", encoding="utf-8")
@@ -277,8 +224,9 @@ def plan(version, manifest_path, name, cache_dir, mirror, offline, workers, quie
 
 def _check_files(manifest, resolution, options, missing_report: Path | None) -> list[dict]:
     """plan --check-files: HEAD every file, print what is unreachable, write the missing-files report."""
-    from . import variant
+    from . import missing
     from .fetch import check_files
+    from .naming import shown_path
 
     checked, unreachable = check_files(resolution, options)
     where = options.mirror or "raw.githubusercontent.com"
@@ -287,12 +235,12 @@ def _check_files(manifest, resolution, options, missing_report: Path | None) -> 
     if not unreachable:
         return []
     click.echo("  unreachable per source and split (split: where the file would go):")
-    for line in variant.missing_table(unreachable):
+    for line in missing.missing_table(unreachable):
         click.echo("  " + line)
     target = missing_report or Path(f"{manifest.name}-{manifest.version}.missing-files.csv")
-    variant.write_missing_report(target, unreachable)
-    click.echo(f"  wrote {variant.shown_path(target)} ({len(unreachable):,} files: source, path, split, label, HTTP status, URL)")
-    click.echo(variant.missing_files_advice(manifest, target, mirror=options.mirror, cache_dir=options.cache_dir))
+    missing.write_missing_report(target, unreachable)
+    click.echo(f"  wrote {shown_path(target)} ({len(unreachable):,} files: source, path, split, label, HTTP status, URL)")
+    click.echo(missing.missing_files_advice(manifest, target, mirror=options.mirror, cache_dir=options.cache_dir))
     return unreachable
 
 
@@ -322,6 +270,8 @@ def new_variant(folder, base, exclude_missing, new_version, name, cache_dir, mir
     Example: cxr-dataset new-variant --from 1.0.0 ./my-variant --exclude-missing ./covid19-cxr-1.0.0.missing-files.csv
     """
     from . import variant
+    from .counts import count_differences, expected_by_config, expected_counts
+    from .naming import manifest_option, published_release, shown_path
 
     source = variant.resolve_from(base, name)
     options = _options(cache_dir, mirror, offline, None, quiet)
@@ -331,50 +281,23 @@ def new_variant(folder, base, exclude_missing, new_version, name, cache_dir, mir
         excluded = resolution.excluded
         n = int(excluded["reason"].eq(variant.MISSING_REASON).sum())
         click.echo(f"  excluded {n:,} missing file(s) (decisions/exclusions.csv, reason {variant.MISSING_REASON})")
-    for config, counts in variant.expected_by_config(made).items():
+    for config, counts in expected_by_config(made).items():
         click.echo(f"  expected counts{f' of {config}' if config else ''} (recomputed by plan):")
         for split_name, per_class in counts.items():
             click.echo(f"    {split_name:5s} " + "  ".join(f"{label} {n:,}" for label, n in per_class.items())
                        + f"  (total {sum(per_class.values()):,})")
-    published = variant.published_release(made)
+    published = published_release(made)
     if published is not None:
-        differences = variant.count_differences(variant.expected_counts(published), variant.expected_counts(made))
+        differences = count_differences(expected_counts(published), expected_counts(made))
         click.echo(f"  differs from release {published.version}: " + ("; ".join(differences) if differences else "no count differs"))
-    option = variant.manifest_option(made)
+    option = manifest_option(made)
     click.echo("Next (edit the description and release_notes in manifest.yaml first: say what this variant is for):")
     click.echo(f"  cxr-dataset plan {option}")
     out = folder.parent / f"{made.name}-{made.version}"
     out = out if out.resolve() != folder.resolve() else folder.parent / f"{made.name}-{made.version}-data"
-    click.echo(f"  cxr-dataset build {option} --out {variant.shown_path(out)}"
+    click.echo(f"  cxr-dataset build {option} --out {shown_path(out)}"
                " --kaggle-archive ./chest-xray-pneumonia.zip" + (f" --mirror {mirror}" if mirror else ""))
     click.echo(f"  cxr-dataset cite {option}")
-
-
-def plan_document(resolution) -> dict:
-    """``plan --json``: each configuration's expected and actual counts, and one row per candidate."""
-    from . import filters, report
-    from .build import check_counts
-
-    manifest, kept, excluded = resolution.manifest, resolution.kept, resolution.excluded
-    configs = {
-        c.name: {"default": c.default, "expected": c.expected_counts, "actual": report.count_table(resolution.rows(c.name)),
-                 "matches": not check_counts(manifest, kept, config=c.name)}
-        for c in manifest.configs
-    }
-    subsets = [c for c in manifest.configs if not c.default]
-    member = {c.name: dict(zip(kept["record_id"], filters.in_config(kept, c))) for c in subsets}
-    files = [
-        {"source": r.source, "source_path": r.source_path, "label": r.label, "patient_id": r.patient_id, "split": r.split,
-         "excluded": "", "flags": list(r.flags), "duplicate_of": r.duplicate_of,
-         **{f"in_{c.name}": bool(member[c.name][r.record_id]) for c in subsets}}
-        for r in kept.itertuples()
-    ] + [
-        {"source": r.source, "source_path": r.source_path, "label": r.label, "patient_id": r.patient_id, "split": "",
-         "excluded": r.reason, "flags": list(r.flags) if isinstance(r.flags, tuple) else [], "duplicate_of": r.duplicate_of,
-         **{f"in_{c.name}": False for c in subsets}, "detail": r.detail}
-        for r in excluded.itertuples()
-    ]
-    return {"dataset": manifest.name, "version": manifest.version, "configs": configs, "files": files}
 
 
 @main.command()

@@ -2,7 +2,7 @@
 
 Converted images are kept under ``<cache>/converted/<key>/<sha256[:2]>/`` where ``<key>`` names the
 settings and every library that can change the output bytes (``convert.output_fingerprint``), and
-each file is ``<sha256 of the source>.<conversion><suffix>`` (``convert.cache_path``), so a rebuild
+each file is ``<sha256 of the source>.<conversion><suffix>`` (``cache_path``), so a rebuild
 converts nothing twice and knows each image's conversion path. Beside each entry,
 ``<entry>.json`` records ``{"sha256", "size"}`` of the output (other keys may follow); an entry is
 reused only while it matches that record, so a replaced, truncated or emptied file is converted
@@ -23,6 +23,7 @@ from typing import Iterator
 import pandas as pd
 
 from . import convert
+from .convert import CONVERSIONS, SUFFIXES, library_versions
 from .errors import ConversionError, CxrDatasetError
 from .records import exclude
 
@@ -77,14 +78,14 @@ def _store(target: Path, image: bytes) -> None:
 def _convert_one(task: tuple[str, str, convert.ConvertSettings]) -> tuple[str, str]:
     """Worker: convert one file into the conversion cache; returns (target path, "") or ("", "reason\\terror")."""
     source_path, stem, settings = task
-    cached = convert.cached_output(Path(stem))
+    cached = cached_output(Path(stem))
     if cached is not None and _entry_ok(cached):
         return str(cached), ""
     try:
         result = convert.convert_file(Path(source_path), settings)
     except ConversionError as error:
         return "", f"{error.reason}\t{error}"
-    target_path = convert.cache_path(Path(stem), result.conversion)
+    target_path = cache_path(Path(stem), result.conversion)
     _store(target_path, result.data)
     return str(target_path), ""
 
@@ -122,3 +123,37 @@ def separate_failures(kept: pd.DataFrame, results: list[tuple[str, str]]) -> tup
     )
     remaining["converted_path"] = kept.loc[remaining.index, "converted_path"]
     return remaining, dropped
+
+
+# ---- cache file names: <sha256 of the source>.<conversion><suffix> ---------------------------------
+
+def cache_path(stem: Path, conversion: str) -> Path:
+    """Where a conversion cache keeps an output: ``<stem>.<conversion><suffix>``."""
+    return stem.with_name(f"{stem.name}.{conversion}{SUFFIXES[conversion]}")
+
+
+def cached_output(stem: Path) -> Path | None:
+    """The cached output for ``stem``, whichever path it took, or None."""
+    for conversion in CONVERSIONS:
+        path = cache_path(stem, conversion)
+        if path.is_file():
+            return path
+    return None
+
+
+def conversion_of(path: str | Path) -> str:
+    """The conversion path of a cached output, from its name (``cache_path``)."""
+    name = Path(path).name
+    for conversion, suffix in SUFFIXES.items():
+        if name.endswith(f".{conversion}{suffix}"):
+            return conversion
+    raise ValueError(f"{path}: not a conversion cache file name (<sha256>.<conversion><suffix>)")
+
+
+def conversion_summary(converted_paths) -> dict:
+    """For the build report: images per conversion path, and the library versions the bytes depend on."""
+    counts = {conversion: 0 for conversion in CONVERSIONS}
+    for path in converted_paths:
+        if path:
+            counts[conversion_of(path)] += 1
+    return {"counts": counts, "libraries": library_versions()}

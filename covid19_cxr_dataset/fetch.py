@@ -11,24 +11,20 @@ against its pin.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import pandas as pd
 
-from . import variant
 from .download import Downloader, file_sha256
 from .errors import CxrDatasetError, MissingUpstreamFiles
 from .manifest import Manifest
-
-if TYPE_CHECKING:  # build.py imports this module
-    from .build import Options, Resolution
-
-MISSING_REPORT_SUFFIX = ".missing-files.csv"
-"""``build --out X`` writes the list of files it could not get to ``X.missing-files.csv``."""
+from .missing import missing_files_error
+from .options import Options
+from .plan import Resolution
 
 
 def fetch_images(
-    resolution: "Resolution", options: "Options", downloader: Downloader, *, out: Path | None = None,
+    resolution: Resolution, options: Options, downloader: Downloader, *, out: Path | None = None,
     planned_splits: Callable[[], dict[str, str]] = dict,
 ) -> pd.DataFrame:
     """Download stage: put every kept row's file in the cache; fill ``local_path``.
@@ -36,7 +32,7 @@ def fetch_images(
     Every file that can be fetched is fetched; the ones that cannot (absent upstream or on the
     mirror, other bytes than pinned, not in the Kaggle archive or local folder) are collected and
     raised once as :class:`~covid19_cxr_dataset.errors.MissingUpstreamFiles`, after writing their
-    list beside ``out`` (``<out>.missing-files.csv``; see variant.MISSING_COLUMNS), with the split
+    list beside ``out`` (``<out>.missing-files.csv``; see missing.MISSING_COLUMNS), with the split
     each file would have gone to (``planned_splits()``: {record_id: split}).
     """
     kept = resolution.kept.copy()
@@ -66,44 +62,8 @@ def fetch_images(
                 kept.loc[local, "sha256"] = [found.sha256.get(p, "") for p in kept.loc[local, "source_path"]]
     unfound = kept[~kept["record_id"].isin(absent) & ~kept["local_path"].map(lambda p: bool(p) and Path(p).is_file())]
     if absent or len(unfound):
-        raise _missing_files_error(resolution.manifest, options, kept, absent, unfound, out, planned_splits())
+        raise missing_files_error(resolution.manifest, options, kept, absent, unfound, out, planned_splits())
     return kept
-
-
-def _missing_files_error(
-    manifest: Manifest, options: "Options", kept: pd.DataFrame, absent: dict[str, dict], unfound: pd.DataFrame,
-    out: Path | None, planned: dict[str, str],
-) -> MissingUpstreamFiles:
-    """One error naming every file that could not be had, its list written to a CSV beside ``out``."""
-    status_of_local = {s.name: s.MISSING_STATUS for s in manifest.sources}
-    rows = []
-    for row in kept.itertuples():
-        if row.record_id in absent:
-            entry = absent[row.record_id]
-            status, url = entry["status"], entry["url"]
-            detail = entry["detail"].removeprefix(f"{url}: ")
-        elif row.Index in unfound.index:
-            status = status_of_local.get(row.source, "not-in-folder")
-            url, detail = row.local_path, f"{row.local_path} does not exist"
-        else:
-            continue
-        rows.append({"source": row.source, "source_path": row.source_path, "split": planned.get(row.record_id, ""),
-                     "label": row.label, "status": status, "url": url, "detail": detail})
-    target = Path(out).with_name(Path(out).name + MISSING_REPORT_SUFFIX) if out is not None else \
-        options.cache / "missing-files" / f"{manifest.name}-{manifest.version}.csv"
-    variant.write_missing_report(target, rows)
-    where = f"; nothing was written to {out}" if out is not None else ""
-    message = "\n".join([
-        f"{manifest.path}: {len(rows):,} of {len(kept):,} pinned file(s) could not be fetched; every other file was "
-        f"downloaded and is verified in the cache {options.cache}{where}.",
-        "Missing per source and split (split: where the file would have gone):",
-        *variant.missing_table(rows),
-        *variant.missing_lines(rows),
-        f"The full list (source, path, split, label, HTTP status, URL) is in {variant.shown_path(target)}",
-        variant.missing_files_advice(manifest, target, out=out, mirror=options.mirror, cache_dir=options.cache_dir,
-                                     kaggle_archive=options.kaggle_archive),
-    ])
-    return MissingUpstreamFiles(message, rows, report_path=target)
 
 
 def hash_and_verify(kept: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -124,7 +84,7 @@ def hash_and_verify(kept: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return kept, unverified
 
 
-def check_files(resolution: "Resolution", options: "Options", downloader: Downloader | None = None) -> tuple[int, list[dict]]:
+def check_files(resolution: Resolution, options: Options, downloader: Downloader | None = None) -> tuple[int, list[dict]]:
     """HEAD every file a build of ``resolution`` (what ``plan`` returned) would download; download
     nothing. Returns (files checked, one missing-files row per unreachable file). Files from a
     Kaggle archive or a local folder are not checked (they are not fetched one by one)."""

@@ -35,8 +35,8 @@ from typing import Any, Callable
 
 from .errors import CredentialsError, CxrDatasetError, PublishError
 from .download.hashes import file_sha256
-from .report import REPORT_NAME, read_report
-from .verify import CARD_NAME, require_verified
+from .release import CARD_NAME, REPORT_NAME, read_report
+from .verify import require_verified
 
 log = logging.getLogger(__name__)
 

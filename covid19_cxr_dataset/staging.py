@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
 import shutil
@@ -30,12 +29,10 @@ from typing import Iterator
 from filelock import FileLock, Timeout
 
 from .errors import CxrDatasetError
+from .release import REPORT_NAME, read_report
 
 log = logging.getLogger(__name__)
 
-REPORT_NAME = "build_report.json"
-"""The build report's file name, also ``report.REPORT_NAME``. Defined here: report.py cannot be imported
-from this module (report -> publish -> manifest -> sources -> archive -> staging would be a cycle)."""
 STAGING_MARKER = ".cxr-dataset-staging"
 """File in every staging folder until the card is written: what makes a ``.partial-*`` folder ours."""
 
@@ -90,9 +87,8 @@ def not_a_release(out: Path) -> str:
         return "it is a symbolic link"
     if not out.is_dir():
         return "it is not a folder"
-    path = out / REPORT_NAME
     try:
-        written = json.loads(path.read_text(encoding="utf-8"))
+        written = read_report(out)
     except FileNotFoundError:
         return f"it holds no {REPORT_NAME}"
     except (OSError, ValueError) as error:

@@ -4,7 +4,7 @@ The build report is the reference. ``verify_release`` re-reads the folder and co
 
 - every shard the report lists (``report["shards"]``) exists with its sha256 and size;
 - no other ``*.parquet`` file sits under ``data/`` (``load_dataset`` would read it as data);
-- the fingerprint over DECODED pixels and labels (``report.fingerprint``) equals ``report["fingerprint"]``;
+- the fingerprint over DECODED pixels and labels (``release.fingerprint``) equals ``report["fingerprint"]``;
 - the images per split and class, recounted from the shards' ``label`` column, equal ``report["counts"]``;
 - README.md's YAML header parses, names the class labels the shards use (``CLASS_NAMES``), and
   states the split sizes the shards hold; each shard's embedded ``datasets`` features name them too;
@@ -38,13 +38,12 @@ import yaml
 
 from . import CLASS_NAMES
 from . import safe_load
+from .card import render_card
 from .errors import VerificationError
 from .download.hashes import file_sha256
-from .publish import FLAGGED_FOLDER, read_row_table, shard_paths
-from .report import REPORT_NAME, combine_digests, shard_digests
-
-CARD_NAME = "README.md"
-DATA_DIR = "data"
+from .release import (
+    CARD_NAME, DATA_DIR, FLAGGED_FOLDER, REPORT_NAME, combine_digests, read_report, read_row_table, shard_digests, shard_paths,
+)
 NEXT_STEP = (
     "Rebuild the release with `cxr-dataset build` or download it again; "
     "do not train on or publish a release that fails verification."
@@ -150,7 +149,7 @@ def _read_report(out_dir: Path, result: VerifyResult) -> dict[str, Any]:
     path = out_dir / REPORT_NAME
     expected = "the build report `cxr-dataset build` writes"
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
+        report = read_report(out_dir)
     except FileNotFoundError:
         result.add(REPORT_NAME, "report", expected, "no such file")
         return {}
@@ -435,8 +434,6 @@ def _check_card_configs(out_dir: Path, header: dict[str, Any], configs: dict[str
 
 def _check_card_generated(out_dir: Path, report: dict[str, Any], result: VerifyResult) -> None:
     """README.md must be exactly the card the build generates from build_report.json and the shards."""
-    from .card import render_card
-
     try:
         expected = render_card(report, read_row_table(out_dir))
     except Exception as error:  # a report or shard broken enough to stop rendering: already reported

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from covid19_cxr_dataset import CLASS_NAMES, report
+from covid19_cxr_dataset import CLASS_NAMES, release as release_format
 from covid19_cxr_dataset.baseline import PAPER_RECIPE, RecipeError, load_recipe
 from covid19_cxr_dataset.baseline import recipe as recipe_module
 from covid19_cxr_dataset.baseline.certificate import SINGLE_SEED_NOTE, compare_with_reference
@@ -301,8 +301,8 @@ def test_verdict_against_the_reference_band():
 
 def test_release_factory_writes_a_valid_release(tmp_path):
     release = make_release(tmp_path / "release", per_class={"train": 3, "test": 2}, size=(40, 32))
-    built = report.read_report(release)
-    assert built["fingerprint"] == report.fingerprint(release)
+    built = release_format.read_report(release)
+    assert built["fingerprint"] == release_format.fingerprint(release)
     assert built["counts"] == {"train": {n: 3 for n in CLASS_NAMES}, "test": {n: 2 for n in CLASS_NAMES}}
     assert set(built["shards"]) == {"data/train-00000-of-00001.parquet", "data/test-00000-of-00001.parquet"}
     card = (release / "README.md").read_text(encoding="utf-8")
@@ -365,12 +365,12 @@ def test_release_that_does_not_match_its_fingerprint_is_refused(tmp_path, tamper
     from covid19_cxr_dataset.baseline import run_baseline
 
     release = make_release(tmp_path / "release", per_class={"train": 2, "test": 2}, size=(32, 32))
-    recorded = report.read_report(release)["fingerprint"]
+    recorded = release_format.read_report(release)["fingerprint"]
     tamper(release)
     with pytest.raises(VerificationError) as error:
         run_baseline(release, tmp_path / "out", recipe=write_recipe(tmp_path / "t.yaml", tiny_recipe_values()),
                      progress=False)
-    assert recorded in str(error.value) and report.fingerprint(release) in str(error.value)
+    assert recorded in str(error.value) and release_format.fingerprint(release) in str(error.value)
     assert not (tmp_path / "out" / "certificate.json").exists()
 
 

@@ -15,7 +15,7 @@ from covid19_cxr_dataset import CLASS_NAMES, manifest as manifest_module
 from covid19_cxr_dataset.build import Options, build, plan
 from covid19_cxr_dataset.convert import ConvertSettings, convert_file
 from covid19_cxr_dataset.errors import CountMismatch, CredentialsError, CxrDatasetError
-from covid19_cxr_dataset.report import fingerprint, read_report
+from covid19_cxr_dataset.release import fingerprint, read_report
 
 from loopback import LoopbackServer
 from synthetic import EXPECTED, EXPECTED_EXCLUSIONS, KAGGLE_FILES, make_world

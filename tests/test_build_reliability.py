@@ -145,7 +145,7 @@ def test_two_builds_sharing_one_cache_both_succeed_identically(tmp_path):
         second = _spawn_build(world, tmp_path / "b", tmp_path / "cache", server)
         outputs = [p.communicate(timeout=180) for p in (first, second)]
         assert first.returncode == 0 and second.returncode == 0, outputs
-    from covid19_cxr_dataset.report import read_report
+    from covid19_cxr_dataset.release import read_report
 
     assert read_report(tmp_path / "a")["fingerprint"] == read_report(tmp_path / "b")["fingerprint"]
     assert read_report(tmp_path / "a")["counts"] == EXPECTED
@@ -154,7 +154,7 @@ def test_two_builds_sharing_one_cache_both_succeed_identically(tmp_path):
 def test_disk_full_while_writing_shards_is_a_clean_error_with_nothing_left(tmp_path, monkeypatch):
     import errno
 
-    from covid19_cxr_dataset import publish
+    from covid19_cxr_dataset import shards
     from covid19_cxr_dataset.errors import CxrDatasetError
 
     world = make_world(tmp_path / "world")
@@ -162,7 +162,7 @@ def test_disk_full_while_writing_shards_is_a_clean_error_with_nothing_left(tmp_p
     def full(self, row):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(publish.SplitShardWriter, "add", full)
+    monkeypatch.setattr(shards.SplitShardWriter, "add", full)
     with LoopbackServer(dict(world.served)) as server:
         with pytest.raises(CxrDatasetError, match="is full"):
             build(manifest_module.load(world.manifest_dir), tmp_path / "out", _options(tmp_path, server, world))

@@ -1,4 +1,4 @@
-"""convert.py: every input kind -> the release's 8-bit grayscale JPEG.
+"""convert/: every input kind -> the release's 8-bit grayscale JPEG.
 
 Pixel checks compare the normalized 8-bit array (``normalize_bytes``/``normalize_file``, before
 JPEG encoding) with an expectation computed here from first principles, exactly; the JPEG round
@@ -1341,7 +1341,7 @@ def test_two_builds_give_byte_identical_shards_with_png_fallback(tmp_path):
 
 
 def test_missing_transform_library_is_one_clear_error_not_a_silent_change_of_output(monkeypatch):
-    from covid19_cxr_dataset import jpeg_transcode
+    from covid19_cxr_dataset.convert import lossless_jpeg as jpeg_transcode
     from covid19_cxr_dataset.errors import CxrDatasetError
 
     monkeypatch.setattr(jpeg_transcode, "_HAVE_TRANSFORM", False)

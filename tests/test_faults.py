@@ -541,11 +541,11 @@ def test_ctrl_c_after_the_release_is_in_place_exits_0(world, server, tmp_path, m
     assert json.loads((tmp_path / "out" / "build_report.json").read_text())["counts"] == EXPECTED
 
     monkeypatch.setattr(staging_module, "move_into_place", original)
-    from covid19_cxr_dataset import cli as cli_module
+    from covid19_cxr_dataset import report as report_module
 
     def interrupted_summary(result):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_module, "_summary", interrupted_summary)
+    monkeypatch.setattr(report_module, "summary", interrupted_summary)  # what `build` prints once the release is in place
     again = cli(*build_args(world, server, tmp_path / "cache", tmp_path / "out2"))
     assert again.exit_code == 0 and (tmp_path / "out2" / "build_report.json").is_file()

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from covid19_cxr_dataset import hub, report
+from covid19_cxr_dataset import hub, release as release_format
 from covid19_cxr_dataset.download import file_sha256
 from covid19_cxr_dataset.errors import CredentialsError, CxrDatasetError, VerificationError
 from release_factory import make_release, tamper_label
@@ -118,7 +118,7 @@ def _no_ambient_token(monkeypatch):
 def test_dry_run_lists_every_file_with_size_and_sha256(release):
     (release / "notes.txt").write_text("not part of the release\n", encoding="utf-8")
     plan = hub.publish_release(release, REPO, dry_run=True, api=NoNetwork())
-    expected = {"README.md", "build_report.json", *report.read_report(release)["shards"]}
+    expected = {"README.md", "build_report.json", *release_format.read_report(release)["shards"]}
     assert [f.path for f in plan.files][:2] == ["README.md", "build_report.json"]
     assert {f.path for f in plan.files} == expected
     for planned in plan.files:
@@ -126,7 +126,7 @@ def test_dry_run_lists_every_file_with_size_and_sha256(release):
         assert planned.sha256 == file_sha256(release / planned.path)
     assert plan.skipped == ["notes.txt"]
     assert (plan.branch, plan.tag, plan.version) == (f"release-{VERSION}", f"v{VERSION}", VERSION)
-    assert plan.fingerprint == report.read_report(release)["fingerprint"]
+    assert plan.fingerprint == release_format.read_report(release)["fingerprint"]
     text = plan.summary()
     assert "dry run: nothing was uploaded" in text and REPO in text and f"v{VERSION}" in text
     assert all(f.path in text and f.sha256 in text for f in plan.files)
@@ -254,7 +254,7 @@ def test_missing_huggingface_hub_says_what_to_install(release, monkeypatch):
 
 def test_dry_run_and_upload_of_a_release_with_configurations(tmp_path):
     release = make_release(tmp_path / "release", per_class={"train": 4, "test": 4}, size=(32, 32), version=VERSION, configs=True)
-    built = report.read_report(release)
+    built = release_format.read_report(release)
     plan = hub.publish_release(release, REPO, dry_run=True, api=NoNetwork())
     assert {f.path for f in plan.files} == {"README.md", "build_report.json", *built["shards"]}
     assert any(f.path.startswith("data/flagged/") for f in plan.files) and any(f.path.startswith("data/curated/") for f in plan.files)

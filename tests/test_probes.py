@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from covid19_cxr_dataset import CLASS_NAMES, report
-from covid19_cxr_dataset.baseline import evidence
+from covid19_cxr_dataset import CLASS_NAMES, evidence, release as release_format
 from covid19_cxr_dataset.baseline.certificate import QUICK_CHECK, SINGLE_SEED_NOTE, compare_with_reference
 from covid19_cxr_dataset.baseline.evaluate import evaluate_predictions, wilson_interval
 from covid19_cxr_dataset.baseline.probes import (
@@ -27,9 +26,9 @@ from covid19_cxr_dataset.baseline.probes import (
     resolve_probes,
     source_probe,
 )
-from covid19_cxr_dataset.baseline.release_config import config_fingerprint, resolve_config
+from covid19_cxr_dataset.release import config_fingerprint, resolve_config
 from covid19_cxr_dataset.errors import CxrDatasetError, VerificationError
-from covid19_cxr_dataset.publish import shard_paths
+from covid19_cxr_dataset.release import shard_paths
 from release_factory import make_release
 from test_baseline import needs_tensorflow, tiny_recipe_values, write_recipe
 
@@ -177,14 +176,14 @@ def test_source_probe_needs_two_sources_and_finds_a_source_signature():
 
 def test_configurations_from_a_new_and_an_old_build_report(tmp_path):
     release = make_release(tmp_path / "release", per_class={"train": 2, "test": 2}, size=(32, 32))
-    old = report.read_report(release)
+    old = release_format.read_report(release)
     legacy = resolve_config(release, old)
     assert legacy.name == "paper" and legacy.shards is None
-    assert config_fingerprint(release, legacy) == old["fingerprint"] == report.fingerprint(release)
+    assert config_fingerprint(release, legacy) == old["fingerprint"] == release_format.fingerprint(release)
     with pytest.raises(VerificationError, match="build_report.json.*no configuration 'curated'.*--config paper"):
         resolve_config(release, old, "curated")
 
-    shards = sorted(report.shard_hashes(release))
+    shards = sorted(release_format.shard_hashes(release))
     curated_shards = [s for s in shards if "/test-" in s]  # a subset of files, as the release format has it
     curated = {"default": False, "counts": {"test": old["counts"]["test"]}, "fingerprint": "", "shards": curated_shards}
     new = {**old, "configs": {"paper": {"default": True, "counts": old["counts"], "fingerprint": old["fingerprint"],
@@ -195,8 +194,8 @@ def test_configurations_from_a_new_and_an_old_build_report(tmp_path):
     assert chosen.shard_paths(release, "train") == [] and len(chosen.shard_paths(release, "test")) == 1
     assert chosen.fingerprint != old["fingerprint"]
     assert resolve_config(release, new).name == "paper"  # the default
-    assert evidence.config_fingerprints(new) == {"paper": old["fingerprint"], "curated": curated["fingerprint"]}
-    assert evidence.config_fingerprints(old) == {"paper": old["fingerprint"]}
+    assert release_format.stated_fingerprints(new) == {"paper": old["fingerprint"], "curated": curated["fingerprint"]}
+    assert release_format.stated_fingerprints(old) == {"paper": old["fingerprint"]}
 
 
 # --- image probes (TensorFlow, tiny recipe) ----------------------------------------------------------
@@ -367,11 +366,11 @@ def test_build_then_baseline_with_probes_through_the_cli(tmp_path):
     assert result.exit_code in (0, 3), result.output
     certificate = json.loads((tmp_path / "cert" / "certificate.json").read_text(encoding="utf-8"))
     assert set(certificate["probes"]) == {"border", "source", "metadata"}
-    assert certificate["dataset"]["fingerprint"] == report.read_report(tmp_path / "release")["fingerprint"]
+    assert certificate["dataset"]["fingerprint"] == release_format.read_report(tmp_path / "release")["fingerprint"]
     root = tmp_path / "baseline" / "certificates"
     (root / "tiny").mkdir(parents=True)
     (root / "tiny" / "certificate.json").write_text(json.dumps(certificate), encoding="utf-8")
-    section = evidence.card_section(report.read_report(tmp_path / "release"), root)
+    section = evidence.card_section(release_format.read_report(tmp_path / "release"), root)
     assert "| border |" in section and "| metadata |" in section
 
 

@@ -20,7 +20,7 @@ import yaml
 
 from covid19_cxr_dataset import manifest as manifest_module, split
 from covid19_cxr_dataset.build import Options, build, check_counts, plan
-from covid19_cxr_dataset.report import exclusion_summary, flag_summary
+from covid19_cxr_dataset.counts import exclusion_summary, flag_summary
 from covid19_cxr_dataset.verify import verify_release
 
 from loopback import LoopbackServer, github_raw_path

@@ -13,7 +13,7 @@ import pytest
 
 from covid19_cxr_dataset import CLASS_NAMES, manifest as manifest_module
 from covid19_cxr_dataset.build import Options, build, plan
-from covid19_cxr_dataset.cli import plan_document
+from covid19_cxr_dataset.plan import plan_document
 from covid19_cxr_dataset.verify import verify_release
 
 from loopback import LoopbackServer
@@ -129,14 +129,14 @@ def test_pixel_duplicates_found_at_build_time_are_flagged_not_dropped(built, wor
 def test_an_extra_card_section_is_part_of_the_generated_card(built, tmp_path):
     import shutil
 
-    from covid19_cxr_dataset import publish, report as report_module
+    from covid19_cxr_dataset import release as release_format
     from covid19_cxr_dataset.card import render_card
 
     out = Path(shutil.copytree(built[0], tmp_path / "release"))
-    data = report_module.read_report(out)
+    data = release_format.read_report(out)
     data["card"]["extra_sections"] = [{"title": "Shortcut evidence", "markdown": "A probe separates the classes by **source**."}]
-    report_module.write_report(out, data)
-    (out / "README.md").write_text(render_card(data, publish.read_row_table(out)), encoding="utf-8")
+    release_format.write_report(out, data)
+    (out / "README.md").write_text(render_card(data, release_format.read_row_table(out)), encoding="utf-8")
     card = (out / "README.md").read_text()
     assert card.index("## Known risks") < card.index("## Shortcut evidence\n\nA probe separates") < card.index("## Licenses")
     assert verify_release(out).ok
@@ -145,14 +145,14 @@ def test_an_extra_card_section_is_part_of_the_generated_card(built, tmp_path):
 
 
 def test_fingerprint_of_one_configuration_and_its_shards(built):
-    from covid19_cxr_dataset import publish, report as report_module
+    from covid19_cxr_dataset import release as release_format
 
     out, report, _ = built
-    assert report_module.fingerprint(out, config="curated") == report["configs"]["curated"]["fingerprint"]
-    assert report_module.fingerprint(out) == report["fingerprint"]
-    curated = publish.config_shard_paths(out, "curated", "train")
+    assert release_format.fingerprint(out, config="curated") == report["configs"]["curated"]["fingerprint"]
+    assert release_format.fingerprint(out) == report["fingerprint"]
+    curated = release_format.config_shard_paths(out, "curated", "train")
     assert [p.relative_to(out).as_posix() for p in curated] == ["data/curated/train-00000-of-00001.parquet"]
-    assert len(publish.config_shard_paths(out, "paper", "train")) == 2
+    assert len(release_format.config_shard_paths(out, "paper", "train")) == 2
 
 
 def test_plan_prints_the_counts_to_record_when_a_configuration_differs(world, server, tmp_path):

@@ -11,7 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from covid19_cxr_dataset import manifest as manifest_module
-from covid19_cxr_dataset import variant
+from covid19_cxr_dataset import card, missing, naming, variant
 from covid19_cxr_dataset.build import Options, build
 from covid19_cxr_dataset.cli import main
 from covid19_cxr_dataset.errors import CxrDatasetError, MissingUpstreamFiles
@@ -47,12 +47,12 @@ def _run(*args):
 
 
 def test_local_versions_follow_pep_440():
-    assert variant.next_local_version("1.0.0") == "1.0.0+local.1"
-    assert variant.next_local_version("1.0.0+local.1") == "1.0.0+local.2"
-    assert variant.next_local_version("1.0.0+lab") == "1.0.0+lab.local.1"
-    assert variant.public_version("1.0.0+local.3") == "1.0.0"
+    assert naming.next_local_version("1.0.0") == "1.0.0+local.1"
+    assert naming.next_local_version("1.0.0+local.1") == "1.0.0+local.2"
+    assert naming.next_local_version("1.0.0+lab") == "1.0.0+lab.local.1"
+    assert naming.public_version("1.0.0+local.3") == "1.0.0"
     packaging = pytest.importorskip("packaging.version")
-    parsed = packaging.Version(variant.next_local_version("1.0.0"))
+    parsed = packaging.Version(naming.next_local_version("1.0.0"))
     assert parsed.public == "1.0.0" and parsed.local == "local.1"
 
 
@@ -134,7 +134,7 @@ def test_new_variant_refuses_a_non_empty_folder_and_leaves_nothing_after_a_failu
 
 def test_exclude_missing_rejects_a_report_of_another_release(bundled, tmp_path):
     report = tmp_path / "other.csv"
-    variant.write_missing_report(report, [{"source": "elsewhere", "source_path": "x.png", "status": "404"}])
+    missing.write_missing_report(report, [{"source": "elsewhere", "source_path": "x.png", "status": "404"}])
     with pytest.raises(CxrDatasetError, match="elsewhere"):
         variant.new_variant(bundled, tmp_path / "v", exclude_missing=report, options=Options(offline=True, progress=False))
     assert not (tmp_path / "v").exists()
@@ -151,15 +151,15 @@ def test_version_and_manifest_together_are_refused(world):
 
 
 def test_hints_name_the_manifest_the_way_that_works(bundled, world):
-    assert variant.manifest_option(bundled) == "--version 0.0.1 --name tiny"
-    assert variant.manifest_option(manifest_module.load(world.manifest_dir)) == f"--manifest {world.manifest_dir}"
+    assert naming.manifest_option(bundled) == "--version 0.0.1 --name tiny"
+    assert naming.manifest_option(manifest_module.load(world.manifest_dir)) == f"--manifest {world.manifest_dir}"
 
 
 def test_real_release_is_named_by_version(monkeypatch):
     monkeypatch.delenv("COVID19_CXR_MANIFESTS", raising=False)
     release = manifest_module.load(manifest_module.find("1.0.0"))
-    assert variant.manifest_option(release) == "--version 1.0.0"
-    assert variant.published_release(release) is None  # a published release gets no notice
+    assert naming.manifest_option(release) == "--version 1.0.0"
+    assert naming.published_release(release) is None  # a published release gets no notice
 
 
 def test_a_hand_copied_manifest_with_other_counts_says_so_in_the_card(bundled, tmp_path):
@@ -167,12 +167,12 @@ def test_a_hand_copied_manifest_with_other_counts_says_so_in_the_card(bundled, t
     shutil.copytree(bundled.folder, copy)
     copied = manifest_module.load(copy)  # same name and version as the bundled release, other folder
     counts = {"train": {"COVID-19": 9, "Normal": 3, "Pneumonia": 4}, "test": {"COVID-19": 3, "Normal": 2, "Pneumonia": 2}}
-    notice = variant.card_notice(copied, counts)
+    notice = card.card_notice(copied, counts)
     assert notice[0].startswith("> **Not release 0.0.1: the counts differ.**")
     assert "a manifest folder that is not the published release 0.0.1" in notice[0]
     assert "train/COVID-19 9 (published 10)" in notice[0]
-    assert variant.card_notice(bundled, counts) == []
-    assert variant.card_notice(copied, EXPECTED)[0].startswith("> **Not the published release.**")
+    assert card.card_notice(bundled, counts) == []
+    assert card.card_notice(copied, EXPECTED)[0].startswith("> **Not the published release.**")
 
 
 def test_missing_files_error_from_the_library_is_one_exception(bundled, world, partial_mirror, tmp_path):

@@ -422,7 +422,7 @@ def paper_tables_markdown(certificate: dict[str, Any]) -> list[str]:
 
 def summary_markdown(certificate: dict[str, Any]) -> str:
     """A short Markdown summary: verdict, dataset, recipe, main figures, the comparison, the paper's tables, probes."""
-    from .evidence import shortcut_markdown
+    from ..evidence import shortcut_markdown
 
     dataset, metrics, hardware = certificate["dataset"], certificate["metrics"], certificate["hardware"]
     recipe = certificate["recipe"]

@@ -38,9 +38,8 @@ import pyarrow.parquet as pq
 
 from .. import CLASS_NAMES
 from ..errors import CxrDatasetError, VerificationError
-from ..publish import shard_paths
 from ..records import SPLITS
-from ..report import REPORT_NAME, fingerprint, read_report
+from ..release import DATA_DIR, REPORT_NAME, read_report, shard_paths
 from ._backend import import_tensorflow
 
 DECODE_BATCH = 64
@@ -88,19 +87,6 @@ def read_release_report(data_dir: Path) -> dict[str, Any]:
     return report
 
 
-def verify_fingerprint(data_dir: Path, report: dict[str, Any], *, workers: int | None = None) -> str:
-    """Recompute the release's fingerprint and refuse it if it differs from its build report."""
-    actual = fingerprint(data_dir, workers=workers or os.cpu_count() or 1)
-    expected = report["fingerprint"]
-    if actual != expected:
-        raise VerificationError(
-            f"{Path(data_dir) / REPORT_NAME}: fingerprint {expected}, but the shards in "
-            f"{Path(data_dir) / 'data'} give {actual}; images or labels changed after the build. "
-            "Rebuild the release or fetch it again (or pass verify_fingerprint=False to train on it anyway)"
-        )
-    return actual
-
-
 def verify_counts(data_dir: Path, report: dict[str, Any], arrays: dict[str, SplitArrays]) -> None:
     """The decoded splits must hold the counts the build report states (cheap; no fingerprint needed)."""
     for split, split_arrays in arrays.items():
@@ -118,9 +104,9 @@ def iter_image_rows(
 ) -> Iterator[tuple[bytes, int, str, str]]:
     """(jpeg bytes, label, source, source_path) of a split, one parquet row group in memory at a time.
 
-    ``shards``: the split's shard files of one configuration (``release_config``); default: all of them.
+    ``shards``: the split's shard files of one configuration (``release.resolve_config``); default: all of them.
     """
-    paths = shard_paths(Path(data_dir) / "data", split) if shards is None else shards
+    paths = shard_paths(Path(data_dir) / DATA_DIR, split) if shards is None else shards
     if not paths:
         raise VerificationError(f"{Path(data_dir) / 'data'}: no {split}-*.parquet shards; is this a release folder?")
     for path in paths:

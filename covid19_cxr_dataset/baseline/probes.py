@@ -38,13 +38,13 @@ import numpy as np
 
 from .. import CLASS_NAMES
 from ..errors import CxrDatasetError
+from ..evidence import FLAG_MARGIN
 from .evaluate import COVID19, confusion_matrix, per_class_metrics, wilson_interval
 
 PROBE_NAMES = ("border", "lung", "source", "metadata")
 DEFAULT_PROBES = ("border", "source", "metadata")
 IMAGE_PROBES = ("border", "lung")  # the ones that train the recipe's DCNN
 CENTRE_FRACTION = 0.7
-FLAG_MARGIN = 0.10
 CPU_PROBE_EPOCHS = 3
 """Epochs of an image probe when no GPU is there and none are asked for (the recipe's own on a GPU)."""
 THUMBNAIL = 24

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..errors import CxrDatasetError
+from ..release import resolve_config, verify_config_fingerprint
 from .certificate import build_certificate, write_run_outputs
 from .data import load_release, make_pipelines, read_release_report, verify_counts
 from .evaluate import evaluate_predictions
@@ -26,7 +27,6 @@ from .probes import (
     source_probe,
 )
 from .recipe import Recipe, load_recipe, with_overrides
-from .release_config import resolve_config, verify_config_fingerprint
 from .train import (
     check_run_options,
     compile_model,

@@ -13,16 +13,26 @@ tables when asked.
 lossless or hierarchical JPEG, components that are not gray or YCbCr (CMYK, YCCK, RGB without
 colour transform), or a luminance sampled below the chroma. Arithmetic-coded and progressive
 streams are transcoded: libjpeg-turbo reads both, and the output is baseline Huffman.
-"""
+
+Also the lossless JPEG path itself (policy step 3, ``_transcode_jpeg``): when a source takes it, and the check of its output."""
 
 from __future__ import annotations
 
 import functools
 import importlib.metadata
+import io
 import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+
+from PIL import Image
+
+from ..errors import CxrDatasetError
+from .settings import ConvertSettings, ConvertedImage, _PIL_DECODE_ERRORS, _check_size, target_size
+from .detect import _exif_orientation
+from .encode import _check_not_constant
+
 
 try:  # the ``turbojpeg`` distribution (pybind11 binding), not PyTurboJPEG, which has the same module name
     import turbojpeg as _turbojpeg
@@ -32,7 +42,9 @@ except ImportError:  # pragma: no cover - a declared dependency
     _turbojpeg = None
     _HAVE_TRANSFORM = False
 
+
 TRANSFORM_DISTRIBUTION = "turbojpeg"
+
 
 _SOF_MARKERS = {
     0xC0: ("baseline", 8), 0xC1: ("extended", 0), 0xC2: ("progressive", 0), 0xC3: ("lossless", 0),
@@ -40,6 +52,8 @@ _SOF_MARKERS = {
     0xC9: ("arithmetic", 0), 0xCA: ("arithmetic-progressive", 0), 0xCB: ("lossless", 0),
     0xCD: ("hierarchical", 0), 0xCE: ("hierarchical", 0), 0xCF: ("hierarchical", 0),
 }
+
+
 _STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM and RSTn carry no length
 
 
@@ -175,6 +189,8 @@ def transcode_luminance(data: bytes, *, optimize: bool = True) -> bytes:
 
 
 _JFIF_APP0 = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"
+
+
 _PLAIN_JFIF_FIELDS = b"\x01\x01\x00\x00\x01\x00\x01\x00\x00"  # version 1.01, aspect ratio 1:1, no thumbnail
 
 
@@ -213,3 +229,47 @@ def _bundled_libjpeg_turbo() -> str:
         if found:
             return found.group(1).decode() + (f"-{found.group(2).decode()}" if found.group(2) else "")
     return "unknown"
+
+
+def _transcode_jpeg(data: bytes, settings: ConvertSettings, name: str) -> ConvertedImage | None:
+    """The lossless-jpeg path, or None when this stream must be decoded instead (policy 3)."""
+    try:
+        header = read_header(data)
+    except ValueError:
+        return None  # the decoder says what is wrong with it
+    if lossless_obstacle(header):
+        return None
+    if not available():  # never a silent change of output: the release asks for this path
+        raise CxrDatasetError(
+            "the release transcodes JPEG sources losslessly (convert.lossless_jpeg), but the 'turbojpeg' package "
+            "(libjpeg-turbo's transform API) is missing or shadowed by PyTurboJPEG, which installs a module of the "
+            "same name; run: pip install --force-reinstall 'turbojpeg>=0.0.2,<0.1' (and uninstall PyTurboJPEG)"
+        )
+    width, height = header.width, header.height
+    _check_size(width, height, settings, name, decode_bytes=header.coefficient_bytes + 2 * len(data), jpeg_output=False)
+    if target_size(width, height, settings.max_side) != (width, height):
+        return None
+    if header.has_exif:
+        try:
+            if _exif_orientation(Image.open(io.BytesIO(data))) not in (0, 1):
+                return None  # the decode path rotates it
+        except _PIL_DECODE_ERRORS:
+            return None  # the decode path reports the damage
+    try:
+        output = transcode_luminance(data, optimize=settings.optimize_huffman)
+        check = read_header(output)
+    except (TranscodeError, ValueError):
+        return None  # corrupt data, bad restart markers...: the decoder decides
+    if (check.width, check.height, len(check.component_ids)) != (width, height, 1):
+        return None
+    if _may_be_constant(output, width, height):
+        _check_not_constant(Image.open(io.BytesIO(output)), name)
+    mode = "L" if header.color_space == "GRAY" else "RGB"
+    return ConvertedImage(output, width, height, "JPEG", mode, "lossless-jpeg")
+
+
+def _may_be_constant(jpeg: bytes, width: int, height: int) -> bool:
+    """Cheap screen: a constant image costs about 2 bits per 8x8 block with optimized tables
+    (one DC and one end-of-block code), any real film far more. Only then is it decoded."""
+    blocks = -(-width // 8) * -(-height // 8)
+    return len(jpeg) < 1024 + blocks // 2

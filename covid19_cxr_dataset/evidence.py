@@ -1,7 +1,9 @@
 """The "Shortcut evidence" Markdown, from a certificate's probe results; pure Python, no TensorFlow.
 
-Used twice: in ``certificate.md`` of a run, and in the dataset card that ``build`` writes, where
-``card_section(build_report)`` looks for committed certificates (``baseline/certificates/**/
+Part of the core package (a build needs it; the training extra does not). Used twice: in
+``certificate.md`` of a ``baseline`` run, and in the dataset card that ``build`` writes, where
+``card_section(build_report)`` (``card_extra_section``: as one of the card's extra sections) looks for
+committed certificates (``baseline/certificates/**/
 certificate.json`` of the checkout) whose fingerprint is the fingerprint of one of the release's
 configurations, and says so plainly when there is none yet.
 """
@@ -12,9 +14,12 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from .probes import FLAG_MARGIN
+from .release import stated_fingerprints
 
-CERTIFICATES_DIR = Path(__file__).resolve().parents[2] / "baseline" / "certificates"
+FLAG_MARGIN = 0.10
+"""A probe is flagged when its accuracy interval's lower end clears the majority-class rate by this much."""
+
+CERTIFICATES_DIR = Path(__file__).resolve().parents[1] / "baseline" / "certificates"
 """``baseline/certificates`` of the checkout this module runs from (absent in an installed wheel)."""
 
 HEADING = "## Shortcut evidence"
@@ -146,16 +151,6 @@ def shortcut_markdown(certificate: dict[str, Any], *, heading: str = HEADING) ->
 # --- the dataset card -----------------------------------------------------------------------------
 
 
-def config_fingerprints(report: dict[str, Any]) -> dict[str, str]:
-    """{configuration: fingerprint} of a build report (new ``configs`` format, or the top-level fingerprint)."""
-    configs = report.get("configs") or {}
-    result = {name: entry.get("fingerprint") for name, entry in configs.items() if entry.get("fingerprint")}
-    if not result and report.get("fingerprint"):
-        result = {"paper": report["fingerprint"]}
-    order = sorted(result, key=lambda name: (not (configs.get(name) or {}).get("default", name == "paper"), name))
-    return {name: result[name] for name in order}
-
-
 def committed_certificates(root: Path | None = None) -> Iterable[tuple[Path, dict[str, Any]]]:
     """(path, certificate) of every readable certificate.json under ``root`` (default: ``CERTIFICATES_DIR``)."""
     root = CERTIFICATES_DIR if root is None else Path(root)
@@ -183,7 +178,7 @@ def card_section(report: dict[str, Any], root: Path | None = None) -> str:
     """The card's "Shortcut evidence" section for the release whose build report is ``report``."""
     root = CERTIFICATES_DIR if root is None else Path(root)
     lines = [HEADING, ""]
-    fingerprints = config_fingerprints(report)
+    fingerprints = stated_fingerprints(report)
     for config, fingerprint in fingerprints.items():
         found = find_certificate(fingerprint, root)
         if len(fingerprints) > 1:
@@ -206,3 +201,9 @@ def card_section(report: dict[str, Any], root: Path | None = None) -> str:
         lines += [f"From the certificate in `{where}` ({certificate.get('created', 'undated')}, "
                   f"verdict `{certificate.get('verdict', '?')}`):", "", body, ""]
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def card_extra_section(report: dict[str, Any], root: Path | None = None) -> dict[str, str]:
+    """:func:`card_section` as one of the card's extra sections (``{"title", "markdown"}``)."""
+    markdown = card_section(report, root).strip().removeprefix(HEADING).strip()
+    return {"title": HEADING.removeprefix("## "), "markdown": markdown}

@@ -1,0 +1,142 @@
+"""Plan: resolve a release from metadata, locks and decisions alone (no image downloads).
+
+manifest -> sources (``sources/``) -> metadata filters (``filters``) -> quota and split (``split``).
+``resolve`` runs the first two, ``finish_selection`` the last (the build runs it again after
+conversion), ``plan`` both. ``summary_lines`` and ``plan_document`` are what ``cxr-dataset plan``
+prints and writes with ``--json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from . import CLASS_NAMES, filters, split
+from .counts import check_counts, count_table, counts_yaml, exclusion_summary, flag_summary, source_label_table
+from .download import Downloader
+from .manifest import Manifest
+from .options import Options
+from .records import seeded_hash, split_rank
+
+
+@dataclass
+class Resolution:
+    """What a manifest resolves to: every candidate, the kept rows and the exclusions so far."""
+
+    manifest: Manifest
+    candidates: pd.DataFrame
+    kept: pd.DataFrame
+    excluded: pd.DataFrame
+    decisions: filters.Decisions
+
+    def counts(self, config: str | None = None) -> dict[str, dict[str, int]]:
+        """{split: {class: n}} of one configuration (default: the default configuration)."""
+        return count_table(self.rows(config))
+
+    def rows(self, config: str | None = None) -> pd.DataFrame:
+        """The kept rows that belong to ``config`` (default: the default configuration: all of them)."""
+        chosen = self.manifest.config(config) if config else self.manifest.default_config
+        return self.kept[filters.in_config(self.kept, chosen)]
+
+
+def resolve(manifest: Manifest, options: Options, downloader: Downloader | None = None) -> Resolution:
+    """Sources + every metadata-level filter (what needs no image bytes)."""
+    inputs = options.inputs(downloader or options.downloader())
+    candidates = pd.concat([source.records(manifest, inputs) for source in manifest.sources], ignore_index=True)
+    decisions = filters.load_decisions(manifest, candidates)
+    kept, excluded = filters.metadata_filters(manifest, candidates, decisions)
+    return Resolution(manifest, candidates, kept, excluded, decisions)
+
+
+def finish_selection(resolution: Resolution) -> Resolution:
+    """Quota and split: the last steps, run by plan on metadata and by build after conversion."""
+    manifest = resolution.manifest
+    kept, dropped = filters.apply_quota(manifest, resolution.kept)
+    excluded = pd.concat([resolution.excluded, dropped], ignore_index=True) if len(dropped) else resolution.excluded
+    # Duplicate links are the duplicate_of column: flagged copies among the kept rows, dropped copies among the excluded.
+    links = split.duplicate_patient_links(pd.concat([kept, excluded], ignore_index=True), resolution.candidates)
+    links += resolution.decisions.patient_links()
+    rules = manifest.split
+    kept = split.assign_splits(kept, list(rules.rules), rules.seed, links)
+    return Resolution(manifest, resolution.candidates, publish_order(kept, rules.seed), excluded, resolution.decisions)
+
+
+def publish_order(kept: pd.DataFrame, seed: str) -> pd.DataFrame:
+    """Train before test; inside a split a seeded shuffle (sha256 of seed and record id), not grouped
+    by class or source, and independent of download or file-system order."""
+    order = kept["record_id"].map(lambda rid: seeded_hash(seed, "row-order", rid))
+    side = kept["split"].map(split_rank)
+    return kept.assign(_side=side, _order=order).sort_values(["_side", "_order"]).drop(columns=["_side", "_order"]).reset_index(drop=True)
+
+
+def plan(manifest: Manifest, options: Options) -> Resolution:
+    """Resolve the release from metadata, locks and decisions alone: no image is downloaded."""
+    return finish_selection(resolve(manifest, options))
+
+
+
+def summary_lines(resolution: Resolution) -> tuple[list[str], list[str]]:
+    """What ``cxr-dataset plan`` prints: per configuration the counts against the expected ones, by
+    source and flag, then the exclusions by reason; and every count difference (empty when exact)."""
+    manifest, kept, excluded = resolution.manifest, resolution.kept, resolution.excluded
+    lines = [f"{manifest.name} {manifest.version}: {len(resolution.candidates):,} candidate files, {len(kept):,} kept"]
+    all_problems = []
+    for config in manifest.configs:
+        rows = resolution.rows(config.name)
+        flagged = int(rows["flags"].map(bool).sum())
+        lines.append(f"configuration {config.name}{' (default)' if config.default else ''}: {len(rows):,} images"
+                     + (f", {flagged:,} flagged" if flagged else ""))
+        lines.append(f"  {'':5s} " + "  ".join(f"{label:>10s}" for label in CLASS_NAMES) + f"  {'total':>7s}")
+        actual = count_table(rows)
+        for split_name in sorted(config.expected_counts.keys() | actual.keys(), key=lambda s: (split_rank(s), s)):
+            got = actual.get(split_name, {})
+            want = config.expected_counts.get(split_name, {})
+            lines.append(f"  {split_name:5s} " + "  ".join(f"{got.get(label, 0):>10,}" for label in CLASS_NAMES)
+                         + f"  {sum(got.values()):>7,}   expected " + " / ".join(f"{want.get(label, 0):,}" for label in CLASS_NAMES))
+        lines.append("  by source:")
+        for split_name, per_source in sorted(source_label_table(rows).items(), key=lambda item: split_rank(item[0])):
+            for source, per_label in sorted(per_source.items()):
+                lines.append(f"    {split_name:5s} {source:10s} " + "  ".join(f"{label} {n:,}" for label, n in per_label.items()))
+        if flagged:
+            lines.append("  flags: " + ", ".join(f"{flag} {n:,}" for flag, n in flag_summary(rows).items()))
+        problems = check_counts(manifest, kept, config=config.name)
+        lines.append("  counts match the manifest" if not problems else "  COUNTS DIFFER: " + "; ".join(problems))
+        if problems:
+            where = f"configs.{config.name}.expected_counts" if manifest.has_configs else "expected_counts"
+            lines.append(f"  if the difference is intended (a new decision), record these counts in {manifest.path}, {where}:\n"
+                         + counts_yaml(actual))
+        all_problems += problems
+    lines.append("excluded by reason (every configuration):")
+    for reason, n in exclusion_summary(excluded).items():
+        lines.append(f"    {reason:24s} {n:,}")
+    crossing = split.upstream_groups_in_both(kept)
+    pairs = split.duplicate_pairs_across_splits(kept)
+    if crossing or pairs:
+        lines.append(f"kept as the source's own split puts them (not moved): {len(crossing)} patient group(s) and "
+                     f"{len(pairs)} duplicate pair(s) on both sides, e.g. {(crossing or [p['record_id'] for p in pairs])[:3]}")
+    return lines, all_problems
+
+
+def plan_document(resolution: Resolution) -> dict:
+    """``plan --json``: each configuration's expected and actual counts, and one row per candidate."""
+    manifest, kept, excluded = resolution.manifest, resolution.kept, resolution.excluded
+    configs = {
+        c.name: {"default": c.default, "expected": c.expected_counts, "actual": count_table(resolution.rows(c.name)),
+                 "matches": not check_counts(manifest, kept, config=c.name)}
+        for c in manifest.configs
+    }
+    subsets = [c for c in manifest.configs if not c.default]
+    member = {c.name: dict(zip(kept["record_id"], filters.in_config(kept, c))) for c in subsets}
+    files = [
+        {"source": r.source, "source_path": r.source_path, "label": r.label, "patient_id": r.patient_id, "split": r.split,
+         "excluded": "", "flags": list(r.flags), "duplicate_of": r.duplicate_of,
+         **{f"in_{c.name}": bool(member[c.name][r.record_id]) for c in subsets}}
+        for r in kept.itertuples()
+    ] + [
+        {"source": r.source, "source_path": r.source_path, "label": r.label, "patient_id": r.patient_id, "split": "",
+         "excluded": r.reason, "flags": list(r.flags) if isinstance(r.flags, tuple) else [], "duplicate_of": r.duplicate_of,
+         **{f"in_{c.name}": False for c in subsets}, "detail": r.detail}
+        for r in excluded.itertuples()
+    ]
+    return {"dataset": manifest.name, "version": manifest.version, "configs": configs, "files": files}

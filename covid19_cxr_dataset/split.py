@@ -27,18 +27,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import pandas as pd
 
 from . import CLASS_NAMES
 from .errors import CxrDatasetError, ManifestError
-from .filters import in_config
 from .records import SPLITS, seeded_hash, split_rank
 from .safe_load import csv_table
-
-if TYPE_CHECKING:
-    from .manifest import Config
 
 ASSIGNMENT_COLUMNS = ("source", "source_path", "label", "split", "patient_group", "configs")
 """A release's split file: one row per image; ``configs`` lists the configurations holding it (``;``)."""
@@ -154,9 +148,9 @@ def read_assignment(path: Path) -> pd.DataFrame:
     return table
 
 
-def assignment_of(rows: pd.DataFrame, configs: "list[Config]") -> pd.DataFrame:
-    """The split file a selection gives (``rows``: a plan's or build's kept rows), sorted by record."""
-    member = {config.name: in_config(rows, config) for config in configs}
+def assignment_of(rows: pd.DataFrame, member: dict[str, pd.Series]) -> pd.DataFrame:
+    """The split file a selection gives (``rows``: a plan's or build's kept rows; ``member``: {configuration:
+    which rows it holds}, in the release's order of configurations), sorted by record."""
     names = [";".join(name for name, rows_in in member.items() if rows_in[i]) for i in rows.index]
     table = rows.assign(configs=names)[list(ASSIGNMENT_COLUMNS)]
     return table.sort_values(["source", "source_path"]).reset_index(drop=True)

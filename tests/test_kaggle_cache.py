@@ -11,7 +11,7 @@ import pytest
 from covid19_cxr_dataset import archive, manifest as manifest_module
 from covid19_cxr_dataset.build import Options, build
 from covid19_cxr_dataset.errors import ArchiveError
-from covid19_cxr_dataset.report import read_report
+from covid19_cxr_dataset.release import read_report
 
 from loopback import LoopbackServer
 from synthetic import KAGGLE_FILES, make_world

@@ -269,6 +269,7 @@ def card_body(report: dict, rows: pd.DataFrame, extra_sections: list[dict[str, s
         "Columns: `image` (8-bit grayscale; JPEG sources as JPEG with their luminance kept bit for bit, the others as "
         "the manifest's fallback format), `label` (ClassLabel: " + ", ".join(f"{i} = {c}" for i, c in enumerate(CLASS_NAMES)) + "), "
         "`source`, `source_path` (path in the source at the pinned version), `patient_id` (normalized across sources), "
+        "`patient_group` (every patient id linked to the same person; never on both sides of the split: group by it for your own folds), "
         "`view`, `finding` (the source's own text), `license` (as the source states it), `sha256` (of the source file), "
         "`flags` (what the curation found on a kept image, empty when clean), `duplicate_of` (`source:source_path` of the "
         "kept copy when this image is a duplicate, else empty), "

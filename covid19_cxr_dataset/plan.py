@@ -49,8 +49,12 @@ def resolve(manifest: Manifest, options: Options, downloader: Downloader | None 
     return Resolution(manifest, candidates, kept, excluded, decisions)
 
 
-def finish_selection(resolution: Resolution) -> Resolution:
-    """Quota and split: the last steps, run by plan on metadata and by build after conversion."""
+def finish_selection(resolution: Resolution, *, use_assignment: bool = True) -> Resolution:
+    """Quota and split: the last steps, run by plan on metadata and by build after conversion.
+
+    The release's recorded split (``split.assignment``) places every record it names;
+    ``use_assignment=False`` applies the rules alone (``cxr-dataset lock splits`` writes the file so).
+    """
     manifest = resolution.manifest
     kept, dropped = filters.apply_quota(manifest, resolution.kept)
     excluded = pd.concat([resolution.excluded, dropped], ignore_index=True) if len(dropped) else resolution.excluded
@@ -58,7 +62,8 @@ def finish_selection(resolution: Resolution) -> Resolution:
     links = split.duplicate_patient_links(pd.concat([kept, excluded], ignore_index=True), resolution.candidates)
     links += resolution.decisions.patient_links()
     rules = manifest.split
-    kept = split.assign_splits(kept, list(rules.rules), rules.seed, links)
+    assignment = recorded_assignment(manifest) if use_assignment else None
+    kept = split.assign_splits(kept, list(rules.rules), rules.seed, links, assignment)
     return Resolution(manifest, resolution.candidates, publish_order(kept, rules.seed), excluded, resolution.decisions)
 
 
@@ -70,10 +75,40 @@ def publish_order(kept: pd.DataFrame, seed: str) -> pd.DataFrame:
     return kept.assign(_side=side, _order=order).sort_values(["_side", "_order"]).drop(columns=["_side", "_order"]).reset_index(drop=True)
 
 
-def plan(manifest: Manifest, options: Options) -> Resolution:
+def plan(manifest: Manifest, options: Options, *, use_assignment: bool = True) -> Resolution:
     """Resolve the release from metadata, locks and decisions alone: no image is downloaded."""
-    return finish_selection(resolve(manifest, options))
+    return finish_selection(resolve(manifest, options), use_assignment=use_assignment)
 
+
+def recorded_assignment(manifest: Manifest) -> pd.DataFrame | None:
+    """The release's split file (``split.read_assignment``), or None when the manifest records none."""
+    relative = manifest.split.assignment
+    return split.read_assignment(manifest.file(relative)) if relative else None
+
+
+def assignment_table(resolution: Resolution) -> pd.DataFrame:
+    """The split file this selection gives: one row per kept record with its configurations."""
+    kept = resolution.kept
+    member = {config.name: filters.in_config(kept, config) for config in resolution.manifest.configs}
+    return split.assignment_of(kept, member)
+
+
+def absent_from_release(resolution: Resolution) -> dict[str, dict[str, dict[str, int]]]:
+    """{configuration: {split: {class: n}}} of the images the release's split file records that this
+    selection lacks (a variant that leaves files out); {} without a split file."""
+    assignment = recorded_assignment(resolution.manifest)
+    return {} if assignment is None else split.absent_counts(assignment, resolution.kept)
+
+
+def absent_lines(manifest: Manifest, absent: dict[str, dict[str, int]]) -> list[str]:
+    """How many of the recorded split's images a configuration lacks, per split and class."""
+    if not absent:
+        return []
+    total = sum(n for per_class in absent.values() for n in per_class.values())
+    parts = "; ".join(f"{split_name} " + ", ".join(f"{label} {n:,}" for label, n in per_class.items())
+                      for split_name, per_class in absent.items())
+    return [f"  absent: {total:,} image(s) of the recorded split ({manifest.split.assignment}) are not in this selection: "
+            f"{parts}; every other image keeps its recorded side"]
 
 
 def summary_lines(resolution: Resolution) -> tuple[list[str], list[str]]:
@@ -82,6 +117,7 @@ def summary_lines(resolution: Resolution) -> tuple[list[str], list[str]]:
     manifest, kept, excluded = resolution.manifest, resolution.kept, resolution.excluded
     lines = [f"{manifest.name} {manifest.version}: {len(resolution.candidates):,} candidate files, {len(kept):,} kept"]
     all_problems = []
+    absent = absent_from_release(resolution)
     for config in manifest.configs:
         rows = resolution.rows(config.name)
         flagged = int(rows["flags"].map(bool).sum())
@@ -100,6 +136,7 @@ def summary_lines(resolution: Resolution) -> tuple[list[str], list[str]]:
                 lines.append(f"    {split_name:5s} {source:10s} " + "  ".join(f"{label} {n:,}" for label, n in per_label.items()))
         if flagged:
             lines.append("  flags: " + ", ".join(f"{flag} {n:,}" for flag, n in flag_summary(rows).items()))
+        lines += absent_lines(manifest, absent.get(config.name, {}))
         problems = check_counts(manifest, kept, config=config.name)
         lines.append("  counts match the manifest" if not problems else "  COUNTS DIFFER: " + "; ".join(problems))
         if problems:
@@ -121,16 +158,17 @@ def summary_lines(resolution: Resolution) -> tuple[list[str], list[str]]:
 def plan_document(resolution: Resolution) -> dict:
     """``plan --json``: each configuration's expected and actual counts, and one row per candidate."""
     manifest, kept, excluded = resolution.manifest, resolution.kept, resolution.excluded
+    absent = absent_from_release(resolution)
     configs = {
         c.name: {"default": c.default, "expected": c.expected_counts, "actual": count_table(resolution.rows(c.name)),
-                 "matches": not check_counts(manifest, kept, config=c.name)}
+                 "matches": not check_counts(manifest, kept, config=c.name), "absent_from_split_file": absent.get(c.name, {})}
         for c in manifest.configs
     }
     subsets = [c for c in manifest.configs if not c.default]
     member = {c.name: dict(zip(kept["record_id"], filters.in_config(kept, c))) for c in subsets}
     files = [
         {"source": r.source, "source_path": r.source_path, "label": r.label, "patient_id": r.patient_id, "split": r.split,
-         "excluded": "", "flags": list(r.flags), "duplicate_of": r.duplicate_of,
+         "patient_group": r.patient_group, "excluded": "", "flags": list(r.flags), "duplicate_of": r.duplicate_of,
          **{f"in_{c.name}": bool(member[c.name][r.record_id]) for c in subsets}}
         for r in kept.itertuples()
     ] + [

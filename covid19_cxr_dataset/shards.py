@@ -34,6 +34,7 @@ FEATURES = Features(
         "source": Value("string"),
         "source_path": Value("string"),
         "patient_id": Value("string"),
+        "patient_group": Value("string"),
         "view": Value("string"),
         "finding": Value("string"),
         "license": Value("string"),
@@ -46,7 +47,9 @@ FEATURES = Features(
 """The release's columns. ``sha256`` is the hash of the upstream source file, not of the JPEG.
 ``flags`` (records.FLAGS codes) and ``duplicate_of`` (record id ``source:source_path`` of the kept
 copy, "" if none) let a user of the default configuration filter without rebuilding; ``conversion``
-is the path its image took (a key of ``convert.CONVERSIONS``)."""
+is the path its image took (a key of ``convert.CONVERSIONS``). ``patient_group`` joins every patient id
+linked to the same person (duplicates across sources, reviewed links): the unit no split may cut, for
+users who carve their own folds (a validation split without leakage)."""
 
 DEFAULT_MAX_SHARD_BYTES = 256 * 1024 * 1024
 ROW_GROUP_ROWS = 64  # small row groups keep random access to images cheap for readers
@@ -63,6 +66,7 @@ def publish_row(record: dict, jpeg: bytes, conversion: str = "") -> dict:
         "source": record["source"],
         "source_path": record["source_path"],
         "patient_id": record["patient_id"],
+        "patient_group": record.get("patient_group", ""),
         "view": record["view"],
         "finding": record["finding"],
         "license": record["license"],

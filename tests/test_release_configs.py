@@ -120,7 +120,7 @@ def test_pixel_duplicates_found_at_build_time_are_flagged_not_dropped(built, wor
     assert document["configs"]["paper"]["matches"] is True and document["configs"]["curated"]["matches"] is False
     row = next(f for f in document["files"] if f["source_path"] == "images/c9.jpg")
     assert row == {"source": "cohen", "source_path": "images/c9.jpg", "label": "COVID-19", "patient_id": "cohen:9",
-                   "split": row["split"], "excluded": "", "flags": ["annotation-text"], "duplicate_of": "", "in_curated": False}
+                   "split": row["split"], "patient_group": "cohen:9", "excluded": "", "flags": ["annotation-text"], "duplicate_of": "", "in_curated": False}
     arrow = next(f for f in document["files"] if f["source_path"] == "images/c6-arrow.jpg")
     assert arrow["excluded"] == "annotation-arrow" and arrow["in_curated"] is False
     json.dumps(document)

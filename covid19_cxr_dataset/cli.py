@@ -485,6 +485,47 @@ def lock_github(manifest_path, source_name, tree, metadata):
     click.echo(f"wrote {target}: {len(rows):,} pinned files")
 
 
+@lock.command("splits")
+@_release_options
+@click.option("--from-build", "from_build", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Take the split from this built release folder (for releases whose build finds what a plan cannot, "
+                   "such as pixel duplicates) instead of planning it from metadata.")
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 if the recorded split file differs from what the rules give.")
+@_fail_cleanly
+def lock_splits(version, manifest_path, name, cache_dir, mirror, offline, workers, quiet, from_build, check):
+    """Record a release's split as data: splits.csv (source, source_path, label, split, patient_group, configs).
+
+    Run once when a release is cut: the manifest's split rules place every record (the recorded file is
+    ignored), and the result is written to the file `split.assignment` names (splits.csv, added to the
+    manifest when absent). From then on every plan and build keeps each recorded image on its side.
+    """
+    from . import locks, plan as plan_module, split
+
+    loaded = _manifest(version, manifest_path, name)
+    if from_build is not None:
+        table = plan_module.assignment_from_build(from_build)
+    else:
+        resolution = plan_module.plan(loaded, _options(cache_dir, mirror, offline, workers, quiet), use_assignment=False)
+        problems = [p for c in loaded.configs for p in plan_module.check_counts(loaded, resolution.kept, config=c.name)]
+        if problems:
+            raise CxrDatasetError(f"{loaded.path}: the plan does not give the expected counts ({'; '.join(problems)}); "
+                                  "a split file records a release that matches its counts. Use --from-build DIR when "
+                                  "only a build finds the difference.")
+        table = plan_module.assignment_table(resolution)
+    if check:
+        recorded = plan_module.recorded_assignment(loaded)
+        if recorded is None:
+            raise CxrDatasetError(f"{loaded.path} records no split file (split.assignment); run without --check to write one")
+        columns = list(split.ASSIGNMENT_COLUMNS)
+        same = recorded[columns].reset_index(drop=True).equals(table[columns].reset_index(drop=True))
+        click.echo(f"{loaded.split.assignment}: {'matches' if same else 'DIFFERS FROM'} the split the rules give ({len(table):,} images)")
+        sys.exit(0 if same else 1)
+    target, changed = locks.record_split_file(loaded, table)
+    by_split = table.groupby("split").size().to_dict()
+    click.echo(f"wrote {target}: {len(table):,} images ({', '.join(f'{k} {v:,}' for k, v in sorted(by_split.items(), key=lambda kv: kv[0] != 'train'))})"
+               + ("" if changed else "; unchanged"))
+
+
 @lock.command("kaggle")
 @click.option("--manifest", "manifest_path", type=click.Path(exists=True, path_type=Path), required=True, help="The manifest folder to pin.")
 @click.option("--kaggle-archive", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,

@@ -5,6 +5,8 @@
   metadata table itself and every image its rows name.
 * ``record_kaggle_checksums`` — once a maintainer holds the Kaggle archive, add the sha256 of each
   listed file to the file list so later builds verify them.
+* ``record_split_file`` — write a release's split as data (``split.assignment``, ``splits.csv``) and
+  name it in manifest.yaml, once, when the release is cut.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -19,8 +22,9 @@ import pandas as pd
 
 from .archive import check_regular_file
 from .errors import ChecksumMismatch, CxrDatasetError, ManifestError
-from .manifest import Manifest
+from .manifest import Manifest, load as load_manifest
 from .safe_load import csv_table
+from .split import write_assignment
 from .sources import GitHubSource, KaggleSource, github_records, read_lock, read_metadata_csv
 
 
@@ -107,3 +111,29 @@ def kaggle_files_from_listing(listing: Path) -> pd.DataFrame:
     if "sha256" not in table.columns:
         table["sha256"] = ""
     return table[["split", "class", "filename", "subtype", "sha256"]]
+
+
+SPLIT_FILE = "splits.csv"
+
+
+def record_split_file(manifest: Manifest, table: pd.DataFrame) -> tuple[Path, bool]:
+    """Write ``table`` (``split.assignment_of``) as the manifest's split file; returns (path, changed).
+
+    A manifest that names no split file gets ``splits.csv`` and an ``assignment:`` line in its
+    ``split:`` section (the file is checked to load back with it).
+    """
+    relative = manifest.split.assignment or SPLIT_FILE
+    target = manifest.folder / relative
+    before = target.read_bytes() if target.is_file() else None
+    write_assignment(target, table)
+    if not manifest.split.assignment:
+        text = manifest.path.read_text(encoding="utf-8")
+        spliced, found = re.subn(r"^(split:\n(?:[ \t]+[^\n]*\n)*?([ \t]+)seed:[^\n]*\n)", rf"\1\2assignment: {relative}\n",
+                                 text, count=1, flags=re.M)
+        if not found:
+            raise ManifestError(f"{manifest.path}: no 'seed:' line under 'split:' to add 'assignment: {relative}' after; add it by hand")
+        manifest.path.write_text(spliced, encoding="utf-8")
+        if load_manifest(manifest.folder).split.assignment != relative:
+            manifest.path.write_text(text, encoding="utf-8")
+            raise ManifestError(f"{manifest.path}: could not record 'assignment: {relative}'; add it under 'split:' by hand")
+    return target, before != target.read_bytes()

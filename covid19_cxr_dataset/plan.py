@@ -9,12 +9,14 @@ prints and writes with ``--json``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
-from . import CLASS_NAMES, filters, split
+from . import CLASS_NAMES, filters, release, split
 from .counts import check_counts, count_table, counts_yaml, exclusion_summary, flag_summary, source_label_table
 from .download import Downloader
+from .errors import CxrDatasetError
 from .manifest import Manifest
 from .options import Options
 from .records import seeded_hash, split_rank
@@ -91,6 +93,21 @@ def assignment_table(resolution: Resolution) -> pd.DataFrame:
     kept = resolution.kept
     member = {config.name: filters.in_config(kept, config) for config in resolution.manifest.configs}
     return split.assignment_of(kept, member)
+
+
+def assignment_from_build(out_dir) -> pd.DataFrame:
+    """The split file of a built release folder (rows, sides, patient groups and configurations as
+    written): for releases whose build finds what a plan cannot (pixel duplicates)."""
+    out_dir = Path(out_dir)
+    report = release.read_report(out_dir)
+    rows = release.read_row_table(out_dir)
+    if "patient_group" not in rows.columns or rows["patient_group"].isna().any() or rows["patient_group"].eq("").any():
+        raise CxrDatasetError(f"{out_dir}: its shards carry no patient_group column (built by an older package); rebuild it first")
+    member = {}
+    for name in release.available_configs(report):
+        config = release.resolve_config(out_dir, report, name)
+        member[name] = rows["shard"].isin(config.shards) if config.shards is not None else pd.Series(True, index=rows.index)
+    return split.assignment_of(rows, member)
 
 
 def absent_from_release(resolution: Resolution) -> dict[str, dict[str, dict[str, int]]]:

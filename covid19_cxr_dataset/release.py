@@ -201,7 +201,7 @@ def read_row_table(out_dir: Path) -> "pd.DataFrame":
 
     out_dir = Path(out_dir)
     parts = []
-    columns = ["source", "source_path", "label", "license", "flags", "duplicate_of"]
+    columns = ["source", "source_path", "label", "license", "flags", "duplicate_of", "patient_group"]
     for path in shard_paths(out_dir / DATA_DIR):
         schema = pq.read_schema(path)
         table = pq.read_table(path, columns=[c for c in columns if c in schema.names]).to_pandas()

@@ -266,7 +266,8 @@ def new_variant(folder, base, exclude_missing, new_version, name, cache_dir, mir
       - a PEP 440 local version (1.0.0+local.1), a title and notes that say it derives from the release;
       - with --exclude-missing, the files a build could not download as exclusions
         (decisions/exclusions.csv, reason upstream-missing, HTTP status in the note);
-      - expected counts recomputed by `plan` for the new folder.
+      - the release's split file, so every other image keeps its side;
+      - expected counts: the release's minus the images left out (per configuration, split and class).
     Example: cxr-dataset new-variant --from 1.0.0 ./my-variant --exclude-missing ./covid19-cxr-1.0.0.missing-files.csv
     """
     from . import variant
@@ -282,7 +283,7 @@ def new_variant(folder, base, exclude_missing, new_version, name, cache_dir, mir
         n = int(excluded["reason"].eq(variant.MISSING_REASON).sum())
         click.echo(f"  excluded {n:,} missing file(s) (decisions/exclusions.csv, reason {variant.MISSING_REASON})")
     for config, counts in expected_by_config(made).items():
-        click.echo(f"  expected counts{f' of {config}' if config else ''} (recomputed by plan):")
+        click.echo(f"  expected counts{f' of {config}' if config else ''} (the release's minus the files left out):")
         for split_name, per_class in counts.items():
             click.echo(f"    {split_name:5s} " + "  ".join(f"{label} {n:,}" for label, n in per_class.items())
                        + f"  (total {sum(per_class.values()):,})")

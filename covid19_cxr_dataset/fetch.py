@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from .download import Downloader, file_sha256
 from .errors import CxrDatasetError, MissingUpstreamFiles
@@ -61,16 +62,33 @@ def fetch_images(
                 # Hashes the source took of the bytes on disk just now (an extracted archive checks every file).
                 kept.loc[local, "sha256"] = [found.sha256.get(p, "") for p in kept.loc[local, "source_path"]]
     unfound = kept[~kept["record_id"].isin(absent) & ~kept["local_path"].map(lambda p: bool(p) and Path(p).is_file())]
-    if absent or len(unfound):
-        raise missing_files_error(resolution.manifest, options, kept, absent, unfound, out, planned_splits())
+    # Every file in hand is hashed and held to its sha256 pin before anything fails, so that one error
+    # names every file that cannot be used: missing ones and those with other bytes than pinned.
+    found = ~kept["record_id"].isin(absent) & ~kept.index.isin(unfound.index)
+    kept.loc[found, "sha256"] = _sha256_of(kept.loc[found], progress=options.progress)
+    mismatched = kept[found & kept["sha256_expected"].ne("") & kept["sha256_expected"].ne(kept["sha256"])]
+    if absent or len(unfound) or len(mismatched):
+        raise missing_files_error(resolution.manifest, options, kept, absent, unfound, out, planned_splits(), mismatched)
     return kept
 
 
+def _sha256_of(rows: pd.DataFrame, *, progress: bool = False) -> list[str]:
+    """The sha256 of each row's file: the hash already taken (downloader, extracted archive) or a new one."""
+    todo = int(rows["sha256"].eq("").sum())
+    with tqdm(total=todo, desc="hash source files", unit="file", disable=not progress or todo < 100, leave=False) as bar:
+        def one(path: str, known: str) -> str:
+            if known:
+                return known
+            bar.update()
+            return file_sha256(Path(path))
+        return [one(p, s) for p, s in zip(rows["local_path"], rows["sha256"])]
+
+
 def hash_and_verify(kept: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """sha256 of every source file (hashing only those the downloader has not); a pinned sha256 that
-    differs is an error naming the file."""
+    """sha256 of every source file (hashing only those not hashed yet); a pinned sha256 that differs
+    is an error naming the file. ``fetch_images`` already held every file to its pin."""
     kept = kept.copy()
-    kept["sha256"] = [s or file_sha256(Path(p)) for p, s in zip(kept["local_path"], kept["sha256"])]
+    kept["sha256"] = _sha256_of(kept)
     pinned = kept["sha256_expected"].ne("")
     wrong = kept[pinned & kept["sha256_expected"].ne(kept["sha256"])]
     if len(wrong):

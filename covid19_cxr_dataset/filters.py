@@ -35,6 +35,8 @@ DECISION_COLUMNS = {
     "exclusions": ["source", "source_path", "reason", "note"],
     "patients": ["patient_id", "same_as", "note"],
     "unreviewed": ["source", "source_path", "note"],
+    # A variant's documented deviation: files whose bytes differ from the release's sha256 pin, with the hash accepted instead.
+    "accepted_hashes": ["source", "source_path", "pinned_sha256", "accepted_sha256", "note"],
 }
 
 
@@ -48,6 +50,7 @@ class Decisions:
     exclusions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DECISION_COLUMNS["exclusions"]))
     patients: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DECISION_COLUMNS["patients"]))
     unreviewed: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DECISION_COLUMNS["unreviewed"] + ["record_id"]))
+    accepted_hashes: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DECISION_COLUMNS["accepted_hashes"] + ["record_id"]))
 
     def patient_links(self) -> list[tuple[str, str]]:
         """Reviewed 'same person' pairs of patient ids (patients.csv)."""
@@ -78,6 +81,10 @@ def load_decisions(manifest: Manifest, candidates: pd.DataFrame | None = None) -
             unknown = sorted(set(reasons) - set(REASONS))
             if unknown:
                 raise ManifestError(f"{path}: unknown reason codes {unknown}; use one of {sorted(REASONS)}")
+        if kind == "accepted_hashes":
+            malformed = table[~(table["pinned_sha256"].str.fullmatch("[0-9a-f]{64}") & table["accepted_sha256"].str.fullmatch("[0-9a-f]{64}"))]
+            if len(malformed):
+                raise ManifestError(f"{path}: line {malformed.index[0] + 2}: pinned_sha256 and accepted_sha256 must be 64 lowercase hex digits")
         if kind == "annotations":
             bad = sorted(set(table["decision"]) - {"keep", "exclude"})
             if bad:
@@ -262,6 +269,29 @@ def exact_duplicates_after_conversion(manifest: Manifest, table: pd.DataFrame) -
     return keep_as_flags(kept, dropped, manifest.default_config.flag)
 
 
+def apply_accepted_hashes(table: pd.DataFrame, accepted: pd.DataFrame) -> pd.DataFrame:
+    """A variant's accepted hashes (``decisions/accepted-hashes.csv``) replace the pins they name.
+
+    Each row must name the pin it replaces (``pinned_sha256``): a decision written against other pins
+    than the manifest's is refused, never applied to a file it was not made for.
+    """
+    if accepted.empty:
+        return table
+    table = table.copy()
+    pins = dict(zip(table["record_id"], table["sha256_expected"]))
+    for row in accepted.itertuples():
+        if row.record_id not in pins:
+            continue  # load_decisions names strays; a row for a file outside the candidates changes nothing
+        if pins[row.record_id] != row.pinned_sha256:
+            raise ManifestError(
+                f"accepted hash for {row.record_id}: it replaces the pin {row.pinned_sha256}, but the manifest pins "
+                f"{pins[row.record_id] or 'no sha256'}; regenerate the variant from the release (`cxr-dataset new-variant`)"
+            )
+    replaced = dict(zip(accepted["record_id"], accepted["accepted_sha256"]))
+    table["sha256_expected"] = [replaced.get(rid, pin) for rid, pin in zip(table["record_id"], table["sha256_expected"])]
+    return table
+
+
 def metadata_filters(manifest: Manifest, table: pd.DataFrame, decisions: Decisions) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every filter that needs only metadata, locks and decisions, in the order the report lists them."""
     spec = manifest.filters
@@ -284,7 +314,7 @@ def metadata_filters(manifest: Manifest, table: pd.DataFrame, decisions: Decisio
         steps.append(lambda t: exclude_exact_duplicates(t, "git_blob_sha1", source_order))
         steps.append(lambda t: exclude_exact_duplicates(t, "sha256_expected", source_order))
     flag = manifest.default_config.flag
-    table = table.reset_index(drop=True)
+    table = apply_accepted_hashes(table.reset_index(drop=True), decisions.accepted_hashes)
     for step in steps:
         kept, dropped = step(table)
         table, dropped = keep_as_flags(kept, dropped, flag)

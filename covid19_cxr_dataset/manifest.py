@@ -77,7 +77,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                 "decisions": {
                     "type": "object",
                     "additionalProperties": False,
-                    "properties": {k: {"type": "string"} for k in ("views", "annotations", "duplicates", "exclusions", "patients", "unreviewed")},
+                    "properties": {k: {"type": "string"} for k in ("views", "annotations", "duplicates", "exclusions", "patients", "unreviewed", "accepted_hashes")},
                 },
                 "quota": {
                     "type": "object",

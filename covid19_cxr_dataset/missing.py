@@ -30,45 +30,66 @@ MISSING_REPORT_SUFFIX = ".missing-files.csv"
 
 def missing_files_error(
     manifest: Manifest, options: Options, kept: pd.DataFrame, absent: dict[str, dict], unfound: pd.DataFrame,
-    out: Path | None, planned: dict[str, str],
+    out: Path | None, planned: dict[str, str], mismatched: pd.DataFrame | None = None,
 ) -> MissingUpstreamFiles:
-    """One error naming every file that could not be had, its list written to a CSV beside ``out``."""
+    """One error naming every file that could not be had (``absent``: what the downloader said;
+    ``unfound``: local rows without their file) or whose bytes differ from their sha256 pin
+    (``mismatched``, with ``sha256`` filled), its list written to a CSV beside ``out``."""
     status_of_local = {s.name: s.MISSING_STATUS for s in manifest.sources}
+    mismatched = kept.iloc[0:0] if mismatched is None else mismatched
     rows = []
     for row in kept.itertuples():
         if row.record_id in absent:
             entry = absent[row.record_id]
             status, url = entry["status"], entry["url"]
             detail = entry["detail"].removeprefix(f"{url}: ")
+            hashes = {}
         elif row.Index in unfound.index:
             status = status_of_local.get(row.source, "not-in-folder")
-            url, detail = row.local_path, f"{row.local_path} does not exist"
+            url, detail, hashes = row.local_path, f"{row.local_path} does not exist", {}
+        elif row.Index in mismatched.index:
+            actual = mismatched.at[row.Index, "sha256"]
+            status, url = MISMATCH_STATUS, row.local_path
+            detail = f"sha256 {actual}, pinned {row.sha256_expected}"
+            hashes = {"sha256_expected": row.sha256_expected, "sha256_actual": actual}
         else:
             continue
         rows.append({"source": row.source, "source_path": row.source_path, "split": planned.get(row.record_id, ""),
-                     "label": row.label, "status": status, "url": url, "detail": detail})
+                     "label": row.label, "status": status, "url": url, "detail": detail, **hashes})
     target = Path(out).with_name(Path(out).name + MISSING_REPORT_SUFFIX) if out is not None else \
         options.cache / "missing-files" / f"{manifest.name}-{manifest.version}.csv"
     write_missing_report(target, rows)
     where = f"; nothing was written to {out}" if out is not None else ""
+    n_mismatched = sum(r["status"] == MISMATCH_STATUS for r in rows)
+    checked = kept[~kept["record_id"].isin({f"{r['source']}:{r['source_path']}" for r in rows})]
+    pinned = checked["git_blob_sha1"].ne("") | checked["sha256_expected"].ne("")
+    n_missing = len(rows) - n_mismatched
+    summary = " and ".join(part for part in (
+        f"{n_missing:,} of {len(kept):,} pinned file(s) could not be fetched" if n_missing else "",
+        f"{n_mismatched:,} of {len(kept):,} file(s) in hand differ from their pinned sha256" if n_mismatched else "",
+    ) if part)
     message = "\n".join([
-        f"{manifest.path}: {len(rows):,} of {len(kept):,} pinned file(s) could not be fetched; every other file was "
-        f"downloaded and is verified in the cache {options.cache}{where}.",
-        "Missing per source and split (split: where the file would have gone):",
+        f"{manifest.path}: {summary}{where}.",
+        f"Every file was checked before this stopped. Of the other {len(checked):,}: {int(pinned.sum()):,} are in the cache "
+        f"{options.cache} and match their pin (git blob id or sha256); {int((~pinned).sum()):,} have no pin to check them against.",
+        "Per source and split (split: where the file would have gone):",
         *missing_table(rows),
         *missing_lines(rows),
-        f"The full list (source, path, split, label, HTTP status, URL) is in {shown_path(target)}",
+        f"The full list (source, path, split, label, status, URL, pinned and actual sha256) is in {shown_path(target)}",
         missing_files_advice(manifest, target, out=out, mirror=options.mirror, cache_dir=options.cache_dir,
-                                     kaggle_archive=options.kaggle_archive),
+                             kaggle_archive=options.kaggle_archive, missing=len(rows) - n_mismatched, mismatched=n_mismatched),
     ])
     return MissingUpstreamFiles(message, rows, report_path=target)
 
 
-
-MISSING_COLUMNS = ("source", "source_path", "split", "label", "status", "url", "detail")
+MISSING_COLUMNS = ("source", "source_path", "split", "label", "status", "url", "detail", "sha256_expected", "sha256_actual")
 """Columns of the missing-files report: ``split`` is where the file would have gone (planned split),
-``status`` the HTTP status (``404``...), ``checksum`` (other bytes than pinned) or ``not-in-archive``
-/ ``not-in-folder`` (a Kaggle archive or local folder without the file)."""
+``status`` the HTTP status (``404``...), ``checksum`` (a download with other bytes than pinned),
+``not-in-archive`` / ``not-in-folder`` (a Kaggle archive or local folder without the file) or
+``sha256-mismatch`` (a file in hand, e.g. from the Kaggle archive, whose sha256 differs from its pin:
+``sha256_expected`` is the pin, ``sha256_actual`` the file's; ``new-variant --accept-hashes`` records it)."""
+
+MISMATCH_STATUS = "sha256-mismatch"
 
 
 def write_missing_report(path: Path, rows: list[dict]) -> Path:
@@ -131,6 +152,8 @@ def missing_lines(rows: list[dict], limit: int = 40) -> list[str]:
 def status_words(status: str) -> str:
     if status == "checksum":
         return "bytes differ from the pin"
+    if status == MISMATCH_STATUS:
+        return "sha256 differs from the pin"
     if status == "size":
         return "size differs from the pin"
     return f"HTTP {status}" if status.isdigit() else status
@@ -138,9 +161,10 @@ def status_words(status: str) -> str:
 
 def missing_files_advice(
     manifest: Manifest, report_path: Path, *, out: Path | None = None, mirror: str | None = None,
-    cache_dir: Path | None = None, kaggle_archive: Path | None = None,
+    cache_dir: Path | None = None, kaggle_archive: Path | None = None, missing: int = 1, mismatched: int = 0,
 ) -> str:
-    """What a user can do about missing files, as commands that work for this manifest."""
+    """What a user can do about missing (``missing``) and mismatched (``mismatched``) files, as commands
+    that work for this manifest, verbatim."""
     common = ""
     if mirror:
         common += f" --mirror {shlex.quote(mirror)}"
@@ -153,15 +177,27 @@ def missing_files_advice(
     kaggle = f" --kaggle-archive {shlex.quote(shown_path(kaggle_archive))}" if kaggle_archive else ""
     again = (f"cxr-dataset build {manifest_option(manifest)} --out {shlex.quote(shown_path(out))}{kaggle}{common}"
              if out is not None else f"cxr-dataset plan {manifest_option(manifest)} --check-files{common}")
-    return "\n".join([
-        "What you can do:",
-        ("  1. Wait and retry: upstream or the mirror may be catching up. Fetched files are cached; a rerun asks only for the rest:"
-         if out is not None else "  1. Wait and check again: upstream or the mirror may be catching up:"),
-        f"       {again}",
-        "  2. Use another mirror (same <owner>/<repo>/<commit>/<path> layout); check what it holds without downloading:",
-        f"       cxr-dataset plan {manifest_option(manifest)} --check-files --mirror URL",
-        "  3. Make a local variant that leaves these files out (expected counts recomputed), then build it:",
-        f"       cxr-dataset new-variant --from {from_argument(manifest)} {shlex.quote(variant_dir)} "
-        f"--exclude-missing {shlex.quote(shown_path(report_path))}{common}",
-        f"       cxr-dataset build --manifest {shlex.quote(variant_dir)} --out {shlex.quote(variant_out)}{kaggle}{common}",
-    ])
+    report = shlex.quote(shown_path(report_path))
+    flags = (f" --exclude-missing {report}" if missing else "") + (f" --accept-hashes {report}" if mismatched else "")
+    what = " and ".join(part for part in (
+        "leaves the missing files out (expected counts: the release's minus them)" if missing else "",
+        f"records the sha256 of the {mismatched:,} file(s) you hold as a documented deviation (its card says how many "
+        f"differ from {manifest.version}'s pins and that it is not release {manifest.version})" if mismatched else "",
+    ) if part)
+    steps: list[list[str]] = []
+    if missing:
+        steps.append([
+            "Wait and retry: upstream or the mirror may be catching up. Fetched files are cached; a rerun asks only for the rest:"
+            if out is not None else "Wait and check again: upstream or the mirror may be catching up:", f"     {again}"])
+        steps.append(["Use another mirror (same <owner>/<repo>/<commit>/<path> layout); check what it holds without downloading:",
+                      f"     cxr-dataset plan {manifest_option(manifest)} --check-files --mirror URL"])
+    if mismatched:
+        steps.append([f"Get the archive {manifest.name} {manifest.version} pins (the Kaggle dataset version its manifest names) "
+                      "and build again with it."])
+    steps.append([f"Make a local variant that {what}, then build it:",
+                  f"     cxr-dataset new-variant --from {from_argument(manifest)} {shlex.quote(variant_dir)}{flags}{common}",
+                  f"     cxr-dataset build --manifest {shlex.quote(variant_dir)} --out {shlex.quote(variant_out)}{kaggle}{common}"])
+    lines = ["What you can do:"]
+    for number, (first, *rest) in enumerate(steps, start=1):
+        lines += [f"  {number}. {first}", *(f"  {line}" for line in rest)]
+    return "\n".join(lines)

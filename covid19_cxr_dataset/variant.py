@@ -4,7 +4,10 @@ A *variant* is a manifest folder copied from a release with a PEP 440 local vers
 (``1.0.0+local.1``, ``naming.next_local_version``), notes reset to a template that says what it was
 derived from, and, when some pinned files cannot be downloaded, those files excluded with their HTTP
 status as the note (``decisions/exclusions.csv``, reason ``upstream-missing``, read from a
-missing-files report: ``missing``) and the expected counts recomputed by ``plan``.
+missing-files report: ``missing``). The copy keeps the release's split file, so every other image
+stays on the side the release put it; its expected counts are the release's minus the images it
+leaves out (``derived_counts``), per configuration, split and class, so that what only a build of
+the release finds (pixel duplicates) stays accounted for.
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ from typing import Any
 import yaml
 
 from . import manifest as manifest_module
-from .counts import planned_counts
+from . import CLASS_NAMES
+from .counts import expected_by_config
 from .errors import CxrDatasetError
 from .manifest import Manifest
 from .missing import read_missing_report, status_words
 from .naming import next_local_version, public_version
 from .options import Options
-from .plan import plan
+from .plan import plan, recorded_assignment
 
 MISSING_REASON = "upstream-missing"
 
@@ -49,8 +53,8 @@ def new_variant(
     The copy keeps every list (locks, decisions) and the split seed, gets ``version`` (default: the
     next ``+local.N`` of ``base``), a title and notes that say it is derived from ``base``, and with
     ``exclude_missing`` (a missing-files report) those files as ``upstream-missing`` exclusions. Its
-    expected counts are what ``plan`` resolves for the new folder (``options``: the download options
-    for the metadata). Nothing is left in ``folder`` when any step fails.
+    expected counts are ``derived_counts``; the returned resolution is ``plan`` of the new folder
+    (``options``: the download options for the metadata). Nothing is left in ``folder`` when any step fails.
     """
     folder = Path(folder)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
@@ -68,14 +72,14 @@ def new_variant(
         data["release_notes"] = _notes_template(base, version, missing, exclude_missing)
         if missing:
             data["filters"] = _with_exclusions(base, staging, data["filters"], missing, exclude_missing)
-        _write_manifest_yaml(staging, base, data)
-        resolution = plan(manifest_module.load(staging), options or Options(progress=False))
+        options = options or Options(progress=False)
+        derived = derived_counts(base, {f"{r['source']}:{r['source_path']}" for r in missing}, options)
         if isinstance(data.get("configs"), dict):  # expected counts per configuration
-            data["configs"] = {name: {**spec, "expected_counts": planned_counts(resolution, name)}
-                               for name, spec in data["configs"].items()}
+            data["configs"] = {name: {**spec, "expected_counts": derived[name]} for name, spec in data["configs"].items()}
         else:
-            data["expected_counts"] = planned_counts(resolution, None)
+            data["expected_counts"] = derived[None]
         _write_manifest_yaml(staging, base, data)
+        resolution = plan(manifest_module.load(staging), options)
         if folder.exists():
             folder.rmdir()
         os.chmod(staging, 0o755)  # mkdtemp makes 0700 folders
@@ -84,6 +88,32 @@ def new_variant(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest_module.load(folder), resolution
+
+
+def derived_counts(base: Manifest, left_out: set[str], options: Options) -> dict[str | None, dict[str, dict[str, int]]]:
+    """``{configuration: expected counts}`` of a variant: the release's expected counts minus the images
+    ``left_out`` (record ids) takes from each configuration, per split and class.
+
+    Which configuration held each image is read from the release's split file; a release without one
+    is planned once for it (its metadata-level membership).
+    """
+    assignment = recorded_assignment(base)
+    if assignment is not None:
+        gone = assignment[assignment["record_id"].isin(left_out)]
+        held = [(config, row.split, row.label) for row in gone.itertuples() for config in row.configs.split(";")]
+    else:
+        resolution = plan(base, options) if left_out else None
+        held = [(config.name, row.split, row.label) for config in base.configs if resolution is not None
+                for row in resolution.rows(config.name).itertuples() if row.record_id in left_out]
+    derived = {}
+    for key, expected in expected_by_config(base).items():
+        name = key or base.default_config.name
+        counts = {split_name: {label: int(per_class.get(label, 0)) for label in CLASS_NAMES} for split_name, per_class in expected.items()}
+        for config, split_name, label in held:
+            if config == name and split_name in counts:
+                counts[split_name][label] -= 1
+        derived[key] = counts
+    return derived
 
 
 def _variant_title(base: Manifest) -> str:
@@ -105,9 +135,10 @@ def _notes_template(base: Manifest, version: str, missing: list[dict], report: P
     if missing:
         lines.append(f"- {len(missing):,} pinned file(s) that could not be downloaded are excluded "
                      f"(decisions/exclusions.csv, reason `{MISSING_REASON}`; from {Path(report).name}).")
-    lines += ["- The expected counts are what `cxr-dataset plan` resolves for this folder.",
+    lines += [f"- Every other image keeps the side {base.version} gives it (the split file is {base.version}'s); the expected "
+              f"counts are {base.version}'s minus the images left out, per configuration, split and class.",
               "- Edit this list: say what else you changed (decisions, filters, sources), then run "
-              "`cxr-dataset plan --manifest <this folder>` and copy its counts into expected_counts."]
+              "`cxr-dataset plan --manifest <this folder>` and record the counts it prints."]
     return "\n".join(lines) + "\n"
 
 

@@ -29,7 +29,7 @@ from .download import Downloader, file_sha256
 from .errors import CountMismatch, CxrDatasetError
 from .manifest import Manifest
 from .options import Options
-from .plan import Resolution, finish_selection, plan, resolve
+from .plan import Resolution, absent_from_release, finish_selection, plan, resolve
 from .records import SPLITS
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,8 @@ def _build_locked(manifest: Manifest, out: Path, options: Options, downloader: D
     with staging.staging_folder(out, disk=f"{out.parent} or the cache {options.cache}") as stage:
         selection = _convert_and_publish(resolution, stage.folder / "data", options, out)
         build_report = report.assemble(manifest, selection.candidates, selection.kept, selection.excluded, stage.folder,
-                                       unverified=unverified, workers=options.workers, card_inputs=card.card_inputs(manifest))
+                                       unverified=unverified, workers=options.workers, card_inputs=card.card_inputs(manifest),
+                                       absent=absent_from_release(selection))
         # The shortcut evidence needs the fingerprints: it joins the card's inputs once the report has them.
         build_report["card"]["extra_sections"].append(evidence.card_extra_section(build_report))
         (stage.folder / release.CARD_NAME).write_text(card.render_card(build_report, release.read_row_table(stage.folder)), encoding="utf-8")

@@ -33,6 +33,7 @@ from .manifest import Manifest
 from .naming import is_local, portable_manifest_option, public_version, published_release
 from .records import FLAGS, REASONS, split_rank
 from .release import CARD_NAME, available_configs
+from .safe_load import csv_table
 from .shards import FEATURES
 
 HUB_DEFAULT_CONFIG = "default"
@@ -221,6 +222,7 @@ def card_body(report: dict, rows: pd.DataFrame, extra_sections: list[dict[str, s
         f"# {card.get('title', name)}",
         "",
         *notice_lines(card.get("variant", {}), report.get("counts", {})),
+        *deviation_lines(card.get("variant", {}), report),
         f"Release **{version}** of `{name}`, built by covid19-cxr-dataset {report.get('package_version', '')}.",
         "",
         card.get("description", ""),
@@ -420,10 +422,13 @@ def write_card(out_dir: Path, *, header_yaml: str, body_markdown: str) -> Path:
 
 def card_facts(manifest: Manifest) -> dict[str, Any]:
     """What the card needs to know about where its manifest stands, as plain data (it can live in the
-    build report): how commands name the manifest, whether its version is local, and the published
-    release it claims to be or derive from (version and expected counts), if any."""
+    build report): how commands name the manifest, whether its version is local, the published
+    release it claims to be or derive from (version and expected counts), if any, and how many files
+    it accepts with other bytes than the release pins (``accepted_hashes``)."""
     published = published_release(manifest)
+    accepted = manifest.filters.decisions.get("accepted_hashes")
     return {
+        "accepted_hashes": len(csv_table(manifest.file(accepted))) if accepted else 0,
         # A card is published: name an unbundled manifest by its folder name, never by this machine's path.
         "manifest_option": portable_manifest_option(manifest),
         "local": is_local(manifest.version),
@@ -449,6 +454,26 @@ def notice_lines(facts: dict[str, Any], counts: dict[str, dict[str, int]]) -> li
         return [f"> **Not release {published['version']}: the counts differ.** This dataset was built from {what}; "
                 f"its counts differ from the published release: " + "; ".join(differences) + ".", ""]
     return [f"> **Not the published release.** This dataset was built from {what}, with the same counts.", ""]
+
+
+def deviation_lines(facts: dict[str, Any], report: dict[str, Any]) -> list[str]:
+    """What a variant changed of its release, as the card's first lines: files whose bytes differ from
+    the release's pins, and the release's images it lacks per configuration, split and class."""
+    release = (facts.get("published") or {}).get("version") or public_version(facts.get("version", ""))
+    lines = []
+    if facts.get("accepted_hashes"):
+        lines += [f"> **{facts['accepted_hashes']:,} file(s) differ from release {release}'s pinned sha256.** This dataset "
+                  "was built from files whose bytes are not the ones the release pins, recorded as a deviation in "
+                  "`decisions/accepted-hashes.csv`: it is not release " + f"{release}.", ""]
+    for name, config in (report.get("configs") or {}).items():
+        absent = config.get("absent_from_split_file") or {}
+        if absent:
+            total = sum(n for per_class in absent.values() for n in per_class.values())
+            parts = "; ".join(f"{split_name} " + ", ".join(f"{label} {n:,}" for label, n in per_class.items())
+                              for split_name, per_class in absent.items())
+            lines += [f"> `{name}` lacks {total:,} image(s) of release {release} ({parts}); every other image is on the "
+                      f"side release {release} puts it.", ""]
+    return lines
 
 
 def card_notice(manifest: Manifest, counts: dict[str, dict[str, int]]) -> list[str]:

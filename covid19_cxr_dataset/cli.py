@@ -249,7 +249,11 @@ def _check_files(manifest, resolution, options, missing_report: Path | None) -> 
 @click.option("--from", "base", required=True, metavar="VERSION|PATH",
               help="The release to start from: a bundled version (see `cxr-dataset manifests`) or a manifest folder.")
 @click.option("--exclude-missing", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="REPORT",
-              help="A missing-files report (what a failed `build` or `plan --check-files` wrote): exclude those files.")
+              help="A missing-files report (what a failed `build` or `plan --check-files` wrote): exclude those files "
+                   "(except those --accept-hashes takes).")
+@click.option("--accept-hashes", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="REPORT",
+              help="A missing-files report whose files differ from their pinned sha256 (status sha256-mismatch): record "
+                   "the hashes of the files you hold as a documented deviation (decisions/accepted-hashes.csv).")
 @click.option("--new-version", metavar="VERSION", help="The variant's version. [default: the next <from>+local.N]")
 @click.option("--name", default="covid19-cxr", show_default=True, help="Dataset name under builder_manifests/ (with a --from version).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), envvar="COVID19_CXR_CACHE",
@@ -258,7 +262,7 @@ def _check_files(manifest, resolution, options, missing_report: Path | None) -> 
 @click.option("--offline", is_flag=True, help="Use only the cache.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @_fail_cleanly
-def new_variant(folder, base, exclude_missing, new_version, name, cache_dir, mirror, offline, quiet):
+def new_variant(folder, base, exclude_missing, accept_hashes, new_version, name, cache_dir, mirror, offline, quiet):
     """Start a local variant of a release in DIR (a new manifest folder you can build and cite).
 
     \b
@@ -266,6 +270,8 @@ def new_variant(folder, base, exclude_missing, new_version, name, cache_dir, mir
       - a PEP 440 local version (1.0.0+local.1), a title and notes that say it derives from the release;
       - with --exclude-missing, the files a build could not download as exclusions
         (decisions/exclusions.csv, reason upstream-missing, HTTP status in the note);
+      - with --accept-hashes, the sha256 of files that differ from their pins as a documented
+        deviation (decisions/accepted-hashes.csv; the card says how many and that it is not the release);
       - the release's split file, so every other image keeps its side;
       - expected counts: the release's minus the images left out (per configuration, split and class).
     Example: cxr-dataset new-variant --from 1.0.0 ./my-variant --exclude-missing ./covid19-cxr-1.0.0.missing-files.csv
@@ -276,12 +282,16 @@ def new_variant(folder, base, exclude_missing, new_version, name, cache_dir, mir
 
     source = variant.resolve_from(base, name)
     options = _options(cache_dir, mirror, offline, None, quiet)
-    made, resolution = variant.new_variant(source, folder, exclude_missing=exclude_missing, options=options, version=new_version)
+    made, resolution = variant.new_variant(source, folder, exclude_missing=exclude_missing, options=options, version=new_version,
+                                           accept_hashes=accept_hashes)
     click.echo(f"wrote {folder}: {made.name} {made.version}, derived from {source.version}")
     if exclude_missing is not None:
         excluded = resolution.excluded
         n = int(excluded["reason"].eq(variant.MISSING_REASON).sum())
         click.echo(f"  excluded {n:,} missing file(s) (decisions/exclusions.csv, reason {variant.MISSING_REASON})")
+    if accept_hashes is not None:
+        n = len(resolution.decisions.accepted_hashes)
+        click.echo(f"  accepted the sha256 of {n:,} file(s) that differ from {source.version}'s pins (decisions/accepted-hashes.csv)")
     for config, counts in expected_by_config(made).items():
         click.echo(f"  expected counts{f' of {config}' if config else ''} (the release's minus the files left out):")
         for split_name, per_class in counts.items():
@@ -292,7 +302,7 @@ def new_variant(folder, base, exclude_missing, new_version, name, cache_dir, mir
         differences = count_differences(expected_counts(published), expected_counts(made))
         click.echo(f"  differs from release {published.version}: " + ("; ".join(differences) if differences else "no count differs"))
     option = manifest_option(made)
-    click.echo("Next (edit the description and release_notes in manifest.yaml first: say what this variant is for):")
+    click.echo("Next (say what this variant is for in manifest.yaml's description and release_notes; both reach its card):")
     click.echo(f"  cxr-dataset plan {option}")
     out = folder.parent / f"{made.name}-{made.version}"
     out = out if out.resolve() != folder.resolve() else folder.parent / f"{made.name}-{made.version}-data"

@@ -79,11 +79,13 @@ def cross_split_near_duplicates(kept: pd.DataFrame, *, workers: int = 1, thresho
 def assemble(
     manifest: "Manifest", candidates: pd.DataFrame, kept: pd.DataFrame, excluded: pd.DataFrame, out_dir: Path, *,
     unverified: list[str], card_inputs: dict[str, Any], workers: int = 1,
+    absent: dict[str, dict[str, dict[str, int]]] | None = None,
 ) -> dict[str, Any]:
     """The build report of the release whose shards are in ``out_dir`` (``kept`` as written, with
     ``converted_path``), per configuration and for the default one. Its ``card`` is ``card_inputs``
     (what the card needs besides the shards: ``card.card_inputs(manifest)``), stored so that
-    ``verify`` regenerates the same card later."""
+    ``verify`` regenerates the same card later. ``absent``: {configuration: {split: {class: n}}} of the
+    images the release's split file records that this build lacks (``plan.absent_from_release``)."""
     shards = shard_hashes(out_dir)
     config_shards = {
         c.name: [p for p in shards if p.split("/")[1] in config_folders(c, manifest.configs)] for c in manifest.configs
@@ -106,6 +108,7 @@ def assemble(
             "upstream_groups_in_both_splits": split.upstream_groups_in_both(rows),
             "fingerprint": fingerprints[config.name],
             "shards": config_shards[config.name],
+            "absent_from_split_file": (absent or {}).get(config.name, {}),
         }
     default = manifest.default_config.name
     report = {

@@ -29,7 +29,7 @@ from . import CLASS_NAMES
 from .counts import expected_by_config
 from .errors import CxrDatasetError
 from .manifest import Manifest
-from .missing import read_missing_report, status_words
+from .missing import MISMATCH_STATUS, read_missing_report, status_words
 from .naming import next_local_version, public_version
 from .options import Options
 from .plan import plan, recorded_assignment
@@ -47,12 +47,15 @@ def resolve_from(value: str, name: str = manifest_module.DEFAULT_NAME) -> Manife
 
 def new_variant(
     base: Manifest, folder: Path, *, exclude_missing: Path | None = None, options=None, version: str | None = None,
+    accept_hashes: Path | None = None,
 ):
     """Write a variant of ``base`` into ``folder`` (absent or empty); returns ``(manifest, resolution)``.
 
     The copy keeps every list (locks, decisions) and the split seed, gets ``version`` (default: the
     next ``+local.N`` of ``base``), a title and notes that say it is derived from ``base``, and with
-    ``exclude_missing`` (a missing-files report) those files as ``upstream-missing`` exclusions. Its
+    ``exclude_missing`` (a missing-files report) those files as ``upstream-missing`` exclusions; with
+    ``accept_hashes`` (the same kind of report) the sha256 of every file it lists as differing from its
+    pin recorded as a documented deviation (``decisions/accepted-hashes.csv``). Its
     expected counts are ``derived_counts``; the returned resolution is ``plan`` of the new folder
     (``options``: the download options for the metadata). Nothing is left in ``folder`` when any step fails.
     """
@@ -60,7 +63,13 @@ def new_variant(
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise CxrDatasetError(f"{folder} already exists and is not empty; choose a new folder for the variant")
     version = version or next_local_version(base.version)
-    missing = read_missing_report(exclude_missing) if exclude_missing is not None else []
+    accepted = [r for r in read_missing_report(accept_hashes) if r.get("status") == MISMATCH_STATUS] if accept_hashes else []
+    if accept_hashes is not None and not accepted:
+        raise CxrDatasetError(f"{accept_hashes}: lists no file whose sha256 differs from its pin (status {MISMATCH_STATUS}); "
+                              "nothing to accept. Pass the report a failed `cxr-dataset build` wrote")
+    taken = {f"{r['source']}:{r['source_path']}" for r in accepted}
+    missing = [r for r in read_missing_report(exclude_missing) if f"{r['source']}:{r['source_path']}" not in taken] \
+        if exclude_missing is not None else []
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
     try:
@@ -69,13 +78,16 @@ def new_variant(
         data["version"] = version
         data["title"] = _variant_title(base)
         data["description"] = _description_template(base, version)
-        data["release_notes"] = _notes_template(base, version, missing, exclude_missing)
+        data["release_notes"] = _notes_template(base, version, missing, exclude_missing, accepted)
         if missing:
             data["filters"] = _with_exclusions(base, staging, data["filters"], missing, exclude_missing)
+        if accepted:
+            data["filters"] = _with_accepted_hashes(base, staging, data["filters"], accepted, accept_hashes)
         options = options or Options(progress=False)
         derived = derived_counts(base, {f"{r['source']}:{r['source_path']}" for r in missing}, options)
-        if isinstance(data.get("configs"), dict):  # expected counts per configuration
-            data["configs"] = {name: {**spec, "expected_counts": derived[name]} for name, spec in data["configs"].items()}
+        if isinstance(data.get("configs"), dict):  # expected counts and the variant's own rule per configuration
+            data["configs"] = {name: {**spec, "description": _config_description(base, name, derived[name], missing, accepted),
+                                      "expected_counts": derived[name]} for name, spec in data["configs"].items()}
         else:
             data["expected_counts"] = derived[None]
         _write_manifest_yaml(staging, base, data)
@@ -122,24 +134,55 @@ def _variant_title(base: Manifest) -> str:
 
 
 def _description_template(base: Manifest, version: str) -> str:
-    return (
-        f"Local variant {version} of {base.name}, derived from {base.version}. It is not a published release: "
-        f"its files and counts may differ from {base.version}'s (the dataset card says so in its first lines). "
-        "Edit this description: say what this variant is for."
-    )
+    # One plain line that is true as it stands: it reaches the dataset card unless the maker replaces it.
+    return (f"Local variant {version} of {base.name}, derived from {base.version}; not a published release, "
+            "and its maker gave no description.")
 
 
-def _notes_template(base: Manifest, version: str, missing: list[dict], report: Path | None) -> str:
+def _notes_template(base: Manifest, version: str, missing: list[dict], report: Path | None, accepted: list[dict]) -> str:
     lines = [f"Derived from {base.version} by `cxr-dataset new-variant` on {time.strftime('%Y-%m-%d', time.gmtime())}.",
              f"What differs from {base.version}:"]
     if missing:
         lines.append(f"- {len(missing):,} pinned file(s) that could not be downloaded are excluded "
                      f"(decisions/exclusions.csv, reason `{MISSING_REASON}`; from {Path(report).name}).")
-    lines += [f"- Every other image keeps the side {base.version} gives it (the split file is {base.version}'s); the expected "
-              f"counts are {base.version}'s minus the images left out, per configuration, split and class.",
-              "- Edit this list: say what else you changed (decisions, filters, sources), then run "
-              "`cxr-dataset plan --manifest <this folder>` and record the counts it prints."]
+    if accepted:
+        lines.append(f"- {len(accepted):,} file(s) differ from {base.version}'s pinned sha256; this variant accepts the "
+                     "hashes of the files its maker holds (decisions/accepted-hashes.csv): a documented deviation.")
+    lines.append(f"- Every other image keeps the side {base.version} gives it (the split file is {base.version}'s); the "
+                 f"expected counts are {base.version}'s minus the images left out, per configuration, split and class.")
     return "\n".join(lines) + "\n"
+
+
+def _config_description(base: Manifest, name: str, counts: dict[str, dict[str, int]], missing: list[dict],
+                        accepted: list[dict]) -> str:
+    """The variant's own rule for one configuration: the release's, minus what the variant changed."""
+    total = sum(n for per_class in counts.values() for n in per_class.values())
+    changes = [f"without the {len(missing):,} file(s) that could not be downloaded"] if missing else []
+    changes += [f"with {len(accepted):,} file(s) whose sha256 differs from the release's pins"] if accepted else []
+    return (f"Configuration `{name}` of release {base.version}" + (", " + " and ".join(changes) if changes else "")
+            + f": {total:,} images. Every image keeps the side {base.version} gives it. This is not release "
+            f"{base.version}; its card describes the release's own selection rule.")
+
+
+def _with_accepted_hashes(base: Manifest, staging: Path, filters_spec: dict, accepted: list[dict], report: Path) -> dict:
+    """Write the accepted hashes (``decisions/accepted-hashes.csv``) and name the file in the filters."""
+    names = {s.name for s in base.sources}
+    strangers = sorted({r["source"] for r in accepted} - names)
+    if strangers:
+        raise CxrDatasetError(f"{report}: names source(s) {strangers} that {base.path} does not have; pass the report of a build of this release")
+    decisions = dict(filters_spec.get("decisions", {}))
+    relative = decisions.setdefault("accepted_hashes", "decisions/accepted-hashes.csv")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["source", "source_path", "pinned_sha256", "accepted_sha256", "note"])
+    for row in sorted(accepted, key=lambda r: (r["source"], r["source_path"])):
+        writer.writerow([row["source"], row["source_path"], row["sha256_expected"], row["sha256_actual"],
+                         f"the file in hand differs from {base.version}'s pin ({Path(report).name}, "
+                         f"{time.strftime('%Y-%m-%d', time.gmtime())})"])
+    target = staging / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(buffer.getvalue(), encoding="utf-8")
+    return {**filters_spec, "decisions": decisions}
 
 
 def _with_exclusions(base: Manifest, staging: Path, filters_spec: dict, missing: list[dict], report: Path) -> dict:
@@ -206,6 +249,7 @@ def _write_manifest_yaml(folder: Path, base: Manifest, data: dict) -> None:
     """Rewrite the changed top-level keys of the base's manifest.yaml, keeping its other text and
     comments; a whole new dump when the splice would not read back as ``data``."""
     header = (f"# Local variant {data['version']} of {base.name}, derived from {base.version} by `cxr-dataset new-variant`.\n"
+              f"# Say what this variant is for in `description` and `release_notes`: both reach the dataset card.\n"
               f"# Data, not code: see docs/MANIFEST.md. The comments below are {base.version}'s.\n")
     text = base.path.read_text(encoding="utf-8")
     body = re.sub(r"\A(?:#[^\n]*\n|\s*\n)*", "", text)

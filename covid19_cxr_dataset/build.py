@@ -85,7 +85,7 @@ def _build_locked(manifest: Manifest, out: Path, options: Options, downloader: D
                                        unverified=unverified, workers=options.workers, card_inputs=card.card_inputs(manifest),
                                        absent=absent_from_release(selection))
         # The shortcut evidence needs the fingerprints: it joins the card's inputs once the report has them.
-        build_report["card"]["extra_sections"].append(evidence.card_extra_section(build_report))
+        build_report["card"]["extra_sections"].append(evidence.card_extra_section(build_report, manifest.folder / evidence.CERTIFICATES_FOLDER))
         (stage.folder / release.CARD_NAME).write_text(card.render_card(build_report, release.read_row_table(stage.folder)), encoding="utf-8")
         release.write_report(stage.folder, build_report)
         stage.commit()

@@ -2,9 +2,10 @@
 
 Part of the core package (a build needs it; the training extra does not). Used twice: in
 ``certificate.md`` of a ``baseline`` run, and in the dataset card that ``build`` writes, where
-``card_section(build_report)`` (``card_extra_section``: as one of the card's extra sections) looks for
-committed certificates (``baseline/certificates/**/
-certificate.json`` of the checkout) whose fingerprint is the fingerprint of one of the release's
+``card_section(build_report, root)`` (``card_extra_section``: as one of the card's extra sections) looks
+for certificates committed in the release's own manifest folder (``<manifest>/certificates/**/
+certificate.json``: shipped in the wheel and covered by the manifest's sha256, so a wheel install and a
+checkout write the same card) whose fingerprint is the fingerprint of one of the release's
 configurations, and says so plainly when there is none yet.
 """
 
@@ -19,8 +20,8 @@ from .release import stated_fingerprints
 FLAG_MARGIN = 0.10
 """A probe is flagged when its accuracy interval's lower end clears the majority-class rate by this much."""
 
-CERTIFICATES_DIR = Path(__file__).resolve().parents[1] / "baseline" / "certificates"
-"""``baseline/certificates`` of the checkout this module runs from (absent in an installed wheel)."""
+CERTIFICATES_FOLDER = "certificates"
+"""Where a release's certificates live, inside its manifest folder (``builder_manifests/<name>/<version>/``)."""
 
 HEADING = "## Shortcut evidence"
 
@@ -151,9 +152,9 @@ def shortcut_markdown(certificate: dict[str, Any], *, heading: str = HEADING) ->
 # --- the dataset card -----------------------------------------------------------------------------
 
 
-def committed_certificates(root: Path | None = None) -> Iterable[tuple[Path, dict[str, Any]]]:
-    """(path, certificate) of every readable certificate.json under ``root`` (default: ``CERTIFICATES_DIR``)."""
-    root = CERTIFICATES_DIR if root is None else Path(root)
+def committed_certificates(root: Path) -> Iterable[tuple[Path, dict[str, Any]]]:
+    """(path, certificate) of every readable certificate.json under ``root`` (a manifest's ``certificates/``)."""
+    root = Path(root)
     if not root.is_dir():
         return []
     found = []
@@ -165,7 +166,7 @@ def committed_certificates(root: Path | None = None) -> Iterable[tuple[Path, dic
     return found
 
 
-def find_certificate(fingerprint: str, root: Path | None = None) -> tuple[Path, dict[str, Any]] | None:
+def find_certificate(fingerprint: str, root: Path) -> tuple[Path, dict[str, Any]] | None:
     """The newest committed certificate with probes for the data of ``fingerprint``, or None."""
     matches = [(path, cert) for path, cert in committed_certificates(root)
                if cert.get("dataset", {}).get("fingerprint") == fingerprint and cert.get("probes")]
@@ -174,9 +175,10 @@ def find_certificate(fingerprint: str, root: Path | None = None) -> tuple[Path, 
     return max(matches, key=lambda item: item[1].get("created", ""))
 
 
-def card_section(report: dict[str, Any], root: Path | None = None) -> str:
-    """The card's "Shortcut evidence" section for the release whose build report is ``report``."""
-    root = CERTIFICATES_DIR if root is None else Path(root)
+def card_section(report: dict[str, Any], root: Path) -> str:
+    """The card's "Shortcut evidence" section for the release whose build report is ``report``, from the
+    certificates under ``root`` (the manifest folder's ``certificates/``)."""
+    root = Path(root)
     lines = [HEADING, ""]
     fingerprints = stated_fingerprints(report)
     for config, fingerprint in fingerprints.items():
@@ -187,23 +189,25 @@ def card_section(report: dict[str, Any], root: Path | None = None) -> str:
             lines += [
                 f"No shortcut-probe certificate has been made yet for configuration `{config}` (fingerprint "
                 f"`{fingerprint}`). Make one with `cxr-dataset baseline --data <this folder> --out <dir> --config "
-                f"{config} --probes` and commit the output folder under `baseline/certificates/`; until then, this "
+                f"{config} --probes` and commit the output folder under `{CERTIFICATES_FOLDER}/` in the release's manifest "
+                f"folder; until then, this "
                 "release says nothing in numbers about how much of a model's accuracy a shortcut explains.",
                 "",
             ]
             continue
         path, certificate = found
+        # Named inside the manifest folder, never by this machine's path: the card must not depend on where it was built.
         try:
-            where = path.parent.relative_to(root.parent.parent)
+            where = Path(CERTIFICATES_FOLDER) / path.parent.relative_to(root)
         except ValueError:
-            where = path.parent
+            where = Path(CERTIFICATES_FOLDER) / path.parent.name
         body = shortcut_markdown(certificate, heading="").strip("\n")
         lines += [f"From the certificate in `{where}` ({certificate.get('created', 'undated')}, "
                   f"verdict `{certificate.get('verdict', '?')}`):", "", body, ""]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def card_extra_section(report: dict[str, Any], root: Path | None = None) -> dict[str, str]:
+def card_extra_section(report: dict[str, Any], root: Path) -> dict[str, str]:
     """:func:`card_section` as one of the card's extra sections (``{"title", "markdown"}``)."""
     markdown = card_section(report, root).strip().removeprefix(HEADING).strip()
     return {"title": HEADING.removeprefix("## "), "markdown": markdown}

@@ -98,9 +98,9 @@ def published_release(manifest: Manifest) -> Manifest | None:
 
 
 def portable_manifest_option(manifest: Manifest) -> str:
-    """:func:`manifest_option` without this machine's absolute paths (the card is published): a
-    folder outside the working folder is named by its folder name alone."""
-    option = manifest_option(manifest)
-    if is_bundled(manifest) or shown_path(manifest.folder).startswith("."):
-        return option
+    """:func:`manifest_option` as the card prints it: a bundled release by version, any other folder by
+    its folder name alone, whatever the working folder was (the card is published, and is a function
+    of the manifest folder and the build report only)."""
+    if is_bundled(manifest):
+        return manifest_option(manifest)
     return f"--manifest {shlex.quote(manifest.folder.name)}"

@@ -266,13 +266,13 @@ def test_certificate_records_config_tables_and_a_place_for_the_training_path(bor
 
 def test_card_section_shows_a_committed_certificate_whose_fingerprint_matches(border_run, tmp_path):
     certificate, _, _ = border_run
-    root = tmp_path / "baseline" / "certificates"
+    root = tmp_path / "manifest" / "certificates"
     (root / "0.0.0-test" / "tiny-test").mkdir(parents=True)
     (root / "0.0.0-test" / "tiny-test" / "certificate.json").write_text(json.dumps(certificate), encoding="utf-8")
     fingerprint = certificate["dataset"]["fingerprint"]
     section = evidence.card_section({"fingerprint": fingerprint}, root)
     assert section.startswith("## Shortcut evidence") and "**yes: shortcut**" in section
-    assert "baseline/certificates/0.0.0-test/tiny-test" in section and fingerprint in section
+    assert "`certificates/0.0.0-test/tiny-test`" in section and fingerprint in section and str(tmp_path) not in section
     other = evidence.card_section({"fingerprint": "0" * 64}, root)
     assert "No shortcut-probe certificate has been made yet for configuration `paper`" in other
     both = evidence.card_section({"fingerprint": fingerprint, "configs": {
@@ -367,7 +367,7 @@ def test_build_then_baseline_with_probes_through_the_cli(tmp_path):
     certificate = json.loads((tmp_path / "cert" / "certificate.json").read_text(encoding="utf-8"))
     assert set(certificate["probes"]) == {"border", "source", "metadata"}
     assert certificate["dataset"]["fingerprint"] == release_format.read_report(tmp_path / "release")["fingerprint"]
-    root = tmp_path / "baseline" / "certificates"
+    root = tmp_path / "manifest" / "certificates"
     (root / "tiny").mkdir(parents=True)
     (root / "tiny" / "certificate.json").write_text(json.dumps(certificate), encoding="utf-8")
     section = evidence.card_section(release_format.read_report(tmp_path / "release"), root)

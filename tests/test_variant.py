@@ -102,7 +102,7 @@ def test_the_whole_journey_failed_build_then_variant_then_build_and_cite(bundled
     assert first_lines[0] == "# Tiny synthetic release for tests (local variant of release 0.0.1)"
     assert first_lines[2].startswith("> **Not release 0.0.1: the counts differ.**")
     assert "train/COVID-19 8 (published 10)" in first_lines[2]
-    assert "`cxr-dataset cite --manifest ./tiny-0.0.1+local.1-manifest`" in card
+    assert "`cxr-dataset cite --manifest tiny-0.0.1+local.1-manifest`" in card  # the folder's name: not where it was built
 
     cited = _run("cite", "--manifest", folder)
     assert cited.exit_code == 0, cited.output

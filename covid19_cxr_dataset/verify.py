@@ -4,12 +4,15 @@ The build report is the reference. ``verify_release`` re-reads the folder and co
 
 - every shard the report lists (``report["shards"]``) exists with its sha256 and size;
 - no other ``*.parquet`` file sits under ``data/`` (``load_dataset`` would read it as data);
-- the fingerprint over DECODED pixels and labels (``release.fingerprint``) equals ``report["fingerprint"]``;
+- every configuration's fingerprint, recomputed under the report's definition (``release``: every
+  column of every row with its decoded pixels, and the configuration's name, default and data files;
+  schema-1 reports: pixels, label, split, source and path, with a note saying so), equals the one the
+  report states; ``report["fingerprint"]`` is the default configuration's;
 - the images per split and class, recounted from the shards' ``label`` column, equal ``report["counts"]``;
 - README.md's YAML header parses, names the class labels the shards use (``CLASS_NAMES``), and
   states the split sizes the shards hold; each shard's embedded ``datasets`` features name them too;
 - every configuration of the report (``report["configs"]``): its shard list is exactly the shards
-  in its folders, its counts and fingerprint recount from them, a subset's rows carry no flag and
+  in its folders, its counts recount from them, exactly one is the default, a subset's rows carry no flag and
   the ``flagged`` folder's rows carry one; the card's ``configs`` resolve, per configuration and
   split, to exactly that configuration's shards of that split (``card-data-files``), and its
   ``dataset_info`` states every split's size;
@@ -17,9 +20,11 @@ The build report is the reference. ``verify_release`` re-reads the folder and co
   for byte (``card-generated``): the card is generated, so any edit is a difference.
 
 The shard hashes catch any change of bytes. The fingerprint and the counts come from decoded content,
-so an edited label or a re-encoded image is caught even where someone also rewrote the shard hashes
-in the report; only a report whose fingerprint was rewritten as well could hide it, which is why the
-fingerprint is also printed in the card, the Hub tag message and the baseline certificate.
+so an edited column, a switched default or a re-encoded image is caught even where someone also rewrote
+the shard hashes in the report and regenerated the card; only a report whose fingerprints were
+recomputed as well could hide it, which is why the recomputed fingerprints are also checked against
+ones held outside the folder (``anchors``: ``--fingerprint`` values, a manifest's ``fingerprints``), and
+printed in citations, the Hub tag message and the baseline certificate.
 
 Every difference is one ``Problem`` naming the file, what was expected and what was found.
 ``require_verified`` raises ``VerificationError`` listing them all.

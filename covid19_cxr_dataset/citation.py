@@ -154,7 +154,7 @@ def release_cff(manifest: Manifest, entries: list[Citation] | None = None, *,
     """CITATION.cff content for one release of the dataset (``type: dataset``); each fingerprint
     (``cited_fingerprints``) is one of its ``identifiers``."""
     entries = entries or citations(manifest, fingerprints=fingerprints)
-    cited = cited_fingerprints(manifest, None, fingerprints) if fingerprints is None else fingerprints
+    cited = cited_fingerprints(manifest, None, fingerprints)
     data: dict[str, Any] = {
         "cff-version": CFF_VERSION,
         "message": (f"If you use release {manifest.version} of this dataset, please cite it and the works it is "

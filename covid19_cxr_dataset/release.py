@@ -211,6 +211,8 @@ def resolve_config(data_dir: Path, report: dict[str, Any], name: str | None = No
                 f"{path}: no configuration {name!r}: this release's build report lists no configurations "
                 f"(it was built before they existed) and is read as its only one, {LEGACY_CONFIG!r}; "
                 f"rebuild it with this package to get {name!r}, or pass --config {LEGACY_CONFIG}")
+        if stated and not report.get("fingerprint"):
+            raise VerificationError(f"{path}: no fingerprint; rebuild the release")
         return ReleaseConfig(LEGACY_CONFIG, True, str(report.get("fingerprint", "")), report.get("counts", {}), None, definition)
     if name is None:
         name = available_configs(report)[0]

@@ -509,8 +509,13 @@ def cite_release(out_dir: Path | str, fmt: str = "bibtex", config: str | None = 
     manifest it was built from (default: the one this package bundles for the name and version its
     report states; a local variant must be named, as its folder)."""
     out_dir = Path(out_dir)
-    result = require_verified(out_dir, workers=workers, fingerprints=fingerprints)
-    report = read_report(out_dir)
+    try:
+        report = read_report(out_dir)
+    except (OSError, ValueError):
+        report = None
+    if not isinstance(report, dict):
+        require_verified(out_dir, workers=workers)  # fails, naming what is wrong with the report
+        raise VerificationError(f"{out_dir / REPORT_NAME}: not a build report")
     name, version = str(report.get("dataset", "")), str(report.get("version", ""))
     manifest = manifest or anchors_module.bundled_manifest(report)
     if manifest is None:
@@ -519,6 +524,7 @@ def cite_release(out_dir: Path | str, fmt: str = "bibtex", config: str | None = 
     if (manifest.name, manifest.version) != (name, version):
         raise CxrDatasetError(f"{out_dir / REPORT_NAME}: the folder holds {name} {version}, but the manifest given is "
                               f"{manifest.name} {manifest.version} ({manifest.path}); pass the one it was built from")
+    result = require_verified(out_dir, workers=workers, fingerprints=fingerprints)
     if config is not None and config not in result.fingerprints:
         raise CxrDatasetError(f"{out_dir}: no configuration {config!r}; it has {', '.join(result.fingerprints)}")
     return format_citations(manifest, fmt, config, fingerprints=result.fingerprints)

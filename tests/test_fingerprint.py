@@ -362,6 +362,8 @@ def test_cite_without_recorded_fingerprints_says_how_to_get_them():
 def test_cite_release_verifies_the_folder_and_cites_its_fingerprints(built, world, original):
     unbundled = _cli("cite", "--release", built, "--workers", "1")
     assert unbundled.exit_code == 1 and "pass the manifest folder it was built from with --manifest DIR" in unbundled.output
+    other = _cli("cite", "--release", built, "--version", "1.0.0", "--workers", "1")
+    assert other.exit_code == 1 and "the folder holds tiny 0.0.1, but the manifest given is covid19-cxr 1.0.0" in other.output
     cited = _cli("cite", "--release", built, "--manifest", world.manifest_dir, "--format", "cff", "--workers", "1")
     assert cited.exit_code == 0, cited.output
     assert [i["value"] for i in yaml.safe_load(cited.output)["identifiers"]] == [original["paper"], original["curated"]]

@@ -32,7 +32,7 @@ from .counts import count_differences, expected_counts
 from .manifest import Manifest
 from .naming import is_local, portable_manifest_option, public_version, published_release
 from .records import FLAGS, REASONS, split_rank
-from .release import CARD_NAME, available_configs
+from .release import CARD_NAME, available_configs, fingerprint_definition, folders_by_split, shard_glob
 from .safe_load import csv_table
 from .shards import FEATURES
 
@@ -120,7 +120,8 @@ def card_inputs(manifest: Manifest, *, sections: list[dict[str, str]] | None = N
         "license": manifest.card_license,
         "seed": manifest.split.seed,
         "sources": sources,
-        "citations": [c.bibtex.strip() for c in citations(manifest)],
+        # the card states the built fingerprints under Provenance; a recorded one is for `cite` and `verify`
+        "citations": [c.bibtex.strip() for c in citations(manifest, fingerprints={})],
         "extra_sections": list(sections),
         "variant": card_facts(manifest),  # published release or not; how commands name this manifest
     }
@@ -153,25 +154,12 @@ def split_sizes(report: dict, rows: pd.DataFrame, config: dict[str, Any]) -> dic
     return sizes
 
 
-def _folders_by_split(config: dict[str, Any]) -> dict[str, list[str]]:
-    """{split: shard folders holding that split's shards} ("" for shards directly in data/)."""
-    found: dict[str, list[str]] = {}
-    for path in sorted(config.get("shards", [])):
-        parts = path.split("/")
-        folder = "/".join(parts[1:-1])
-        split = parts[-1].split("-", 1)[0]
-        if folder not in found.setdefault(split, []):
-            found[split].append(folder)
-    order = list(config.get("folders") or [""])
-    return {s: sorted(f, key=lambda x: order.index(x) if x in order else len(order)) for s, f in found.items()}
-
-
 def card_header(report: dict, rows: pd.DataFrame) -> str:
     card = report.get("card", {})
     configs = _configs(report)
     return card_yaml(
         license_id=card.get("license", "other"), pretty_name=card.get("title", report.get("dataset", "")), version=str(report.get("version", "")),
-        configs=[{"name": c["name"], "default": bool(c.get("default")), "folders": _folders_by_split(c),
+        configs=[{"name": c["name"], "default": bool(c.get("default")), "folders": folders_by_split(c.get("shards", []), c.get("folders")),
                   "split_sizes": split_sizes(report, rows, c)} for c in configs],
     )
 
@@ -337,11 +325,14 @@ def card_body(report: dict, rows: pd.DataFrame, extra_sections: list[dict[str, s
     if warnings:
         lines += [""] + [f"- {w}" for w in warnings] + ["", "Filter on the `license` column if your use requires it."]
     lines += ["", "## Provenance", "", f"- manifest sha256: `{report.get('manifest_sha256', '')}`"]
+    covers = "decoded pixels and labels" if fingerprint_definition(report) == 1 else "every column of every row; the configuration's name, default and data files"
     if subsets:
-        lines += [f"- fingerprint of `{c['name']}` (decoded pixels and labels): `{c.get('fingerprint', '')}`" for c in configs]
+        lines += [f"- fingerprint of `{c['name']}` ({covers}): `{c.get('fingerprint', '')}`" for c in configs]
     else:
-        lines += [f"- fingerprint (decoded pixels and labels): `{report.get('fingerprint', '')}`"]
-    lines += ["- verify this folder with `cxr-dataset verify <folder>`", "",
+        lines += [f"- fingerprint ({covers}): `{report.get('fingerprint', '')}`"]
+    lines += ["- verify this folder with `cxr-dataset verify <folder>`" + (
+        "" if fingerprint_definition(report) == 1 else
+        "; against a fingerprint cited elsewhere (a paper, the Hub) with `cxr-dataset verify <folder> --fingerprint <hex>`"), "",
               "## Citation", "", "Please cite this release and the works it is built from "
               "(`cxr-dataset cite " + card.get("variant", {}).get("manifest_option", f"--version {version}")
               + "` prints them in BibTeX, APA or CFF):", "", "```bibtex"]
@@ -378,7 +369,7 @@ def card_yaml(
     total = sum(n for n, _ in default["split_sizes"].values())
 
     def paths(folders: list[str], split: str) -> str | list[str]:
-        globs = [f"data/{folder}/{split}-*.parquet" if folder else f"data/{split}-*.parquet" for folder in folders]
+        globs = [shard_glob(folder, split) for folder in folders]
         return globs[0] if len(globs) == 1 else globs
 
     header = {

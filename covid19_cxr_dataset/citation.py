@@ -55,9 +55,28 @@ class Citation:
     fields: dict[str, str] = field(default_factory=dict)  # parsed BibTeX fields, LaTeX markup removed
 
 
-def citations(manifest: Manifest, config: str | None = None) -> list[Citation]:
-    """The release's own citation, then every work the manifest cites (its own, then each source's), no repeats."""
-    out = [release_citation(manifest, config)]
+def cited_fingerprints(manifest: Manifest, config: str | None = None,
+                       fingerprints: dict[str, str] | None = None) -> dict[str, str]:
+    """{configuration: fingerprint} a citation carries: ``fingerprints`` (a verified folder's), else the
+    ones the manifest records (none until known); only ``config``'s when one is named; default first."""
+    known = manifest.fingerprints if fingerprints is None else fingerprints
+    names = [config] if config else [c.name for c in manifest.configs] + sorted(set(known) - {c.name for c in manifest.configs})
+    return {name: known[name] for name in names if known.get(name)}
+
+
+def _fingerprint_text(cited: dict[str, str], several: bool) -> str:
+    """``fingerprint of configuration paper: <hex>; ...`` and how to check a copy against it."""
+    if not cited:
+        return ""
+    values = "; ".join(f"fingerprint of configuration {name}: {value}" if several else f"fingerprint {value}"
+                       for name, value in cited.items())
+    return f"{values} (check a copy with: cxr-dataset verify DIR --fingerprint HEX)"
+
+
+def citations(manifest: Manifest, config: str | None = None, *, fingerprints: dict[str, str] | None = None) -> list[Citation]:
+    """The release's own citation, then every work the manifest cites (its own, then each source's), no repeats.
+    ``fingerprints``: what the release's entry carries (``cited_fingerprints``; ``{}``: none)."""
+    out = [release_citation(manifest, config, fingerprints=fingerprints)]
     seen = {out[0].key}
     listed = [(c, "reference", "") for c in manifest.citations]
     listed += [(c, "source", s.name) for s in manifest.sources for c in s.citations]
@@ -71,8 +90,10 @@ def citations(manifest: Manifest, config: str | None = None) -> list[Citation]:
     return out
 
 
-def release_citation(manifest: Manifest, config: str | None = None) -> Citation:
-    """How to cite version X of this dataset: title, version, the package that builds it, year, URL.
+def release_citation(manifest: Manifest, config: str | None = None, *, fingerprints: dict[str, str] | None = None) -> Citation:
+    """How to cite version X of this dataset: title, version, the package that builds it, year, URL,
+    and the fingerprint of each configuration when known (``cited_fingerprints``), so a reader can
+    check a copy (``cxr-dataset verify DIR --fingerprint HEX``).
 
     A release with several configurations names them (or, with ``config``, the one used)."""
     title, version = manifest.title, manifest.version
@@ -84,6 +105,8 @@ def release_citation(manifest: Manifest, config: str | None = None) -> Citation:
     elif len(configs) > 1:
         which = ", configurations " + " and ".join(c.name + (" (default)" if c.default else "") for c in configs)
     note = f"Dataset release {version} ({manifest.name}){which}, built with the {PACKAGE_NAME} Python package, version {__version__}"
+    marks = _fingerprint_text(cited_fingerprints(manifest, config, fingerprints), len(configs) > 1)
+    note += f"; {marks}" if marks else ""
     bibtex = "\n".join([
         f"@misc{{{key},",
         f"  title={{{_bibtex_escape(title)}}},",
@@ -95,35 +118,43 @@ def release_citation(manifest: Manifest, config: str | None = None) -> Citation:
         "}",
     ])
     text = (f"{AUTHORS}. ({RELEASE_YEAR}). {title} (Version {version}{which.replace(', c', '; c', 1) if config else ''}) [Data set]. "
-            f"Built with the {PACKAGE_NAME} Python package, version {__version__}. {PROJECT_URL}")
+            f"Built with the {PACKAGE_NAME} Python package, version {__version__}." + (f" {marks[0].upper()}{marks[1:]}." if marks else "")
+            + f" {PROJECT_URL}")
     fields = {"title": title, "author": AUTHORS, "year": str(RELEASE_YEAR), "version": version,
               "url": PROJECT_URL, "note": note}
     return Citation(key, text, bibtex, "release", "", key, "misc", fields)
 
 
-def format_citations(manifest: Manifest, fmt: str = "bibtex", config: str | None = None) -> str:
+def format_citations(manifest: Manifest, fmt: str = "bibtex", config: str | None = None, *,
+                     fingerprints: dict[str, str] | None = None) -> str:
     """All citations of a release as one text: ``bibtex``, ``apa`` or ``cff`` (a CITATION.cff for the release).
 
-    ``config`` names the configuration used (the release entry then says which)."""
-    entries = citations(manifest, config)
+    ``config`` names the configuration used (the release entry then says which). ``fingerprints``:
+    {configuration: fingerprint} of a verified folder; default: the ones the manifest records."""
+    entries = citations(manifest, config, fingerprints=fingerprints)
+    cited = cited_fingerprints(manifest, config, fingerprints)
     if fmt == "bibtex":
         release, works = entries[0], entries[1:]
+        unknown = "" if cited else " (no fingerprint recorded: `cxr-dataset cite --release DIR` cites your verified folder's)"
         return "\n\n".join(
-            [f"% This dataset: {manifest.name} {manifest.version}", release.bibtex,
+            [f"% This dataset: {manifest.name} {manifest.version}{unknown}", release.bibtex,
              "% The works it is built from and relies on"] + [c.bibtex for c in works]
         ) + "\n"
     if fmt == "apa":
         return "\n\n".join(c.text for c in entries) + "\n"
     if fmt == "cff":
-        return dump_cff(release_cff(manifest, entries))
+        return dump_cff(release_cff(manifest, entries, fingerprints=cited))
     raise CxrDatasetError(f"unknown citation format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
 # ---- CFF -------------------------------------------------------------------------------------
 
-def release_cff(manifest: Manifest, entries: list[Citation] | None = None) -> dict[str, Any]:
-    """CITATION.cff content for one release of the dataset (``type: dataset``)."""
-    entries = entries or citations(manifest)
+def release_cff(manifest: Manifest, entries: list[Citation] | None = None, *,
+                fingerprints: dict[str, str] | None = None) -> dict[str, Any]:
+    """CITATION.cff content for one release of the dataset (``type: dataset``); each fingerprint
+    (``cited_fingerprints``) is one of its ``identifiers``."""
+    entries = entries or citations(manifest, fingerprints=fingerprints)
+    cited = cited_fingerprints(manifest, None, fingerprints)
     data: dict[str, Any] = {
         "cff-version": CFF_VERSION,
         "message": (f"If you use release {manifest.version} of this dataset, please cite it and the works it is "
@@ -135,6 +166,12 @@ def release_cff(manifest: Manifest, entries: list[Citation] | None = None) -> di
         "url": PROJECT_URL,
         "keywords": ["COVID-19", "chest X-ray", "radiography", "image classification", "dataset"],
     }
+    if cited:
+        data["identifiers"] = [
+            {"type": "other", "value": value,
+             "description": f"{PACKAGE_NAME} fingerprint of configuration {name} (check a copy: cxr-dataset verify DIR --fingerprint {name}={value})"}
+            for name, value in cited.items()
+        ]
     if manifest.description:
         data["abstract"] = " ".join(manifest.description.split())
     data["references"] = [package_reference()] + [cff_reference(c) for c in entries if c.role != "release"]

@@ -381,6 +381,22 @@ def baseline(data_dir, out, recipe, epochs, batch_size, image_size, seed, seeds,
         sys.exit(3)  # a release whose certificate fails must not pass a release pipeline
 
 
+def _anchors(ctx, param, values):
+    """``--fingerprint [CONFIG=]HEX`` values, checked before any work (a malformed one is a usage error)."""
+    from .anchors import parse
+
+    try:
+        return [parse(value) for value in values]
+    except CxrDatasetError as error:
+        raise click.BadParameter(str(error).removeprefix("--fingerprint "), ctx=ctx, param=param) from None
+
+
+_FINGERPRINT_OPTION = click.option(
+    "--fingerprint", "fingerprints", multiple=True, metavar="[CONFIG=]HEX", callback=_anchors,
+    help="A fingerprint from outside the folder (a paper, a citation, the Hub tag message) that it must match: "
+         "CONFIG=HEX for one configuration, HEX for any of them; at least 16 hex digits. Repeatable.")
+
+
 @main.command()
 @click.option("--version", "version", metavar="VERSION", help="Release to cite (see `cxr-dataset manifests`); default: the newest.")
 @click.option("--manifest", "manifest_path", type=click.Path(exists=True, path_type=Path),
@@ -389,28 +405,45 @@ def baseline(data_dir, out, recipe, epochs, batch_size, image_size, seed, seeds,
 @click.option("--format", "fmt", type=click.Choice(["bibtex", "apa", "cff"]), default="bibtex", show_default=True,
               help="BibTeX entries, APA references, or a CITATION.cff (CFF 1.2.0) for the release.")
 @click.option("--config", "config", metavar="NAME", help="The configuration you used (e.g. paper, curated); the release entry names it.")
+@click.option("--release", "release_dir", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A built release folder: verify it, then cite it with the fingerprints recomputed from its shards.")
+@click.option("--workers", type=click.IntRange(1, 256), help="With --release: parallel workers for verifying. [default: all cores]")
 @_fail_cleanly
-def cite(version, manifest_path, name, fmt, config):
-    """Print how to cite a release: the release itself, then every work it is built from."""
+def cite(version, manifest_path, name, fmt, config, release_dir, workers):
+    """Print how to cite a release: the release itself, then every work it is built from.
+
+    The release's entry carries each configuration's fingerprint (BibTeX note, CFF identifiers) when
+    the release records them, or, with --release DIR, those of that folder once it verifies.
+    """
     from .citation import format_citations
 
+    if release_dir is not None:
+        from .verify import cite_release
+
+        manifest = _manifest(version, manifest_path, name) if version or manifest_path else None
+        click.echo(cite_release(release_dir, fmt, config, manifest=manifest, workers=workers or os.cpu_count() or 1), nl=False)
+        return
     click.echo(format_citations(_manifest(version, manifest_path, name), fmt, config), nl=False)
 
 
 @main.command("verify")
 @click.argument("release_dir", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--workers", type=click.IntRange(1, 256), help="Parallel workers for hashing and decoding. [default: all cores]")
+@_FINGERPRINT_OPTION
 @_fail_cleanly
-def verify_command(release_dir, workers):
-    """Check a release folder against its build_report.json.
+def verify_command(release_dir, workers, fingerprints):
+    """Check a release folder against its build_report.json, and against fingerprints from outside it.
 
-    Checks every shard's sha256 and size, that no other shard is there, the fingerprint over decoded
-    pixels and labels, the counts per split and class, and the card's class labels. Exit code 0: the
-    release is intact; 1: it is not (every problem is named with its file, expected and found value).
+    Checks every shard's sha256 and size, that no other shard is there, each configuration's
+    fingerprint (every column of every row, and the configuration's name, default and data files),
+    the counts per split and class, and that the card is the one the build generates. The fingerprints
+    are also checked against --fingerprint values and against those this package records for the
+    release. Exit code 0: the release is intact; 1: it is not (every problem is named with its file,
+    expected and found value); 2: a malformed option.
     """
     from .verify import require_verified
 
-    click.echo(require_verified(release_dir, workers=workers or os.cpu_count() or 1).summary())
+    click.echo(require_verified(release_dir, workers=workers or os.cpu_count() or 1, fingerprints=fingerprints).summary())
 
 
 @main.command("publish")

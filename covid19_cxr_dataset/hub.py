@@ -234,7 +234,7 @@ def _upload(api: Any, plan: PublishPlan, token: str | None) -> None:
             allow_patterns=[f.path for f in plan.files],
             delete_patterns="*",  # the branch holds exactly this release (.gitattributes is always kept)
             commit_message=f"{plan.dataset} {plan.version}",
-            commit_description=f"Release {plan.version}, fingerprint {plan.fingerprint} (decoded pixels and labels).",
+            commit_description=f"Release {plan.version}, fingerprint {plan.fingerprint} (check a copy: cxr-dataset verify DIR --fingerprint HEX).",
         ),
     )
     plan.commit = str(getattr(commit, "oid", "") or "")

@@ -142,6 +142,14 @@ MANIFEST_SCHEMA: dict[str, Any] = {
             "additionalProperties": CONFIG_SCHEMA,
         },
         "expected_counts": _EXPECTED_COUNTS,
+        # The fingerprint of each configuration of the published release (release.FINGERPRINT_DEFINITION),
+        # recorded once known, so `cxr-dataset verify` and `cite` check against it without being told.
+        "fingerprints": {
+            "type": "object",
+            "minProperties": 1,
+            "propertyNames": {"pattern": "^[a-z][a-z0-9_-]*$"},
+            "additionalProperties": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        },
     },
 }
 
@@ -299,6 +307,11 @@ class Manifest:
         return sorted(found, key=lambda c: not c.default)
 
     @property
+    def fingerprints(self) -> dict[str, str]:
+        """{configuration: fingerprint} of the published release, as recorded (empty until known)."""
+        return dict(self.data.get("fingerprints", {}))
+
+    @property
     def default_config(self) -> Config:
         return self.configs[0]
 
@@ -449,9 +462,24 @@ def _check_configs(manifest: Manifest) -> None:
         raise ManifestError(f"{path}: 'flagged' is the shard folder of rows outside the subset; name the configuration otherwise")
 
 
+def _check_fingerprints(manifest: Manifest) -> None:
+    recorded = manifest.data.get("fingerprints")
+    if recorded is None:
+        return
+    if "+" in manifest.version:
+        raise ManifestError(f"{manifest.path}: 'fingerprints' records a published release's fingerprints; the local "
+                            f"version {manifest.version} has none: remove the key")
+    names = [c.name for c in manifest.configs]
+    unknown = sorted(set(recorded) - set(names))
+    if unknown:
+        raise ManifestError(f"{manifest.path}: 'fingerprints' names {unknown}, not configurations of this release ({names}); "
+                            "key each fingerprint by its configuration's name")
+
+
 def _check_references(manifest: Manifest) -> None:
     """Cross-field checks the schema cannot express."""
     _check_configs(manifest)
+    _check_fingerprints(manifest)
     names = [s.name for s in manifest.sources]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

@@ -4,13 +4,19 @@
     <out>/build_report.json    the build report (``REPORT_NAME``; ``read_report``/``write_report``)
     <out>/data/<folder>/<split>-NNNNN-of-MMMMM.parquet   the shards (``DATA_DIR``, ``shard_paths``)
 
-Its configurations come from the report (``configs``: ``available_configs``, ``resolve_config``):
-a release written before configurations existed has none and is read as one configuration, the
-default, named ``LEGACY_CONFIG``, over every shard under ``data/``. Rows are read with their images
-(``iter_rows_of``) or without (``read_row_table``). The fingerprint over DECODED pixels and labels
-identifies the content a model sees, whatever the parquet layout: each row contributes
-``sha256(split, source, source_path, label name, width, height, 8-bit pixels)``; the fingerprint is
-the sha256 of the sorted row digests, so it depends neither on shard boundaries nor on row order.
+Its configurations come from the report (``configs``: ``available_configs``, ``resolve_config``,
+``release_configs``): a release written before configurations existed has none and is read as one
+configuration, the default, named ``LEGACY_CONFIG``, over every shard under ``data/``. Rows are read
+without their images by ``read_row_table``.
+
+The fingerprint identifies everything a user of one configuration reads (``FINGERPRINT_DEFINITION``
+2): each row contributes ``row_digest``, the sha256 of its split, every column of the shard in a
+canonical JSON (so a column added later is covered without a change here) and its image's decoded
+pixels; a configuration's fingerprint is the sha256 of its identity (name, default or not, the data
+files its card entry gives ``load_dataset``: ``config_identity``) and its sorted row digests, so it
+depends neither on shard boundaries nor on row order, and each image is decoded once however many
+configurations read it (``config_fingerprints``). Reports of schema 1 carry definition 1 (pixels,
+label, split, source and source_path; ``legacy_row_digest``, ``combine_digests``), still checked as such.
 
 ``verify``, ``hub``, ``card``, ``report`` and ``baseline`` read a release through this module.
 """
@@ -22,7 +28,7 @@ import io
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -103,6 +109,43 @@ def shard_hashes(out_dir: Path) -> dict[str, dict[str, Any]]:
 
 # ---- configurations ------------------------------------------------------------------------------
 
+FINGERPRINT_DEFINITION = 2
+"""What a fingerprint covers (docs/VERSIONING.md). 2 (report schema 2 on): every column of every row and
+the configuration's definition (name, default, data files); 1 (report schema 1): decoded pixels,
+label, split, source and source_path only. A report's fingerprints are checked under its own."""
+
+
+def fingerprint_definition(report: dict[str, Any]) -> int:
+    """The fingerprint definition of a build report: 1 for report schema 1, else the current one (a
+    report not written yet, e.g. while a test or benchmark assembles one, gets the current one)."""
+    schema = report.get("report_schema", FINGERPRINT_DEFINITION)
+    return 1 if isinstance(schema, int) and schema < 2 else FINGERPRINT_DEFINITION
+
+
+def shard_glob(folder: str, split: str) -> str:
+    """The data_files pattern of one split's shards in one shard folder ("" for data/ itself)."""
+    return f"{DATA_DIR}/{folder}/{split}-*.parquet" if folder else f"{DATA_DIR}/{split}-*.parquet"
+
+
+def folders_by_split(shards: Iterable[str], order: Iterable[str] | None = None) -> dict[str, list[str]]:
+    """{split: shard folders under data/ holding that split's shards} ("" for data/ itself), each in
+    ``order`` (a configuration's ``folders``), the others after it."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(shards):
+        parts = path.split("/")
+        folder, split = "/".join(parts[1:-1]), split_of(parts[-1])
+        if folder not in found.setdefault(split, []):
+            found[split].append(folder)
+    order = list(order or [""])
+    return {s: sorted(f, key=lambda x: order.index(x) if x in order else len(order)) for s, f in found.items()}
+
+
+def data_files(shards: Iterable[str], order: Iterable[str] | None = None) -> dict[str, list[str]]:
+    """{split: shard globs}: what a configuration over ``shards`` (paths relative to the release folder)
+    gives ``load_dataset`` in the card's YAML ``configs`` entry."""
+    return {split: [shard_glob(folder, split) for folder in folders] for split, folders in folders_by_split(shards, order).items()}
+
+
 @dataclass(frozen=True)
 class ReleaseConfig:
     """One configuration of a release: its name, fingerprint, counts and shard files."""
@@ -112,11 +155,18 @@ class ReleaseConfig:
     fingerprint: str
     counts: dict[str, dict[str, int]]
     shards: tuple[str, ...] | None  # paths relative to the release folder; None: every shard under data/ (legacy)
+    definition: int = FINGERPRINT_DEFINITION  # what its fingerprint covers (FINGERPRINT_DEFINITION)
 
     @property
     def legacy(self) -> bool:
         """A release written before configurations: one configuration over every shard."""
         return self.shards is None
+
+    def shard_names(self, data_dir: Path) -> list[str]:
+        """Its shards, relative to the release folder ``data_dir`` (legacy: every shard there)."""
+        if self.shards is None:
+            return [p.relative_to(Path(data_dir)).as_posix() for p in shard_paths(Path(data_dir) / DATA_DIR)]
+        return list(self.shards)
 
     def shard_paths(self, data_dir: Path, split: str) -> list[Path]:
         """The config's ``split`` shards, in a stable order."""
@@ -131,7 +181,7 @@ class ReleaseConfig:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "default": self.default, "fingerprint": self.fingerprint,
-                "declared_in_report": self.shards is not None}
+                "fingerprint_definition": self.definition, "declared_in_report": self.shards is not None}
 
 
 def _shard_names(entries: Any) -> tuple[str, ...]:
@@ -149,27 +199,37 @@ def available_configs(report: dict[str, Any]) -> list[str]:
     return sorted(configs, key=lambda name: (not configs[name].get("default", False), name))
 
 
-def resolve_config(data_dir: Path, report: dict[str, Any], name: str | None = None) -> ReleaseConfig:
-    """The configuration ``name`` (None: the default) of the release whose build report is ``report``."""
+def resolve_config(data_dir: Path, report: dict[str, Any], name: str | None = None, *, stated: bool = True) -> ReleaseConfig:
+    """The configuration ``name`` (None: the default) of the release whose build report is ``report``.
+    ``stated=False``: also when the report states no fingerprint for it (to compute one)."""
     path = Path(data_dir) / REPORT_NAME
     configs = report.get("configs") or {}
+    definition = fingerprint_definition(report)
     if not configs:
         if name not in (None, LEGACY_CONFIG):
             raise VerificationError(
                 f"{path}: no configuration {name!r}: this release's build report lists no configurations "
                 f"(it was built before they existed) and is read as its only one, {LEGACY_CONFIG!r}; "
                 f"rebuild it with this package to get {name!r}, or pass --config {LEGACY_CONFIG}")
-        return ReleaseConfig(LEGACY_CONFIG, True, report["fingerprint"], report["counts"], None)
+        if stated and not report.get("fingerprint"):
+            raise VerificationError(f"{path}: no fingerprint; rebuild the release")
+        return ReleaseConfig(LEGACY_CONFIG, True, str(report.get("fingerprint", "")), report.get("counts", {}), None, definition)
     if name is None:
         name = available_configs(report)[0]
     if name not in configs:
         raise VerificationError(f"{path}: no configuration {name!r}; it has {', '.join(available_configs(report))}")
     entry = configs[name]
-    fingerprint = entry.get("fingerprint") or (report["fingerprint"] if entry.get("default") else None)
-    if not fingerprint:
+    fingerprint = entry.get("fingerprint") or (report.get("fingerprint") if entry.get("default") else None)
+    if not fingerprint and stated:
         raise VerificationError(f"{path}: configuration {name!r} has no fingerprint; rebuild the release")
-    shards = _shard_names(entry.get("shards")) or None
-    return ReleaseConfig(name, bool(entry.get("default")), fingerprint, entry.get("counts", report["counts"]), shards)
+    shards = _shard_names(entry["shards"]) if isinstance(entry.get("shards"), list) else None
+    return ReleaseConfig(name, bool(entry.get("default")), str(fingerprint or ""), entry.get("counts", report.get("counts", {})),
+                         shards, definition)
+
+
+def release_configs(data_dir: Path, report: dict[str, Any]) -> list[ReleaseConfig]:
+    """Every configuration ``report`` defines (the default first), whether or not it states a fingerprint."""
+    return [resolve_config(data_dir, report, name, stated=False) for name in available_configs(report)]
 
 
 def stated_fingerprints(report: dict[str, Any]) -> dict[str, str]:
@@ -181,17 +241,6 @@ def stated_fingerprints(report: dict[str, Any]) -> dict[str, str]:
 
 
 # ---- rows ----------------------------------------------------------------------------------------
-
-def iter_rows_of(path: Path) -> Iterable[tuple[str, dict]]:
-    """(split, row) of one shard with its image, one row group at a time."""
-    import pyarrow.parquet as pq
-
-    split = split_of(path)
-    parquet = pq.ParquetFile(path)
-    for group in range(parquet.num_row_groups):
-        for row in parquet.read_row_group(group, columns=["image", "label", "source", "source_path"]).to_pylist():
-            yield split, row
-
 
 def read_row_table(out_dir: Path) -> "pd.DataFrame":
     """Every row of a release without its image: shard, folder, split, source, source_path, label
@@ -220,69 +269,146 @@ def read_row_table(out_dir: Path) -> "pd.DataFrame":
 
 # ---- the fingerprint -----------------------------------------------------------------------------
 
-def row_digest(split: str, source: str, source_path: str, label: str, jpeg: bytes) -> str:
-    with Image.open(io.BytesIO(jpeg)) as image:
-        image = image.convert("L") if image.mode != "L" else image
-        width, height = image.size
-        pixels = image.tobytes()
+def _decoded(image_bytes: bytes, *, gray: bool) -> tuple[str, int, int, bytes]:
+    """(mode, width, height, pixel bytes) of an encoded image: as decoded (palette images as RGBA), or
+    converted to 8-bit gray (``gray``, definition 1)."""
+    with Image.open(io.BytesIO(image_bytes)) as image:
+        if gray:
+            image = image.convert("L") if image.mode != "L" else image
+        elif image.mode in ("P", "PA"):
+            image = image.convert("RGBA")  # palette indices alone do not say what the pixels look like
+        return image.mode, image.size[0], image.size[1], image.tobytes()
+
+
+def legacy_row_digest(split: str, source: str, source_path: str, label: str, jpeg: bytes) -> str:
+    """A row's digest under fingerprint definition 1 (report schema 1): split, source, source_path,
+    label name, size and 8-bit gray pixels; no other column, no configuration definition."""
+    _, width, height, pixels = _decoded(jpeg, gray=True)
     header = f"{split}\0{source}\0{source_path}\0{label}\0{width}x{height}\0".encode()
     return hashlib.sha256(header + pixels).hexdigest()
 
 
+def _json_value(value: Any) -> Any:
+    """What ``json.dumps`` cannot write, written unambiguously (a column of any Arrow type is covered)."""
+    if isinstance(value, (bytes, bytearray)):
+        return {"bytes": bytes(value).hex()}
+    return {type(value).__name__: str(value)}
+
+
+def canonical_json(value: Any) -> str:
+    """One text per value: sorted keys, no whitespace, UTF-8 kept (what every digest here hashes)."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=_json_value)
+
+
+def row_digest(split: str, row: dict[str, Any]) -> str:
+    """A row's digest under the current definition: its split, EVERY column of the shard (the label as
+    its class name; the image as its file name, mode, size and decoded pixels), whatever the columns
+    are, so a column added later is covered without a change here."""
+    columns = {name: value for name, value in row.items() if name != "image"}
+    label = columns.get("label")
+    if isinstance(label, int) and 0 <= label < len(CLASS_NAMES):
+        columns["label"] = CLASS_NAMES[label]
+    image = row.get("image") or {}
+    mode, width, height, pixels = _decoded(image["bytes"], gray=False)
+    header = {"split": split, "columns": columns, "image": {"path": image.get("path"), "mode": mode, "size": [width, height]}}
+    return hashlib.sha256(canonical_json(header).encode() + b"\0" + pixels).hexdigest()
+
+
 def combine_digests(digests: Iterable[str]) -> str:
+    """Definition 1: the sha256 of the sorted row digests."""
     return hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()
 
 
-def fingerprint(out_dir: Path, *, workers: int = 1, config: str | None = None) -> str:
-    """Recompute a release's fingerprint from its shards: every shard folder (the default
-    configuration), or the shards ``build_report.json`` lists for ``config``."""
-    if config is None:
-        return combine_digests(d for rows in shard_digests(out_dir, workers=workers).values() for d in rows)
-    wanted = [p.relative_to(Path(out_dir)).as_posix() for p in config_shard_paths(out_dir, config)]
-    return config_fingerprints(out_dir, {config: wanted}, workers=workers)[config]
+def config_identity(config: ReleaseConfig, data_dir: Path) -> dict[str, Any]:
+    """What defines a configuration for ``load_dataset``: its name, whether it is the default, and its
+    data files (per split, the shard globs the card's ``configs`` entry gives; ``data_files``)."""
+    return {"name": config.name, "default": config.default,
+            "data_files": {split: sorted(globs) for split, globs in data_files(config.shard_names(data_dir)).items()}}
 
 
-def shard_digests(out_dir: Path, *, workers: int = 1, only: set[str] | None = None) -> dict[str, list[str]]:
-    """{shard path relative to ``out_dir``: row digests}: decoded once, combined per configuration.
-    ``only``: decode just these shards (paths relative to ``out_dir``)."""
+def combine(config: ReleaseConfig, data_dir: Path, digests: Iterable[str]) -> str:
+    """A configuration's fingerprint from its rows' digests, under the configuration's definition: 2
+    hashes the configuration's identity (``config_identity``) with the sorted row digests."""
+    if config.definition == 1:
+        return combine_digests(digests)
+    head = f"covid19-cxr-dataset fingerprint {config.definition}\n{canonical_json(config_identity(config, data_dir))}\n"
+    return hashlib.sha256((head + "\n".join(sorted(digests))).encode()).hexdigest()
+
+
+def shard_digests(out_dir: Path, *, workers: int = 1, only: set[str] | None = None,
+                  definition: int = FINGERPRINT_DEFINITION) -> dict[str, list[str]]:
+    """{shard path relative to ``out_dir``: row digests}, each image decoded once whatever the number of
+    configurations that read it; one row group in memory at a time. ``only``: just these shards."""
+    import pyarrow.parquet as pq
+
     def digest(item: tuple[str, dict]) -> str:
         split, row = item
-        return row_digest(split, row["source"], row["source_path"], CLASS_NAMES[row["label"]], row["image"]["bytes"])
+        if definition == 1:
+            return legacy_row_digest(split, row["source"], row["source_path"], CLASS_NAMES[row["label"]], row["image"]["bytes"])
+        return row_digest(split, row)
 
     out_dir = Path(out_dir)
     found: dict[str, list[str]] = {}
+    columns = ["image", "label", "source", "source_path"] if definition == 1 else None
     with ThreadPoolExecutor(max(1, workers)) as pool:  # Pillow releases the GIL while decoding
         for path in shard_paths(out_dir / DATA_DIR):
-            if only is not None and path.relative_to(out_dir).as_posix() not in only:
+            relpath = path.relative_to(out_dir).as_posix()
+            if only is not None and relpath not in only:
                 continue
-            rows = iter_rows_of(path)
-            found[path.relative_to(out_dir).as_posix()] = list(pool.map(digest, rows, chunksize=16) if workers > 1 else map(digest, rows))
+            split, parquet, digests = split_of(path), pq.ParquetFile(path), []
+            for group in range(parquet.num_row_groups):
+                rows = [(split, row) for row in parquet.read_row_group(group, columns=columns).to_pylist()]
+                digests += pool.map(digest, rows) if workers > 1 else map(digest, rows)
+            found[relpath] = digests
     return found
 
 
-def config_fingerprints(out_dir: Path, shards: dict[str, list[str]], *, workers: int = 1) -> dict[str, str]:
-    """{configuration: fingerprint} from {configuration: its shard paths}, decoding every image once."""
-    digests = shard_digests(out_dir, workers=workers, only={shard for paths in shards.values() for shard in paths})
-    return {name: combine_digests(d for shard in paths for d in digests.get(shard, [])) for name, paths in shards.items()}
+def config_fingerprints(out_dir: Path, configs: Iterable[ReleaseConfig], *, workers: int = 1) -> dict[str, str]:
+    """{configuration: fingerprint} recomputed from the shards, decoding every image once. The
+    configurations come from one report (``release_configs``), so they share one definition."""
+    out_dir, configs = Path(out_dir), list(configs)
+    definitions = {c.definition for c in configs} or {FINGERPRINT_DEFINITION}
+    if len(definitions) > 1:
+        raise CxrDatasetError(f"{out_dir}: configurations of one release under different fingerprint definitions {sorted(definitions)}")
+    wanted = {shard for c in configs for shard in c.shard_names(out_dir)}
+    digests = shard_digests(out_dir, workers=workers, only=wanted, definition=definitions.pop())
+    return {c.name: combine(c, out_dir, (d for shard in c.shard_names(out_dir) for d in digests.get(shard, []))) for c in configs}
+
+
+def report_fingerprints(out_dir: Path, report: dict[str, Any], *, workers: int = 1) -> dict[str, str]:
+    """{configuration: fingerprint} of every configuration ``report`` defines, recomputed from the shards
+    under the report's definition (``fingerprint_definition``), the default first."""
+    return config_fingerprints(out_dir, release_configs(out_dir, report), workers=workers)
+
+
+def fingerprint(out_dir: Path, *, workers: int = 1, config: str | None = None, report: dict[str, Any] | None = None,
+                definition: int | None = None) -> str:
+    """Recompute one configuration's fingerprint (None: the default) of a release folder, as ``report``
+    (default: its build_report.json; none yet: one configuration over every shard) defines it.
+    ``definition`` overrides the report's (1: pixels, labels, split, source and path only)."""
+    out_dir = Path(out_dir)
+    if report is None:
+        report = read_report(out_dir) if (out_dir / REPORT_NAME).is_file() else {}
+    chosen = resolve_config(out_dir, report, config, stated=False)
+    if definition is not None:
+        chosen = replace(chosen, definition=definition)
+    return config_fingerprints(out_dir, [chosen], workers=workers)[chosen.name]
 
 
 def config_fingerprint(data_dir: Path, config: ReleaseConfig, *, workers: int | None = None) -> str:
-    """Recompute a configuration's fingerprint over its own shards: ``fingerprint(data_dir)`` for a
-    legacy release, else ``config_fingerprints`` over the shards ``config`` (as resolved from the
-    report in hand, which may differ from the one on disk) lists."""
-    workers = workers or os.cpu_count() or 1
-    if config.shards is None:
-        return fingerprint(data_dir, workers=workers)
-    return config_fingerprints(data_dir, {config.name: list(config.shards)}, workers=workers)[config.name]
+    """Recompute a configuration's fingerprint over its own shards (as resolved from the report in
+    hand, which may differ from the one on disk), under its definition."""
+    return config_fingerprints(data_dir, [config], workers=workers or os.cpu_count() or 1)[config.name]
 
 
 def verify_config_fingerprint(data_dir: Path, config: ReleaseConfig, *, workers: int | None = None) -> str:
     """Refuse a configuration whose shards no longer give the fingerprint its build report states."""
     actual = config_fingerprint(data_dir, config, workers=workers)
     if actual != config.fingerprint:
+        covered = "images or labels" if config.definition == 1 else "images, labels, other columns or the configuration's data files"
         raise VerificationError(
             f"{Path(data_dir) / REPORT_NAME}: configuration {config.name!r} has fingerprint {config.fingerprint}, "
-            f"but its shards give {actual}; images or labels changed after the build. Rebuild the release or "
+            f"but its shards give {actual}; {covered} changed after the build. Rebuild the release or "
             "fetch it again (or pass verify_fingerprint=False to train on it anyway)"
         )
     return actual

@@ -18,13 +18,15 @@ import pandas as pd
 from . import __version__, convert_cache, split
 from .counts import check_counts, count_table, exclusion_summary, flag_summary, source_label_table
 from .filters import in_config
-from .release import config_fingerprints, shard_hashes
+from .release import ReleaseConfig, config_fingerprints, shard_hashes
 from .shards import config_folders
 
 if TYPE_CHECKING:
     from .manifest import Manifest
 
-REPORT_SCHEMA_VERSION = 1
+REPORT_SCHEMA_VERSION = 2
+"""2: the fingerprints cover every column and each configuration's definition (``release.FINGERPRINT_DEFINITION``);
+1: decoded pixels, label, split, source and source_path only (still read and checked as such)."""
 
 
 def flagged_list(kept: pd.DataFrame) -> list[dict[str, Any]]:
@@ -90,7 +92,8 @@ def assemble(
     config_shards = {
         c.name: [p for p in shards if p.split("/")[1] in config_folders(c, manifest.configs)] for c in manifest.configs
     }
-    fingerprints = config_fingerprints(out_dir, config_shards, workers=workers)
+    fingerprints = config_fingerprints(
+        out_dir, [ReleaseConfig(c.name, c.default, "", {}, tuple(config_shards[c.name])) for c in manifest.configs], workers=workers)
     configs = {}
     for config in manifest.configs:
         rows = kept[in_config(kept, config)]

@@ -75,6 +75,7 @@ def new_variant(
     try:
         shutil.copytree(base.folder, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", ".*"))
         data = dict(base.data)
+        data.pop("fingerprints", None)  # the release's fingerprints; a variant's data is another
         data["version"] = version
         data["title"] = _variant_title(base)
         data["description"] = _description_template(base, version)
@@ -253,7 +254,7 @@ def _write_manifest_yaml(folder: Path, base: Manifest, data: dict) -> None:
               f"# Data, not code: see docs/MANIFEST.md. The comments below are {base.version}'s.\n")
     text = base.path.read_text(encoding="utf-8")
     body = re.sub(r"\A(?:#[^\n]*\n|\s*\n)*", "", text)
-    blocks = _top_level_blocks(body)
+    blocks = {key: block for key, block in _top_level_blocks(body).items() if key in data}
     for key, value in data.items():
         if key in base.data and base.data[key] == value:
             continue

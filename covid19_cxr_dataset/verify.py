@@ -4,12 +4,15 @@ The build report is the reference. ``verify_release`` re-reads the folder and co
 
 - every shard the report lists (``report["shards"]``) exists with its sha256 and size;
 - no other ``*.parquet`` file sits under ``data/`` (``load_dataset`` would read it as data);
-- the fingerprint over DECODED pixels and labels (``release.fingerprint``) equals ``report["fingerprint"]``;
+- every configuration's fingerprint, recomputed under the report's definition (``release``: every
+  column of every row with its decoded pixels, and the configuration's name, default and data files;
+  schema-1 reports: pixels, label, split, source and path, with a note saying so), equals the one the
+  report states; ``report["fingerprint"]`` is the default configuration's;
 - the images per split and class, recounted from the shards' ``label`` column, equal ``report["counts"]``;
 - README.md's YAML header parses, names the class labels the shards use (``CLASS_NAMES``), and
   states the split sizes the shards hold; each shard's embedded ``datasets`` features name them too;
 - every configuration of the report (``report["configs"]``): its shard list is exactly the shards
-  in its folders, its counts and fingerprint recount from them, a subset's rows carry no flag and
+  in its folders, its counts recount from them, exactly one is the default, a subset's rows carry no flag and
   the ``flagged`` folder's rows carry one; the card's ``configs`` resolve, per configuration and
   split, to exactly that configuration's shards of that split (``card-data-files``), and its
   ``dataset_info`` states every split's size;
@@ -17,9 +20,11 @@ The build report is the reference. ``verify_release`` re-reads the folder and co
   for byte (``card-generated``): the card is generated, so any edit is a difference.
 
 The shard hashes catch any change of bytes. The fingerprint and the counts come from decoded content,
-so an edited label or a re-encoded image is caught even where someone also rewrote the shard hashes
-in the report; only a report whose fingerprint was rewritten as well could hide it, which is why the
-fingerprint is also printed in the card, the Hub tag message and the baseline certificate.
+so an edited column, a switched default or a re-encoded image is caught even where someone also rewrote
+the shard hashes in the report and regenerated the card; only a report whose fingerprints were
+recomputed as well could hide it, which is why the recomputed fingerprints are also checked against
+ones held outside the folder (``anchors``: ``--fingerprint`` values, a manifest's ``fingerprints``), and
+printed in citations, the Hub tag message and the baseline certificate.
 
 Every difference is one ``Problem`` naming the file, what was expected and what was found.
 ``require_verified`` raises ``VerificationError`` listing them all.
@@ -31,18 +36,23 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Iterable
 
 import pyarrow.parquet as pq
 import yaml
 
 from . import CLASS_NAMES
+from . import anchors as anchors_module
 from . import safe_load
+from .anchors import Anchor
 from .card import render_card
-from .errors import VerificationError
+from .citation import format_citations
+from .errors import CxrDatasetError, VerificationError
 from .download.hashes import file_sha256
+from .manifest import Manifest
 from .release import (
-    CARD_NAME, DATA_DIR, FLAGGED_FOLDER, REPORT_NAME, combine_digests, read_report, read_row_table, shard_digests, shard_paths,
+    CARD_NAME, DATA_DIR, FINGERPRINT_DEFINITION, FLAGGED_FOLDER, REPORT_NAME, combine, fingerprint_definition, read_report,
+    read_row_table, release_configs, shard_digests, shard_paths,
 )
 NEXT_STEP = (
     "Rebuild the release with `cxr-dataset build` or download it again; "
@@ -75,7 +85,11 @@ class VerifyResult:
     version: str = ""
     shards: int = 0  # shards read
     rows: int = 0  # rows recounted
-    fingerprint: str = ""  # recomputed; "" when it could not be computed
+    fingerprint: str = ""  # recomputed (the default configuration's); "" when it could not be computed
+    fingerprints: dict[str, str] = field(default_factory=dict)  # recomputed {configuration: fingerprint}
+    definition: int = FINGERPRINT_DEFINITION  # the report's fingerprint definition (release.fingerprint_definition)
+    notes: list[str] = field(default_factory=list)  # what the user should know even when nothing failed
+    anchored: list[str] = field(default_factory=list)  # fingerprints from outside the folder that matched
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # recounted {split: {class: n}}
     configs: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # recounted per configuration
 
@@ -93,21 +107,27 @@ class VerifyResult:
             per_split = ", ".join(f"{split} {sum(c.values()):,}" for split, c in self.counts.items())
             configs = "".join(
                 f"\n  configuration {config}: " + ", ".join(f"{split} {sum(c.values()):,}" for split, c in counts.items())
+                + (f"; fingerprint {self.fingerprints[config]}" if config in self.fingerprints else "")
                 for config, counts in self.configs.items()
             )
             return (
                 f"{self.out_dir}: {name} verified: {self.shards} shard(s), {self.rows:,} images ({per_split}); "
                 f"fingerprint {self.fingerprint} matches build_report.json; the card is the one the build generates" + configs
+                + "".join(f"\n  {line}" for line in self.anchored) + "".join(f"\n  note: {note}" for note in self.notes)
             )
         lines = [f"{self.out_dir}: {name} FAILED verification: {len(self.problems)} problem(s)"]
         lines += [f"  - {problem}" for problem in self.problems]
+        lines += [f"  note: {note}" for note in self.notes]
         lines.append(f"  {NEXT_STEP}")
         return "\n".join(lines)
 
 
-def verify_release(out_dir: Path | str, *, workers: int = 1) -> VerifyResult:
-    """Check a release folder against its build report; returns every problem (none: intact)."""
+def verify_release(out_dir: Path | str, *, workers: int = 1, fingerprints: Iterable[Anchor | str] = ()) -> VerifyResult:
+    """Check a release folder against its build report and against fingerprints from outside it
+    (``fingerprints``: ``[CONFIG=]HEX`` anchors, and those this package's manifest records for the
+    release the report names, ``anchors.recorded``); returns every problem (none: intact)."""
     out_dir = Path(out_dir)
+    given = [a if isinstance(a, Anchor) else anchors_module.parse(a) for a in fingerprints]
     result = VerifyResult(out_dir=out_dir)
     if not out_dir.is_dir():
         result.add(str(out_dir), "release", "a release folder (README.md, build_report.json, data/)",
@@ -124,7 +144,8 @@ def verify_release(out_dir: Path | str, *, workers: int = 1) -> VerifyResult:
     if configs:
         _check_configs(out_dir, configs, result)
     if "fingerprint" in report:
-        _check_fingerprint(out_dir, str(report["fingerprint"]), result, workers, configs)
+        _check_fingerprint(out_dir, report, result, workers)
+        _check_anchors(report, given, result)
     header = _check_card(out_dir, result, label_names)
     if header is not None and configs:
         _check_card_configs(out_dir, header, configs, result)
@@ -133,9 +154,9 @@ def verify_release(out_dir: Path | str, *, workers: int = 1) -> VerifyResult:
     return result
 
 
-def require_verified(out_dir: Path | str, *, workers: int = 1) -> VerifyResult:
+def require_verified(out_dir: Path | str, *, workers: int = 1, fingerprints: Iterable[Anchor | str] = ()) -> VerifyResult:
     """``verify_release``, raising ``VerificationError`` (listing every problem) unless the release is intact."""
-    result = verify_release(out_dir, workers=workers)
+    result = verify_release(out_dir, workers=workers, fingerprints=fingerprints)
     if not result.ok:
         error = VerificationError(result.summary())
         error.problems = list(result.problems)  # type: ignore[attr-defined]
@@ -275,23 +296,49 @@ def _format_counts(counts: dict[str, Any] | None, classes: list[str] | None = No
     return ", ".join(f"{c} {int(counts.get(c, 0)):,}" for c in (classes or list(counts)))
 
 
-def _check_fingerprint(out_dir: Path, expected: str, result: VerifyResult, workers: int, configs: dict[str, Any] | None = None) -> None:
+def _check_fingerprint(out_dir: Path, report: dict[str, Any], result: VerifyResult, workers: int) -> None:
+    """Every configuration's fingerprint, recomputed under the report's definition (each image decoded
+    once), equals the one the report states; the top-level one is the default configuration's."""
+    expected = str(report["fingerprint"])
+    result.definition = definition = fingerprint_definition(report)
+    if definition != FINGERPRINT_DEFINITION:
+        result.notes.append(
+            f"build_report.json has report schema {report.get('report_schema')}: its fingerprints use the old definition "
+            f"{definition} (decoded pixels, label, split, source and source_path) and are checked as such; an edit of any "
+            "other column, of the default configuration or of a configuration's data files is not covered. Rebuild it "
+            f"with this package for definition {FINGERPRINT_DEFINITION} (every column and each configuration's definition)")
     try:
-        digests = shard_digests(out_dir, workers=workers)
+        configs = release_configs(out_dir, report)
+        digests = shard_digests(out_dir, workers=workers, definition=definition)
     except Exception as error:  # an undecodable image or a broken shard: report it, do not crash
         result.add(f"{DATA_DIR}/*.parquet", "fingerprint", f"fingerprint {expected}",
                    f"none: it could not be computed ({type(error).__name__}: {error})")
         return
-    result.fingerprint = combine_digests(d for rows in digests.values() for d in rows)
+    differ = ("decoded pixels or labels differ" if definition == 1 else
+              "the rows (pixels or any column) or the configuration's name, default or data files differ")
+    for config in configs:
+        result.fingerprints[config.name] = combine(config, out_dir, (d for p in config.shard_names(out_dir) for d in digests.get(p, [])))
+    result.fingerprint = result.fingerprints[configs[0].name]
     if result.fingerprint != expected:
-        result.add(f"{DATA_DIR}/*.parquet", "fingerprint", f"fingerprint {expected}",
-                   f"fingerprint {result.fingerprint} (decoded pixels or labels differ)")
-    for name, config in (configs or {}).items():
-        shards = [p for p in config.get("shards", []) if isinstance(p, str)]
-        actual = combine_digests(d for p in shards for d in digests.get(p, []))
-        if actual != config.get("fingerprint"):
+        result.add(f"{DATA_DIR}/*.parquet", "fingerprint", f"fingerprint {expected} (the default configuration's)",
+                   f"fingerprint {result.fingerprint} of {configs[0].name!r} ({differ})")
+    for name, config in (report.get("configs") or {}).items():
+        actual = result.fingerprints.get(name)
+        if isinstance(config, dict) and actual != config.get("fingerprint"):
             result.add(f"{DATA_DIR}/ ({name})", "config-fingerprint", f"configuration {name!r}: fingerprint {config.get('fingerprint')}",
-                       f"fingerprint {actual} (decoded pixels or labels differ)")
+                       f"fingerprint {actual} ({differ})")
+
+
+def _check_anchors(report: dict[str, Any], given: list[Anchor], result: VerifyResult) -> None:
+    """The recomputed fingerprints against fingerprints from outside the folder (``anchors``)."""
+    recorded = anchors_module.recorded(report)
+    if not recorded.anchors and not given:
+        result.notes.append(recorded.note)
+    if not result.fingerprints:
+        return  # could not be computed: already a problem
+    problems, result.anchored = anchors_module.check([*given, *recorded.anchors], result.fingerprints, result.definition)
+    for problem in problems:
+        result.add(*problem)
 
 
 def _check_configs(out_dir: Path, configs: dict[str, Any], result: VerifyResult) -> None:
@@ -302,6 +349,9 @@ def _check_configs(out_dir: Path, configs: dict[str, Any], result: VerifyResult)
         result.add(f"{DATA_DIR}/*.parquet", "configs", "readable shards", f"{type(error).__name__}: {error}")
         return
     subsets = [name for name, c in configs.items() if isinstance(c, dict) and not c.get("default")]
+    defaults = sorted(set(configs) - set(subsets))
+    if len(defaults) != 1:
+        result.add(REPORT_NAME, "configs", "exactly one configuration with default: true", defaults or "none")
     for name, config in configs.items():
         if not isinstance(config, dict):
             result.add(REPORT_NAME, "configs", f"configuration {name!r} as an object", type(config).__name__)
@@ -448,3 +498,33 @@ def _check_card_generated(out_dir: Path, report: dict[str, Any], result: VerifyR
     result.add(CARD_NAME, "card-generated",
                f"the card generated from build_report.json and the shards; line {line + 1}: {want[line] if line < len(want) else '<end of file>'!r}",
                f"{have[line] if line < len(have) else '<end of file>'!r}", hint="the card is generated: rebuild instead of editing it")
+
+
+# ---- citing a verified folder ------------------------------------------------------------------
+
+def cite_release(out_dir: Path | str, fmt: str = "bibtex", config: str | None = None, *, manifest: Manifest | None = None,
+                 workers: int = 1, fingerprints: Iterable[Anchor | str] = ()) -> str:
+    """The citations of the release in ``out_dir``, carrying the fingerprints recomputed from its shards,
+    after verifying it (``require_verified``: a folder that fails is not cited). ``manifest``: the
+    manifest it was built from (default: the one this package bundles for the name and version its
+    report states; a local variant must be named, as its folder)."""
+    out_dir = Path(out_dir)
+    try:
+        report = read_report(out_dir)
+    except (OSError, ValueError):
+        report = None
+    if not isinstance(report, dict):
+        require_verified(out_dir, workers=workers)  # fails, naming what is wrong with the report
+        raise VerificationError(f"{out_dir / REPORT_NAME}: not a build report")
+    name, version = str(report.get("dataset", "")), str(report.get("version", ""))
+    manifest = manifest or anchors_module.bundled_manifest(report)
+    if manifest is None:
+        raise CxrDatasetError(f"{out_dir / REPORT_NAME}: this package bundles no manifest of {name} {version}; pass the "
+                              "manifest folder it was built from with --manifest DIR (a local variant's own folder)")
+    if (manifest.name, manifest.version) != (name, version):
+        raise CxrDatasetError(f"{out_dir / REPORT_NAME}: the folder holds {name} {version}, but the manifest given is "
+                              f"{manifest.name} {manifest.version} ({manifest.path}); pass the one it was built from")
+    result = require_verified(out_dir, workers=workers, fingerprints=fingerprints)
+    if config is not None and config not in result.fingerprints:
+        raise CxrDatasetError(f"{out_dir}: no configuration {config!r}; it has {', '.join(result.fingerprints)}")
+    return format_citations(manifest, fmt, config, fingerprints=result.fingerprints)

@@ -64,6 +64,7 @@ CFF_SUBSET = {
         "license": {"type": "string"}, "abstract": {"type": "string"},
         "keywords": {"type": "array", "items": {"type": "string"}},
         "references": {"type": "array", "items": _REFERENCE},
+        "identifiers": _REFERENCE["properties"]["identifiers"],
     },
 }
 
@@ -203,3 +204,17 @@ def test_cite_names_the_configuration_used(release_manifest):
     assert "(Version 1.0.0; configuration paper)" in citation.format_citations(release_manifest, "apa", "paper")
     with pytest.raises(ManifestError, match="no configuration named 'strict'"):
         citation.format_citations(release_manifest, "apa", "strict")
+
+
+def test_recorded_fingerprints_are_cff_identifiers_and_in_the_bibtex_note(release_manifest):
+    data = copy.deepcopy(release_manifest.data)
+    data["fingerprints"] = {"paper": "a" * 64, "curated": "b" * 64}
+    recorded = Manifest(folder=release_manifest.folder, data=data)
+    cff = yaml.safe_load(citation.format_citations(recorded, "cff"))
+    jsonschema.validate(cff, CFF_SUBSET)
+    assert [i["value"] for i in cff["identifiers"]] == ["a" * 64, "b" * 64]
+    release = bibtex_entries(citation.format_citations(recorded, "bibtex"))[0]
+    assert citation.parse_bibtex(release)[2]["note"].endswith(
+        f"fingerprint of configuration paper: {'a' * 64}; fingerprint of configuration curated: {'b' * 64} "
+        "(check a copy with: cxr-dataset verify DIR --fingerprint HEX)")
+    assert "fingerprint" not in citation.format_citations(release_manifest, "cff")  # 1.0.0 records none

@@ -64,7 +64,7 @@ LAYERS = [
     ("sources",),                                 # SOURCES stage
     ("manifest",),                                # a release's facts, typed (its sources are sources/ objects)
     ("filters", "split", "citation", "naming", "convert", "near_duplicates", "audit"),
-    ("counts", "missing", "shards", "convert_cache", "evidence", "locks"),
+    ("counts", "missing", "shards", "convert_cache", "evidence", "locks", "anchors"),
     ("options", "card"),
     ("plan", "report", "verify"),
     ("fetch", "variant", "hub"),

@@ -103,7 +103,7 @@ def test_card_declares_both_configurations_over_shared_shards(built):
     assert "    - data/curated/train-*.parquet\n    - data/flagged/train-*.parquet" in header
     assert "- config_name: curated\n  data_files:\n  - split: train\n    path: data/curated/train-*.parquet" in header
     for name, config in report["configs"].items():
-        assert f"fingerprint of `{name}` (decoded pixels and labels): `{config['fingerprint']}`" in card
+        assert f"fingerprint of `{name}` (every column of every row; the configuration's name, default and data files): `{config['fingerprint']}`" in card
     assert report["fingerprint"] == report["configs"]["paper"]["fingerprint"] != report["configs"]["curated"]["fingerprint"]
     assert "deterministic shuffled order" in card and "`not-reviewed` | 1 |" in card
     assert verify_release(out).ok

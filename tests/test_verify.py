@@ -96,7 +96,7 @@ def test_reencoded_image_is_caught(release):
     result = verify_release(release)
     # counts are unchanged, the pixels are not (and the card states the shard's new size)
     assert checks(result) == {("data/*.parquet", "fingerprint"), ("README.md", "card-generated")}
-    assert "decoded pixels or labels differ" in next(p for p in result.problems if p.check == "fingerprint").actual
+    assert "the rows (pixels or any column)" in next(p for p in result.problems if p.check == "fingerprint").actual
 
 
 def test_lossless_reencode_changes_the_shard_hash_only(release):
@@ -304,7 +304,7 @@ def test_card_without_dataset_info_splits_fails(configured):
 
 @pytest.mark.parametrize("old, new", [
     ("license: cc0-1.0", "license: mit"),
-    ("- fingerprint of `curated` (decoded pixels and labels): `", "- fingerprint of `curated` (decoded pixels and labels): `0"),
+    ("- fingerprint of `curated` (every column of every row; the configuration's name, default and data files): `", "- fingerprint of `curated` (every column of every row; the configuration's name, default and data files): `0"),
 ], ids=["license", "fingerprint"])
 def test_any_edit_of_the_generated_card_fails(configured, old, new):
     _edit_card(configured, old, new)

@@ -109,6 +109,7 @@ def _named(result) -> set[str]:
 
 COLUMN_EDITS = {
     "patient_id": lambda row: row.update(patient_id=row["patient_id"] + "-edited"),
+    "patient_group": lambda row: row.update(patient_group=row["patient_group"] + "-elsewhere"),
     "view": lambda row: row.update(view="AP Supine" if row["view"] != "AP Supine" else "PA"),
     "finding": lambda row: row.update(finding=row["finding"] + " (edited)"),
     "license": lambda row: row.update(license="all rights reserved"),
@@ -152,15 +153,15 @@ def test_an_edited_label_fails_too(built):
 
 
 def test_a_column_the_package_does_not_know_is_covered(built, original):
-    """A column added to every shard (the coordinator's patient_group, say) is covered without code changes."""
+    """A column added to every shard (a future `age` column, say) is covered without code changes."""
     for path in sorted((built / "data").rglob("*.parquet")):
         table = pq.read_table(path)
-        table = table.append_column("patient_group", pa.array([f"group-{i}" for i in range(table.num_rows)]))
+        table = table.append_column("age", pa.array([f"{i}" for i in range(table.num_rows)]))
         pq.write_table(table, path)
     honest = cover_up(built, recompute=True)
     assert verify_release(built).ok
     assert release.stated_fingerprints(honest)["paper"] != original["paper"]  # a new column is something users read
-    edit_rows(built, "curated", "train", lambda row: row.update(patient_group="group-elsewhere"))
+    edit_rows(built, "curated", "train", lambda row: row.update(age="99"))
     cover_up(built)
     assert _named(verify_release(built)) == {"paper", "curated"}
     assert _verify(built).exit_code == 1

@@ -31,6 +31,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
+from . import progress
 from .errors import ArchiveError
 from .staging import replace_folder
 
@@ -73,7 +74,7 @@ def extract_zip(
         dest_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.", suffix=".partial", dir=dest_dir.parent))
         try:
-            for info, name in plan:
+            for info, name in progress.track(plan, desc=f"extract {zip_path.name} into the cache (once per archive)", unit="file"):
                 _extract_entry(archive, zip_path, info, name, staging)
             replace_folder(staging, dest_dir)
         except BaseException:

@@ -55,9 +55,10 @@ class Citation:
     fields: dict[str, str] = field(default_factory=dict)  # parsed BibTeX fields, LaTeX markup removed
 
 
-def citations(manifest: Manifest, config: str | None = None) -> list[Citation]:
-    """The release's own citation, then every work the manifest cites (its own, then each source's), no repeats."""
-    out = [release_citation(manifest, config)]
+def citations(manifest: Manifest, config: str | None = None, url: str = "") -> list[Citation]:
+    """The release's own citation (``url``: where it lives, if known), then every work the manifest cites
+    (its own, then each source's), no repeats."""
+    out = [release_citation(manifest, config, url)]
     seen = {out[0].key}
     listed = [(c, "reference", "") for c in manifest.citations]
     listed += [(c, "source", s.name) for s in manifest.sources for c in s.citations]
@@ -71,8 +72,10 @@ def citations(manifest: Manifest, config: str | None = None) -> list[Citation]:
     return out
 
 
-def release_citation(manifest: Manifest, config: str | None = None) -> Citation:
-    """How to cite version X of this dataset: title, version, the package that builds it, year, URL.
+def release_citation(manifest: Manifest, config: str | None = None, url: str = "") -> Citation:
+    """How to cite version X of this dataset: title, version, the package that builds it, year, and
+    ``url``, where the release lives (its Hub repository) when known: none is invented for a local build
+    (issue 25: a package index page where no package is published is not where a release lives).
 
     A release with several configurations names them (or, with ``config``, the one used)."""
     title, version = manifest.title, manifest.version
@@ -90,22 +93,33 @@ def release_citation(manifest: Manifest, config: str | None = None) -> Citation:
         f"  author={{{{{AUTHORS}}}}},",
         f"  year={{{RELEASE_YEAR}}},",
         f"  version={{{version}}},",
-        f"  howpublished={{\\url{{{PROJECT_URL}}}}},",
+        *([f"  howpublished={{\\url{{{url}}}}},"] if url else []),
         f"  note={{{_bibtex_escape(note)}}}",
         "}",
     ])
     text = (f"{AUTHORS}. ({RELEASE_YEAR}). {title} (Version {version}{which.replace(', c', '; c', 1) if config else ''}) [Data set]. "
-            f"Built with the {PACKAGE_NAME} Python package, version {__version__}. {PROJECT_URL}")
-    fields = {"title": title, "author": AUTHORS, "year": str(RELEASE_YEAR), "version": version,
-              "url": PROJECT_URL, "note": note}
+            f"Built with the {PACKAGE_NAME} Python package, version {__version__}." + (f" {url}" if url else ""))
+    fields = {"title": title, "author": AUTHORS, "year": str(RELEASE_YEAR), "version": version, "note": note,
+              **({"url": url} if url else {})}
     return Citation(key, text, bibtex, "release", "", key, "misc", fields)
 
 
-def format_citations(manifest: Manifest, fmt: str = "bibtex", config: str | None = None) -> str:
+def with_url(bibtex: str, url: str) -> str:
+    """A release entry (``release_citation``'s BibTeX) that says where the release lives: its
+    ``howpublished`` line replaced by ``\\url{url}`` (before ``note``), or removed when ``url`` is ""."""
+    lines = [line for line in bibtex.strip().splitlines() if not line.strip().startswith("howpublished=")]
+    if url:
+        at = next((i for i, line in enumerate(lines) if line.strip().startswith("note=")), len(lines) - 1)
+        lines.insert(at, f"  howpublished={{\\url{{{url}}}}},")
+    return "\n".join(lines)
+
+
+def format_citations(manifest: Manifest, fmt: str = "bibtex", config: str | None = None, url: str = "") -> str:
     """All citations of a release as one text: ``bibtex``, ``apa`` or ``cff`` (a CITATION.cff for the release).
 
-    ``config`` names the configuration used (the release entry then says which)."""
-    entries = citations(manifest, config)
+    ``config`` names the configuration used (the release entry then says which); ``url`` where the
+    release lives (e.g. its Hugging Face repository), when known."""
+    entries = citations(manifest, config, url)
     if fmt == "bibtex":
         release, works = entries[0], entries[1:]
         return "\n\n".join(
@@ -115,15 +129,15 @@ def format_citations(manifest: Manifest, fmt: str = "bibtex", config: str | None
     if fmt == "apa":
         return "\n\n".join(c.text for c in entries) + "\n"
     if fmt == "cff":
-        return dump_cff(release_cff(manifest, entries))
+        return dump_cff(release_cff(manifest, entries, url))
     raise CxrDatasetError(f"unknown citation format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
 # ---- CFF -------------------------------------------------------------------------------------
 
-def release_cff(manifest: Manifest, entries: list[Citation] | None = None) -> dict[str, Any]:
-    """CITATION.cff content for one release of the dataset (``type: dataset``)."""
-    entries = entries or citations(manifest)
+def release_cff(manifest: Manifest, entries: list[Citation] | None = None, url: str = "") -> dict[str, Any]:
+    """CITATION.cff content for one release of the dataset (``type: dataset``); ``url``: where it lives, if known."""
+    entries = entries or citations(manifest, url=url)
     data: dict[str, Any] = {
         "cff-version": CFF_VERSION,
         "message": (f"If you use release {manifest.version} of this dataset, please cite it and the works it is "
@@ -132,7 +146,7 @@ def release_cff(manifest: Manifest, entries: list[Citation] | None = None) -> di
         "title": manifest.title,
         "version": manifest.version,
         "authors": [{"name": AUTHORS}],
-        "url": PROJECT_URL,
+        **({"url": url} if url else {}),
         "keywords": ["COVID-19", "chest X-ray", "radiography", "image classification", "dataset"],
     }
     if manifest.description:

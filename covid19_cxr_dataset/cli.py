@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import logging
 import os
 import signal
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__
+from . import __version__, cli_verbosity, progress
 from .errors import CxrDatasetError
 from .records import split_rank
 
@@ -69,7 +68,7 @@ def _options(cache_dir, mirror, offline, workers, quiet, kaggle_archive=None, ov
 
     return Options(
         cache_dir=cache_dir, mirror=mirror, offline=offline, workers=workers or (os.cpu_count() or 1),
-        progress=not quiet, kaggle_archive=kaggle_archive, overwrite=overwrite,
+        progress=not quiet and progress.is_enabled(), kaggle_archive=kaggle_archive, overwrite=overwrite,
     )
 
 
@@ -92,10 +91,11 @@ def _release_options(command):
     return command
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=cli_verbosity.Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="cxr-dataset")
-@click.option("--verbose", "-v", is_flag=True, help="Log every file downloaded and verified.")
-def main(verbose):
+@click.option("--verbose", "-v", is_flag=True, help=cli_verbosity.VERBOSE_HELP)
+@click.option("--quiet", "-q", is_flag=True, help=cli_verbosity.QUIET_HELP)
+def main(verbose, quiet):
     """Rebuild, check and cite the COVID-19 chest X-ray dataset of Zhong (arXiv 2007.09695).
 
     \b
@@ -105,15 +105,7 @@ def main(verbose):
       cxr-dataset build --version 1.0.0 --out ./covid19-cxr-1.0.0 --kaggle-archive archive.zip
       python -c "import datasets; print(datasets.load_dataset('./covid19-cxr-1.0.0'))"
     """
-    # Only this package's messages: other libraries' INFO chatter (datasets, TF) stays quiet.
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    package_log = logging.getLogger("covid19_cxr_dataset")
-    package_log.addHandler(handler)
-    package_log.setLevel(logging.INFO)
-    logging.getLogger("covid19_cxr_dataset.download").setLevel(logging.DEBUG if verbose else logging.WARNING)
-    if verbose:
-        package_log.setLevel(logging.DEBUG)
+    cli_verbosity.configure_logging(verbose=verbose, quiet=quiet)  # each command also takes -v/-q after its name
 
 
 @main.command()
@@ -426,7 +418,7 @@ def baseline(data_dir, out, recipe, epochs, batch_size, image_size, seed, seeds,
         data_dir, out, recipe=recipe, epochs=epochs, batch_size=batch_size, image_size=image_size,
         seed=DEFAULT_SEED if seed is None else seed, seeds=seeds, config=config, probes=probes,
         probe_epochs=probe_epochs, mixed_precision=mixed_precision, verify_fingerprint=not no_verify,
-        progress=not quiet, pipeline=pipeline, jit_compile=jit_compile, deterministic=not jit_compile,
+        progress=not quiet and progress.is_enabled(), pipeline=pipeline, jit_compile=jit_compile, deterministic=not jit_compile,
     )
     accuracy = certificate.get("metrics", {}).get("accuracy")
     verdict = certificate.get("verdict")
@@ -455,12 +447,15 @@ def baseline(data_dir, out, recipe, epochs, batch_size, image_size, seed, seeds,
 @click.option("--format", "fmt", type=click.Choice(["bibtex", "apa", "cff"]), default="bibtex", show_default=True,
               help="BibTeX entries, APA references, or a CITATION.cff (CFF 1.2.0) for the release.")
 @click.option("--config", "config", metavar="NAME", help="The configuration you used (e.g. paper, curated); the release entry names it.")
+@click.option("--repo-id", metavar="ORG/NAME", help="The Hugging Face dataset repository the release lives in: the release entry links it.")
 @_fail_cleanly
-def cite(version, manifest_path, name, fmt, config):
+def cite(version, manifest_path, name, fmt, config, repo_id):
     """Print how to cite a release: the release itself, then every work it is built from."""
+    from .card_sections import HUB_URL
     from .citation import format_citations
 
-    click.echo(format_citations(_manifest(version, manifest_path, name), fmt, config), nl=False)
+    url = f"{HUB_URL}/datasets/{repo_id}" if repo_id else ""
+    click.echo(format_citations(_manifest(version, manifest_path, name), fmt, config, url), nl=False)
 
 
 @main.command("verify")
@@ -471,7 +466,8 @@ def verify_command(release_dir, workers):
     """Check a release folder against its build_report.json.
 
     Checks every shard's sha256 and size, that no other shard is there, the fingerprint over decoded
-    pixels and labels, the counts per split and class, and the card's class labels. Exit code 0: the
+    pixels and labels, the counts per split and class, and that README.md, croissant.json and
+    unpinned-files.csv are exactly what the build generates from the report. Exit code 0: the
     release is intact; 1: it is not (every problem is named with its file, expected and found value).
     """
     from .verify import require_verified
@@ -483,18 +479,20 @@ def verify_command(release_dir, workers):
 @click.argument("release_dir", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--repo-id", required=True, metavar="ORG/NAME", help="Hugging Face dataset repository (created if missing).")
 @click.option("--dry-run", is_flag=True, help="Verify, then list every file that would be uploaded (size, sha256); upload nothing.")
-@click.option("--private", is_flag=True, help="Create the repository as private (an existing one keeps its visibility).")
-@click.option("--revision", metavar="BRANCH",
-              help="Branch to upload to. [default: release-<version>]; `main` also makes it what the Hub shows by default.")
+@click.option("--private/--public", default=None,
+              help="Visibility of a new repository (an existing one keeps its own). [default: private for a variant, else public]")
+@click.option("--revision", metavar="BRANCH", help="Branch to commit to. [default: main, what the Hub shows and reads]")
 @click.option("--workers", type=click.IntRange(1, 256), help="Parallel workers for verification. [default: all cores]")
 @_fail_cleanly
 def publish_command(release_dir, repo_id, dry_run, private, revision, workers):
-    """Upload a verified release to the Hugging Face Hub and tag it v<version>.
+    """Upload a verified release to the Hugging Face Hub: commit it to main and tag it v<version>.
 
     \b
-    Verifies the folder first and refuses a release that fails. Uploads README.md, build_report.json
-    and the shards to branch release-<version>, checks the commit, then tags it v<version>, so
-    datasets.load_dataset("ORG/NAME", revision="v<version>") loads exactly this release.
+    Verifies the folder first and refuses a release that fails. Records ORG/NAME in the folder as where
+    the release lives (the card's citation and examples), commits README.md, croissant.json,
+    build_report.json and the shards to main, checks the commit, then tags it v<version>, so
+    datasets.load_dataset("ORG/NAME", revision="v<version>") loads exactly this release. --dry-run
+    shows all of that, with warnings (a local variant; license-restricted images), and changes nothing.
     Token: $HF_TOKEN or `hf auth login` (no command-line option, so it stays out of shell history).
     Needs: pip install 'covid19-cxr-dataset[publish]' (not for --dry-run).
     """

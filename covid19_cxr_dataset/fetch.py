@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable
 
 import pandas as pd
 
-from . import variant
+from . import progress, variant
 from .download import Downloader, file_sha256
 from .errors import CxrDatasetError, MissingUpstreamFiles
 from .manifest import Manifest
@@ -92,7 +92,7 @@ def _missing_files_error(
     variant.write_missing_report(target, rows)
     where = f"; nothing was written to {out}" if out is not None else ""
     message = "\n".join([
-        f"{manifest.path}: {len(rows):,} of {len(kept):,} pinned file(s) could not be fetched; every other file was "
+        f"{manifest.where}: {len(rows):,} of {len(kept):,} pinned file(s) could not be fetched; every other file was "
         f"downloaded and is verified in the cache {options.cache}{where}.",
         "Missing per source and split (split: where the file would have gone):",
         *variant.missing_table(rows),
@@ -108,7 +108,9 @@ def hash_and_verify(kept: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """sha256 of every source file (hashing only those the downloader has not); a pinned sha256 that
     differs is an error naming the file."""
     kept = kept.copy()
-    kept["sha256"] = [s or file_sha256(Path(p)) for p, s in zip(kept["local_path"], kept["sha256"])]
+    todo = int(kept["sha256"].eq("").sum())
+    with progress.bar(todo, desc="hash source files (sha256 of files not fetched one by one)", unit="file") as shown:
+        kept["sha256"] = [s or _hashed(Path(p), shown) for p, s in zip(kept["local_path"], kept["sha256"])]
     pinned = kept["sha256_expected"].ne("")
     wrong = kept[pinned & kept["sha256_expected"].ne(kept["sha256"])]
     if len(wrong):
@@ -120,6 +122,12 @@ def hash_and_verify(kept: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         )
     unverified = sorted(kept.loc[~pinned & kept["git_blob_sha1"].eq(""), "record_id"])
     return kept, unverified
+
+
+def _hashed(path: Path, shown) -> str:
+    digest = file_sha256(path)
+    shown.update()
+    return digest
 
 
 def check_files(resolution: "Resolution", options: "Options", downloader: Downloader | None = None) -> tuple[int, list[dict]]:

@@ -189,9 +189,12 @@ def dataset_info_yaml(split_sizes: dict[str, tuple[int, int]], config_name: str 
 
 def card_yaml(
     *, split_sizes: dict[str, tuple[int, int]] | None = None, license_id: str, pretty_name: str, version: str,
-    configs: list[dict[str, Any]] | None = None,
+    configs: list[dict[str, Any]] | None = None, metadata: dict[str, Any] | None = None,
 ) -> str:
     """The YAML header of README.md: the contract with ``datasets.load_dataset``.
+
+    ``metadata``: more keys the Hub reads (``task_ids``, ``annotations_creators``, ``source_datasets``),
+    written after ``task_categories``.
 
     ``configs``: one dict per configuration, the default first: ``name``, ``default``, ``folders``
     {split: the shard folders under ``data/`` holding rows of that split, "" for shards directly in
@@ -212,6 +215,7 @@ def card_yaml(
         "license": license_id,
         **({"license_name": "per-image-source-licenses", "license_link": "README.md#licenses"} if license_id == "other" else {}),
         "task_categories": ["image-classification"],
+        **(metadata or {}),
         "tags": ["medical", "chest-x-ray", "covid-19", f"release-{version}"],
         "size_categories": [_size_category(total)],
         "configs": [

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import pandas as pd
 from PIL import Image
 
-from . import CLASS_NAMES
+from . import CLASS_NAMES, progress
 from .download.hashes import file_sha256
 from .publish import shard_paths
 from .staging import REPORT_NAME  # defined where the output-folder checks read it; report.REPORT_NAME for everyone else
@@ -62,13 +62,28 @@ def shard_digests(out_dir: Path, *, workers: int = 1, only: set[str] | None = No
 
     out_dir = Path(out_dir)
     found: dict[str, list[str]] = {}
-    with ThreadPoolExecutor(max(1, workers)) as pool:  # Pillow releases the GIL while decoding
-        for path in shard_paths(out_dir / "data"):
-            if only is not None and path.relative_to(out_dir).as_posix() not in only:
-                continue
+    paths = [p for p in shard_paths(out_dir / "data") if only is None or p.relative_to(out_dir).as_posix() in only]
+    total = sum(_num_rows(p) for p in paths)
+    with ThreadPoolExecutor(max(1, workers)) as pool, \
+            progress.bar(total, desc="fingerprint (decode every image: pixels and labels)", unit="img") as shown:
+        for path in paths:  # Pillow releases the GIL while decoding
             rows = iter_rows_of(path)
-            found[path.relative_to(out_dir).as_posix()] = list(pool.map(digest, rows, chunksize=16) if workers > 1 else map(digest, rows))
+            digests = []
+            for row_digest_ in (pool.map(digest, rows, chunksize=16) if workers > 1 else map(digest, rows)):
+                digests.append(row_digest_)
+                shown.update()
+            found[path.relative_to(out_dir).as_posix()] = digests
     return found
+
+
+def _num_rows(path: Path) -> int:
+    """Rows of a parquet shard, from its footer (0 when unreadable: the reader reports that)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except Exception:  # noqa: BLE001 - a broken shard is reported where it is read
+        return 0
 
 
 def config_fingerprints(out_dir: Path, shards: dict[str, list[str]], *, workers: int = 1) -> dict[str, str]:
@@ -92,7 +107,7 @@ def shard_hashes(out_dir: Path) -> dict[str, dict[str, Any]]:
     out_dir = Path(out_dir)
     return {
         str(path.relative_to(out_dir)): {"sha256": file_sha256(path), "bytes": path.stat().st_size}
-        for path in shard_paths(out_dir / "data")
+        for path in progress.track(shard_paths(out_dir / "data"), desc="hash shards (sha256 for the build report)", unit="shard")
     }
 
 
@@ -142,9 +157,14 @@ def exclusion_summary(excluded: pd.DataFrame) -> dict[str, int]:
     return {str(k): int(v) for k, v in excluded["reason"].value_counts().sort_index().items()}
 
 
+def report_bytes(report: dict[str, Any]) -> bytes:
+    """build_report.json's bytes for ``report`` (what ``write_report`` writes; ``publish`` plans with it)."""
+    return (json.dumps(report, indent=2, sort_keys=False, ensure_ascii=False) + "\n").encode("utf-8")
+
+
 def write_report(out_dir: Path, report: dict[str, Any]) -> Path:
     path = Path(out_dir) / REPORT_NAME
-    path.write_text(json.dumps(report, indent=2, sort_keys=False, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.write_bytes(report_bytes(report))
     return path
 
 
@@ -172,7 +192,8 @@ def cross_split_near_duplicates(kept: pd.DataFrame, *, workers: int = 1, thresho
     paths = dict(zip(ours["record_id"], ours["converted_path"]))
     side = dict(zip(ours["record_id"], ours["split"]))
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        signatures = dict(zip(paths, pool.map(near_duplicates.image_signature, paths.values())))
+        signatures = dict(zip(paths, progress.track(pool.map(near_duplicates.image_signature, paths.values()), total=len(paths),
+                                                    desc="near duplicates across the split (image signatures)", unit="img")))
     kwargs = {} if threshold is None else {"threshold": threshold}
     test_keys = [key for key in paths if side[key] == "test"]
     pairs = near_duplicates.find_pairs(signatures, keys_a=test_keys, **kwargs)

@@ -287,6 +287,8 @@ def missing_files_advice(
     variant_dir = shown_path(base / f"{manifest.name}-{version}-manifest")
     variant_out = shown_path(base / f"{manifest.name}-{version}")
     kaggle = f" --kaggle-archive {shlex.quote(shown_path(kaggle_archive))}" if kaggle_archive else ""
+    if out is None and not kaggle_archive:  # plan --check-files: the build command needs the archive option too
+        kaggle = "".join(f" {s.build_option_example()}" for s in manifest.sources if s.build_option_example())
     again = (f"cxr-dataset build {manifest_option(manifest)} --out {shlex.quote(shown_path(out))}{kaggle}{common}"
              if out is not None else f"cxr-dataset plan {manifest_option(manifest)} --check-files{common}")
     return "\n".join([

@@ -14,7 +14,8 @@ The build report is the reference. ``verify_release`` re-reads the folder and co
   split, to exactly that configuration's shards of that split (``card-data-files``), and its
   ``dataset_info`` states every split's size;
 - README.md is exactly what ``card.render_card`` generates from the report and the shards, byte
-  for byte (``card-generated``): the card is generated, so any edit is a difference.
+  for byte (``card-generated``): the card is generated, so any edit is a difference; so are
+  ``croissant.json`` and ``unpinned-files.csv`` (``generated``: ``generated.generated_files``).
 
 The shard hashes catch any change of bytes. The fingerprint and the counts come from decoded content,
 so an edited label or a re-encoded image is caught even where someone also rewrote the shard hashes
@@ -131,6 +132,8 @@ def verify_release(out_dir: Path | str, *, workers: int = 1) -> VerifyResult:
         _check_card_configs(out_dir, header, configs, result)
     if header is not None and report:
         _check_card_generated(out_dir, report, result)
+    if report:
+        _check_generated_files(out_dir, report, result)  # croissant.json, unpinned-files.csv (issue 25)
     return result
 
 
@@ -451,3 +454,34 @@ def _check_card_generated(out_dir: Path, report: dict[str, Any], result: VerifyR
     result.add(CARD_NAME, "card-generated",
                f"the card generated from build_report.json and the shards; line {line + 1}: {want[line] if line < len(want) else '<end of file>'!r}",
                f"{have[line] if line < len(have) else '<end of file>'!r}", hint="the card is generated: rebuild instead of editing it")
+
+
+def _check_generated_files(out_dir: Path, report: dict[str, Any], result: VerifyResult) -> None:
+    """croissant.json and unpinned-files.csv must be exactly what the build generates (README.md: above)."""
+    from .generated import CARD_NAME as GENERATED_CARD, NAMES, generated_files
+
+    try:
+        expected = generated_files(report, read_row_table(out_dir))
+    except Exception as error:  # a report or shard broken enough to stop it: already reported
+        result.add("croissant.json", "generated", "the files generated from build_report.json and the shards",
+                   f"none: they could not be generated ({type(error).__name__}: {error})")
+        return
+    hint = "it is generated: rebuild instead of editing it"
+    for name in NAMES:
+        if name == GENERATED_CARD:
+            continue
+        path = out_dir / name
+        if name not in expected:
+            if path.exists():
+                result.add(name, "generated", "no such file (build_report.json lists no file it would hold)", "a file", hint=hint)
+            continue
+        if not path.is_file():
+            result.add(name, "generated", "the file the build generates from build_report.json", "no such file", hint=hint)
+            continue
+        want, have = expected[name].decode("utf-8").splitlines(), path.read_bytes().decode("utf-8", "replace").splitlines()
+        if want == have and path.read_bytes() == expected[name]:
+            continue
+        line = next((i for i, (a, b) in enumerate(zip(want, have)) if a != b), min(len(want), len(have)))
+        result.add(name, "generated", f"the file generated from build_report.json and the shards; line {line + 1}: "
+                   f"{want[line] if line < len(want) else '<end of file>'!r}",
+                   f"{have[line] if line < len(have) else '<end of file>'!r}", hint=hint)

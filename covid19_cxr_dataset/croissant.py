@@ -112,7 +112,8 @@ def document(report: dict, rows: pd.DataFrame) -> dict[str, Any]:
         "isLiveDataset": False,
         "keywords": list(card_sections.KEYWORDS),
         "isBasedOn": [s["homepage"] for s in card.get("sources", []) if s.get("homepage")],
-        **({"citeAs": citations[0]} if citations else {}),
+        "citeAs": citations[0] if citations else _plain(f"{card.get('title') or report.get('dataset', '')}, version "
+                                                        f"{report.get('version', '')}. {where}"),
         **({"citation": citations[1:]} if len(citations) > 1 else {}),
         **rai_fields(report, default_rows),
         "distribution": distribution(report, configs),

@@ -251,7 +251,7 @@ class Manifest:
     def where(self) -> str:
         """How messages name this manifest: ``release 1.0.0 (bundled)`` for a release this package ships
         (its path is inside site-packages and means nothing to a user), else its manifest.yaml path."""
-        bundled = any((root / self.name / self.version).resolve() == self.folder.resolve() for root in _bundled_roots())
+        bundled = (manifests_root() / self.name / self.version).resolve() == self.folder.resolve()  # as variant.is_bundled
         return f"release {self.version} (bundled)" if bundled else str(self.path)
 
     @property
@@ -338,12 +338,6 @@ class Manifest:
             digest.update(str(path.relative_to(self.folder)).encode() + b"\0")
             digest.update(bytes.fromhex(file_sha256(path)))
         return digest.hexdigest()
-
-
-def _bundled_roots() -> list[Path]:
-    """The folders of the releases this package ships (source checkout or wheel), whatever $COVID19_CXR_MANIFESTS says."""
-    here = Path(__file__).resolve().parent
-    return [candidate for candidate in (here.parent / "builder_manifests", here / "_manifests") if candidate.is_dir()]
 
 
 def manifests_root() -> Path:

@@ -33,7 +33,7 @@ import re
 from typing import Any
 
 import pandas as pd
-from datasets import ClassLabel, Image, List, Sequence, Value
+from datasets import ClassLabel, Image, Value
 
 from . import CLASS_NAMES, card_sections, publish
 from .card import _configs as configurations  # the report's configurations, legacy layout included
@@ -216,7 +216,7 @@ def _column_field(config: str, name: str, feature: Any) -> dict[str, Any]:
     elif isinstance(feature, ClassLabel):
         data_type = "sc:Integer"
         extra["references"] = {"field": {"@id": f"{LABELS_ID}/index"}}
-    elif isinstance(feature, (List, Sequence)):
+    elif isinstance(getattr(feature, "feature", None), Value):  # a list of values (datasets' List, or Sequence before 4.0)
         data_type, extra["repeated"] = _data_type(feature.feature), True
     else:
         data_type = _data_type(feature)

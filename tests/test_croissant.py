@@ -164,3 +164,19 @@ def test_a_release_without_configurations_has_one_record_set(tmp_path):
     assert verify_release(release).ok
     records = records_by_split(load(release), "default")
     assert {s: len(r) for s, r in records.items()} == {"train": 9, "test": 6}
+
+
+def test_the_cards_pytorch_tensorflow_jax_block_runs(with_configs, monkeypatch):
+    import importlib.util
+
+    card = (with_configs / "README.md").read_text()
+    block = card.split("## Use it with PyTorch / TensorFlow / JAX")[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'with_format("torch"' in block and 'with_format("jax"' in block and "to_tf_dataset(" in block
+    missing = [name for name in ("torch", "jax") if importlib.util.find_spec(name) is None]  # run what this machine has
+    code = "\n".join(line for line in block.splitlines() if not any(f'"{name}"' in line for name in missing))
+    monkeypatch.chdir(with_configs.parent)
+    namespace: dict = {}
+    exec(code.replace("path/to/this/folder", with_configs.name), namespace)  # noqa: S102 - the card's own example
+    images, labels = next(iter(namespace["tf_train"]))
+    assert tuple(images.shape[1:]) == (224, 224) and len(labels) == len(images)
+    assert sum(1 for _ in namespace["records"]) == sum(sum(c.values()) for c in CONFIG_EXPECTED["paper"].values())

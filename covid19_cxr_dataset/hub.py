@@ -253,6 +253,13 @@ def _upload(api: Any, plan: PublishPlan, token: str | None) -> None:
             f"{HUB_URL}/datasets/{repo}: tag {plan.tag} already exists; a published version is immutable. "
             "Bump the version in a new manifest (docs/VERSIONING.md), build, verify and publish that"
         )
+    newer = hub_release.newer_tags(plan.version, [ref.name for ref in getattr(refs, "tags", [])])
+    if plan.branch == DEFAULT_BRANCH and newer:
+        raise PublishError(
+            f"{HUB_URL}/datasets/{repo}: {newer[-1]} is newer than {plan.version}; committing {plan.version} to "
+            f"{DEFAULT_BRANCH} would replace it there. Publish this release to its own branch with --revision "
+            f"(e.g. --revision v{plan.version.split('.')[0]}.x); nothing was uploaded"
+        )
     if plan.rewrite:  # the folder records where it lives before it is uploaded (hub_release), so it verifies as uploaded
         try:
             hub_release.write_files(plan.out_dir, plan.recorded, plan.rewrite)

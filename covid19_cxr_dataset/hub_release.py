@@ -52,6 +52,17 @@ def write_files(out_dir: Path, files: dict[str, bytes], names: list[str]) -> Non
         os.replace(temporary, Path(out_dir) / name)
 
 
+def newer_tags(version: str, tags: list[str]) -> list[str]:
+    """The ``v<version>`` tags of releases newer than ``version`` (by their public N.N.N part), oldest first."""
+    def key(text: str) -> tuple[int, ...] | None:
+        parts = text.split("+", 1)[0].split("-", 1)[0].split(".")
+        return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else None
+
+    mine = key(version)
+    found = [(key(tag[1:]), tag) for tag in tags if tag.startswith("v") and key(tag[1:]) is not None]
+    return [tag for k, tag in sorted(found) if mine is not None and k > mine]
+
+
 def is_variant(report: dict) -> bool:
     """True for a build whose manifest is a local variant or not the published release it names."""
     facts = report.get("card", {}).get("variant") or {}

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from . import CLASS_NAMES
-from . import safe_load
+from . import progress, safe_load
 from .errors import VerificationError
 from .download.hashes import file_sha256
 from .publish import FLAGGED_FOLDER, read_row_table, shard_paths
@@ -192,7 +192,8 @@ def _check_shard_files(out_dir: Path, listed: dict[str, Any], result: VerifyResu
         return relpath, entry, path.stat().st_size, file_sha256(path)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:  # hashlib releases the GIL on large blocks
-        for relpath, entry, size, sha256 in pool.map(digest, present):
+        for relpath, entry, size, sha256 in progress.track(pool.map(digest, present), total=len(present), unit="shard",
+                                                           desc="hash shards (against build_report.json)"):
             if size != entry.get("bytes"):
                 result.add(relpath, "shard-bytes", f"{entry.get('bytes')} bytes", f"{size} bytes")
             if sha256 != entry.get("sha256"):

@@ -220,6 +220,15 @@ def test_an_existing_tag_is_never_moved(release):
     assert api.names() == ["create_repo", "list_repo_refs"]
 
 
+def test_an_older_release_never_replaces_a_newer_one_on_main(release):
+    api = FakeHfApi(tags=["v0.0.1", "v9.0.0"])
+    with pytest.raises(hub.PublishError, match="v9.0.0 is newer than 0.0.0-test; committing 0.0.0-test to main would replace it"):
+        hub.publish_release(release, REPO, token=FAKE_TOKEN, api=api)
+    assert api.names() == ["create_repo", "list_repo_refs"]
+    plan = hub.publish_release(release, REPO, token=FAKE_TOKEN, revision="v0.x", api=FakeHfApi(tags=["v9.0.0"]))
+    assert plan.branch == "v0.x" and plan.commit
+
+
 def test_a_commit_that_differs_from_the_plan_is_not_tagged(release):
     def corrupt(files):
         path = next(p for p in files if p.endswith(".parquet"))

@@ -6,6 +6,10 @@ flags, curation, risks, licenses and citations. Its inputs are ``build_report.js
 the manifest's card text under ``card``, see ``card_inputs``) and the rows of the shards without
 their images (``publish.read_row_table``), so ``verify`` regenerates the card byte for byte.
 
+The parts that say where the release lives and how to use it (Hub YAML keys, "Use it with PyTorch /
+TensorFlow / JAX", personal information, point of contact, the unpinned-file count) are
+``card_sections``; croissant.json is made from the same inputs (``croissant``, ``generated``).
+
 Extra sections (e.g. shortcut evidence from a certificate) are ``{"title", "markdown"}`` items in
 ``report["card"]["extra_sections"]``; ``extra_sections(manifest)`` (the one place to add one)
 returns them, ``card_inputs`` stores them in the report at build time and ``card_body`` appends
@@ -314,6 +318,7 @@ def card_body(report: dict, rows: pd.DataFrame, extra_sections: list[dict[str, s
     lines += card_sections.contact_lines(report)
     lines += ["## Citation", "", "Please cite this release and the works it is built from "
               "(`cxr-dataset cite " + card.get("variant", {}).get("manifest_option", f"--version {version}")
+              + (f" --repo-id {card_sections.hub_repo(report)}" if card_sections.hub_repo(report) else "")
               + "` prints them in BibTeX, APA or CFF):", "", "```bibtex"]
     lines += [bibtex + "\n" for bibtex in card_sections.citations(report)]  # the release's entry names where it lives
     lines += ["```", ""]

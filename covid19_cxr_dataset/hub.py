@@ -30,6 +30,7 @@ only then; ``api=`` takes any object with HfApi's methods (tests pass a fake; no
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -37,11 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import hashlib
-
 from . import hub_release
 from .errors import CredentialsError, CxrDatasetError, PublishError
-from .generated import NAMES as GENERATED_NAMES
+from .generated import CARD_NAME, NAMES as GENERATED_NAMES
 from .publish import read_row_table
 from .report import REPORT_NAME, read_report
 from .verify import require_verified
@@ -183,8 +182,8 @@ def make_plan(out_dir: Path, repo_id: str, *, private: bool | None = None, dry_r
                            f"(default {DEFAULT_BRANCH!r}) and let publish create the tag")
     rows = read_row_table(out_dir)
     recorded = hub_release.files_for_repo(report, rows, repo_id)
-    order = [name for name in ("README.md", REPORT_NAME, *GENERATED_NAMES) if name in recorded]
-    files = [PlannedFile(name, len(recorded[name]), hashlib.sha256(recorded[name]).hexdigest()) for name in dict.fromkeys(order)]
+    order = [CARD_NAME, REPORT_NAME] + [name for name in GENERATED_NAMES if name != CARD_NAME and name in recorded]
+    files = [PlannedFile(name, len(recorded[name]), hashlib.sha256(recorded[name]).hexdigest()) for name in order]
     files += [PlannedFile(path, int(entry["bytes"]), str(entry["sha256"])) for path, entry in sorted(report["shards"].items())]
     planned = {f.path for f in files}
     skipped = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*")

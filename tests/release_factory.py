@@ -3,9 +3,9 @@
     from release_factory import make_release
     release = make_release(tmp_path / "release", per_class={"train": 8, "test": 4})
 
-The release is written with the project's own writers (shards.SplitShardWriter, card.render_card,
-release_format.write_report), so its shards, card and build report are exactly what `build` would write for
-the same rows, ``release_format.fingerprint(release) == build_report["fingerprint"]`` and the card is the
+The release is written with the project's own writers (shards.SplitShardWriter, release_format.write_report,
+generated.write_generated: README.md, croissant.json), so its shards, card and build report are exactly what `build`
+would write for the same rows, ``release_format.fingerprint(release) == build_report["fingerprint"]`` and the card is the
 one ``verify`` regenerates.
 
 Images come from ``image_fn(label, split, index, size) -> image``: ``label`` is the class index
@@ -29,7 +29,7 @@ from PIL import Image
 
 from covid19_cxr_dataset import CLASS_NAMES, __version__
 from covid19_cxr_dataset import release as release_format, report, shards
-from covid19_cxr_dataset.card import render_card
+from covid19_cxr_dataset.generated import write_generated
 
 ImageFn = Callable[[int, str, int, tuple[int, int]], Any]
 
@@ -81,6 +81,7 @@ def make_release(
     version: str = "0.0.0-test",
     max_shard_bytes: int = shards.DEFAULT_MAX_SHARD_BYTES,
     configs: bool = False,
+    license_of: Callable[[str, int, int], str] | None = None,
 ) -> Path:
     """Write a release with ``per_class[split]`` images of every class in each split; returns ``out_dir``.
 
@@ -91,6 +92,8 @@ def make_release(
     and ``data/flagged/`` and a ``curated`` one over ``data/curated/``; every fourth image of a class
     (index 3, 7, ...) carries the flag ``annotation-text`` and sits in ``data/flagged/``. Without it,
     one configuration over ``data/`` (the layout of releases written before configurations).
+
+    ``license_of(split, label, index)`` gives each image's license text (default ``CC0-1.0``).
     """
     per_class = {"train": 8, "test": 4} if per_class is None else per_class
     image_fn = image_fn or brightness_image
@@ -107,6 +110,8 @@ def make_release(
             for label, name in enumerate(CLASS_NAMES):  # interleaved, so every shard holds every class
                 jpeg = jpeg_bytes(image_fn(label, split, index, size))
                 record = _record(split, label, name, index, jpeg)
+                if license_of is not None:
+                    record["license"] = license_of(split, label, index)
                 flagged = configs and index % 4 == 3
                 record["flags"] = ("annotation-text",) if flagged else ()
                 writers["flagged" if flagged else folders[0]].add(shards.publish_row(record, jpeg))
@@ -140,7 +145,7 @@ def make_release(
         built["configs"][name]["fingerprint"] = value
     built["fingerprint"] = next(iter(fingerprints.values()))  # the default configuration's
     release_format.write_report(out_dir, built)
-    (out_dir / "README.md").write_text(render_card(built, release_format.read_row_table(out_dir)), encoding="utf-8")
+    write_generated(out_dir, built)
     return out_dir
 
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from .. import progress as progress_bars
 from ..errors import CxrDatasetError
 from ..release import resolve_config, verify_config_fingerprint
 from .certificate import build_certificate, write_run_outputs
@@ -117,6 +118,7 @@ def _train_once(arrays: dict[str, Any], recipe: Recipe, *, seed: int, policy: st
     return {"history": history, "probs": probs, "loss": loss, "train_seconds": train_seconds, "run_info": run_info}
 
 
+@progress_bars.follows("progress")  # progress=False silences the bars too (decode, epochs)
 def run_baseline(
     data_dir: str | Path,
     out_dir: str | Path,

@@ -376,6 +376,20 @@ def test_cite_release_verifies_the_folder_and_cites_its_fingerprints(built, worl
     assert refused.exit_code == 1 and "FAILED verification" in refused.output and original["paper"] not in refused.output.split("FAILED")[0]
 
 
+
+def test_cite_release_names_where_publish_recorded_the_release(built, world, original):
+    """A published folder records its Hub repository (hub_release): `cite --release` links it, and the
+    fingerprints it cites are unchanged by that record (`--repo-id` names another copy)."""
+    data = release.read_report(built)
+    data["card"]["hub_repo"] = "org/cxr"
+    release.write_report(built, data)
+    write_generated(built, data)
+    cited = _cli("cite", "--release", built, "--manifest", world.manifest_dir, "--workers", "1")
+    assert cited.exit_code == 0, cited.output
+    assert "howpublished={\\url{https://huggingface.co/datasets/org/cxr}}" in cited.stdout and original["paper"] in cited.stdout
+    mirror = _cli("cite", "--release", built, "--manifest", world.manifest_dir, "--workers", "1", "--repo-id", "me/copy")
+    assert "datasets/me/copy" in mirror.stdout and "datasets/org/cxr" not in mirror.stdout
+
 def test_the_report_states_schema_2(pristine):
     data = json.loads((pristine / release.REPORT_NAME).read_text(encoding="utf-8"))
     assert data["report_schema"] == 2

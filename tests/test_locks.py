@@ -15,11 +15,11 @@ from covid19_cxr_dataset.cli import main
 from covid19_cxr_dataset.errors import CxrDatasetError
 
 from loopback import LoopbackServer
-from synthetic import KAGGLE_FILES, make_world
+from synthetic import KAGGLE_FILES
 
 
-def test_recorded_kaggle_checksums_verify_the_next_build(tmp_path):
-    world = make_world(tmp_path / "world")
+def test_recorded_kaggle_checksums_verify_the_next_build(fresh_world, tmp_path):
+    world = fresh_world  # `lock kaggle` writes its locks
     result = CliRunner().invoke(main, ["lock", "kaggle", "--manifest", str(world.manifest_dir), "--kaggle-archive", str(world.kaggle_zip)])
     assert result.exit_code == 0, result.output
     files = pd.read_csv(world.manifest_dir / "locks" / "kaggle.csv", dtype=str)

@@ -39,7 +39,7 @@ def _option(args: list[str], name: str) -> str:
     return args[args.index(name) + 1]
 
 
-def test_readme_main_command_builds_against_a_loopback_mirror(tmp_path, monkeypatch):
+def test_readme_main_command_builds_against_a_loopback_mirror(world, tmp_path, monkeypatch):
     import shlex
     import shutil
 
@@ -49,14 +49,13 @@ def test_readme_main_command_builds_against_a_loopback_mirror(tmp_path, monkeypa
     from covid19_cxr_dataset import CLASS_NAMES
     from covid19_cxr_dataset.cli import main
     from loopback import LoopbackServer
-    from synthetic import EXPECTED, make_world
+    from synthetic import EXPECTED
 
     (command,) = _commands_under("Build the dataset (the main job)")
     install, build_line = command.split(" && ")
     assert install == "pip install ."
     program, *args = shlex.split(build_line)
     assert program == "cxr-dataset" and args[0] == "build"
-    world = make_world(tmp_path / "world")
     monkeypatch.chdir(tmp_path)
     # A synthetic Kaggle zip under the README's own name, same layout as Kaggle's (chest_xray/<split>/<CLASS>/).
     shutil.copy(world.kaggle_zip, tmp_path / _option(args, "--kaggle-archive"))

@@ -161,3 +161,23 @@ def test_plan_prints_the_counts_to_record_when_a_configuration_differs(configs_w
     assert result.output.count("counts match the manifest") == 1  # paper
     assert "COUNTS DIFFER: curated: train/COVID-19: expected 9, got 10; curated: train/Normal: expected 2, got 3" in result.output
     assert "configs.curated.expected_counts:\n    train: {COVID-19: 10, Normal: 3, Pneumonia: 4}\n    test: {COVID-19: 2, Normal: 3, Pneumonia: 2}" in result.output
+
+
+def test_the_release_factory_writes_the_report_the_build_writes(built, tmp_path):
+    """tests/release_factory.py (and benchmarks/synthetic_release.py through it) write build_report.json
+    with the build's own assembly: the same keys at every level as this build's report; a release
+    from before configurations lacks only the two keys configurations added."""
+    from covid19_cxr_dataset.release import read_report
+    from release_factory import make_release
+
+    _, report, _ = built
+
+    def keys(data: dict) -> dict:
+        return {"top": set(data), "checks": set(data["checks"]), "card": set(data["card"]),
+                "conversions": set(data["conversions"]), "card.variant": set(data["card"]["variant"]),
+                "configs": {name: set(c) for name, c in data.get("configs", {}).items()}}
+
+    made = read_report(make_release(tmp_path / "configs", per_class={"train": 4, "test": 4}, size=(16, 16), configs=True))
+    assert keys(made) == keys(report)
+    legacy = read_report(make_release(tmp_path / "legacy", per_class={"train": 1, "test": 1}, size=(16, 16)))
+    assert keys(legacy) == {**keys(report), "top": set(report) - {"configs", "default_config"}, "configs": {}}

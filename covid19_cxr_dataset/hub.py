@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import CredentialsError, CxrDatasetError, PublishError
+from .records import split_rank
 from .download.hashes import file_sha256
 from .release import CARD_NAME, REPORT_NAME, read_report
 from .verify import require_verified
@@ -167,7 +168,8 @@ def make_plan(out_dir: Path, repo_id: str, *, private: bool = False, dry_run: bo
                      if p.is_file() and p.relative_to(out_dir).as_posix() not in planned)
     configs = {
         name: {"default": bool(c.get("default")), "fingerprint": str(c.get("fingerprint", "")), "shards": len(c.get("shards", [])),
-               "examples": {split: sum(per_class.values()) for split, per_class in c.get("counts", {}).items()}}
+               "examples": {split: sum(per_class.values()) for split, per_class in
+                            sorted(c.get("counts", {}).items(), key=lambda item: split_rank(item[0]))}}
         for name, c in (report.get("configs") or {}).items()
     }
     return PublishPlan(out_dir=out_dir, repo_id=repo_id, dataset=str(report.get("dataset", "")), version=version,

@@ -344,15 +344,13 @@ def test_seeds_record_each_run_and_their_spread(tmp_path):
 
 
 @pytest.mark.slow
-def test_build_then_baseline_with_probes_through_the_cli(tmp_path):
+def test_build_then_baseline_with_probes_through_the_cli(world, tmp_path):
     """The user's journey: build from (loopback) sources, then `baseline --probes`; the card of the build
     says no certificate exists yet, and the certificate's shortcut section renders for that card."""
     needs_tensorflow()
     from covid19_cxr_dataset.cli import main
     from loopback import LoopbackServer
-    from synthetic import make_world
 
-    world = make_world(tmp_path / "world")
     with LoopbackServer(dict(world.served)) as server:
         built = CliRunner().invoke(main, ["build", "--manifest", str(world.manifest_dir), "--mirror", server.base_url,
                                           "--cache-dir", str(tmp_path / "cache"), "--kaggle-archive",

@@ -161,6 +161,10 @@ def meaning(probe: dict[str, Any], certificate: dict[str, Any] | None = None) ->
         return (f"With {hidden}, {model} still tells {told} from the other classes"
                 f"{_recovered(probe, separated[0])}: what is left of the film carries the label, so a high score on "
                 "this release does not show that a model reads the lungs." + _accuracy_note(probe))
+    if best and ((best[1].get("auc_interval") or {}).get("low") or 0.0) > 0.5 + FLAG_MARGIN:
+        return (f"{best[0]} AUC {_auc(best[1])} clears {0.5 + FLAG_MARGIN:.2f}, but from {best[1]['support']} test "
+                "images of the class a bootstrap interval is not to be trusted: no flag, no conclusion; run it on more "
+                "test images." + _too_few(probe))
     if best and best[1]["auc"] > 0.5 + FLAG_MARGIN:
         return (f"{best[0]} AUC {_auc(best[1])}, but the interval does not clear {0.5 + FLAG_MARGIN:.2f} at this "
                 "size: no conclusion; run it on more test images." + _too_few(probe))

@@ -277,6 +277,9 @@ def test_certificate_carries_per_class_evidence_for_the_model_and_every_probe(ma
     lung = probes["lung"]
     assert lung["model_kind"] == "dcnn" and lung["epochs"] == 4 and set(lung["per_class"]["classes"]) == set(CLASS_NAMES)
     assert set(lung["recovery"]["full model"]) == set(CLASS_NAMES)
+    # the DCNN with the lungs blanked finds COVID-19 from the corner marks; the old rule does not see it
+    assert "COVID-19" in lung["separated_classes"] and lung["accuracy_rule"]["flagged"] is False
+    assert lung["recovery"]["full model"]["COVID-19"]["auc_ratio"] >= 0.9
     assert probes["linear-lung"]["flagged"] is True  # the fast probe, on every certificate
     assert certificate["probes_info"]["fast_probes"] and certificate["probes_info"]["dcnn_probes"] == ["lung"]
     summary = (tmp_path / "out" / "certificate.md").read_text(encoding="utf-8")

@@ -89,6 +89,8 @@ def make_release(
     version: str = "0.0.0-test",
     max_shard_bytes: int = shards.DEFAULT_MAX_SHARD_BYTES,
     configs: bool = False,
+    counts: dict[str, dict[str, int]] | None = None,
+    source_fn: Callable[[int, str, int], str] | None = None,
 ) -> Path:
     """Write a release with ``per_class[split]`` images of every class in each split; returns ``out_dir``.
 
@@ -99,8 +101,14 @@ def make_release(
     and ``data/flagged/`` and a ``curated`` one over ``data/curated/``; every fourth image of a class
     (index 3, 7, ...) carries the flag ``annotation-text`` and sits in ``data/flagged/``. Without it,
     one configuration over ``data/`` (the layout of releases written before configurations).
+
+    ``counts`` ({split: {class name: n}}) gives each class its own number of images (instead of
+    ``per_class``); ``source_fn(label, split, index)`` names each image's source (default: ``synthetic``).
     """
     per_class = {"train": 8, "test": 4} if per_class is None else per_class
+    if counts is None:
+        counts = {split: {name: n for name in CLASS_NAMES} for split, n in per_class.items()}
+    counts = {split: {name: int(by_class.get(name, 0)) for name in CLASS_NAMES} for split, by_class in counts.items()}
     image_fn = image_fn or brightness_image
     out_dir = Path(out_dir)
     data_dir = out_dir / "data"
@@ -108,12 +116,15 @@ def make_release(
     folders = ["curated", "flagged"] if configs else [""]
 
     records = []
-    for split, n in per_class.items():
+    for split, by_class in counts.items():
         writers = {f: shards.SplitShardWriter(_made(data_dir / f), split, max_shard_bytes=max_shard_bytes) for f in folders}
-        for index in range(n):
+        for index in range(max(by_class.values(), default=0)):
             for label, name in enumerate(CLASS_NAMES):  # interleaved, so every shard holds every class
+                if index >= by_class[name]:
+                    continue
                 jpeg = jpeg_bytes(image_fn(label, split, index, size))
-                record = _record(split, label, name, index, jpeg)
+                source = source_fn(label, split, index) if source_fn else "synthetic"
+                record = _record(split, label, name, index, jpeg, source)
                 flagged = configs and index % 4 == 3
                 record["flags"] = ("annotation-text",) if flagged else ()
                 writers["flagged" if flagged else folders[0]].add(shards.publish_row(record, jpeg))
@@ -198,9 +209,9 @@ def _made(path: Path) -> Path:
     return path
 
 
-def _record(split: str, label: int, name: str, index: int, jpeg: bytes) -> dict[str, str]:
+def _record(split: str, label: int, name: str, index: int, jpeg: bytes, source: str = "synthetic") -> dict[str, str]:
     return {
-        "source": "synthetic",
+        "source": source,
         "source_path": f"{split}/{name}/{index:05d}.png",
         "patient_id": f"synthetic:{split}-{label}-{index:05d}",
         "view": "PA",

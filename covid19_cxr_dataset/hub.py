@@ -41,6 +41,7 @@ from typing import Any, Callable
 from . import hub_release
 from .errors import CredentialsError, CxrDatasetError, PublishError
 from .generated import NAMES as GENERATED_NAMES
+from .records import split_rank
 from .release import CARD_NAME, REPORT_NAME, read_report, read_row_table
 from .verify import require_verified
 
@@ -189,7 +190,8 @@ def make_plan(out_dir: Path, repo_id: str, *, private: bool | None = None, dry_r
                      if p.is_file() and p.relative_to(out_dir).as_posix() not in planned)
     configs = {
         name: {"default": bool(c.get("default")), "fingerprint": str(c.get("fingerprint", "")), "shards": len(c.get("shards", [])),
-               "examples": {split: sum(per_class.values()) for split, per_class in c.get("counts", {}).items()}}
+               "examples": {split: sum(per_class.values()) for split, per_class in
+                            sorted(c.get("counts", {}).items(), key=lambda item: split_rank(item[0]))}}
         for name, c in (report.get("configs") or {}).items()
     }
     by_default = private is None and hub_release.default_private(report)

@@ -6,6 +6,9 @@ folder whose locks pin exactly these bytes. The metadata tables use each source'
 images are generated in the modes real sources use (L and RGB JPEG, palette, RGBA and 16-bit PNG).
 
 Every row is there to exercise one stage, and ``EXPECTED`` says where each one must end up.
+Tests take a world from conftest.py's fixtures (``world``, ``fresh_world``, ``configs_world``)
+rather than calling ``make_world`` themselves. ``manifest_text`` is the one manifest.yaml template:
+the world's manifest and every other manifest a test writes come from it.
 """
 
 from __future__ import annotations
@@ -236,21 +239,106 @@ def make_world(root: Path, *, extra_zip_entries: bool = True, configs: bool = Fa
     return world
 
 
+def manifest_text(*, name: str, version: str, title: str, sources: str, filters: str, convert: str, split: str,
+                  expected_counts: str = "", configs: str = "", **about: str) -> str:
+    """The text of a manifest.yaml (docs/MANIFEST.md), the one template every test that writes a
+    manifest writes it with, so that a change of the format is made here once.
+
+    Each argument is the YAML of its key's value as it stands in the file: a scalar or a flow
+    collection (``{...}``, ``[...]``) on one line stays on the key's line; a block mapping or a
+    ``- `` list, even of one line, goes under it, indented two spaces. ``about`` is any optional key placed after ``title`` (``card_license``, ``release_notes``,
+    ``known_risks``, ``citations``, ...), in the order given. Give ``expected_counts`` or ``configs``.
+    """
+    if bool(expected_counts) == bool(configs):
+        raise ValueError("give exactly one of expected_counts and configs")
+
+    def entry(key: str, value: str) -> str:
+        value = textwrap.dedent(value).strip("\n")
+        inline = value.startswith(("{", "[")) or ": " not in value and not value.startswith("- ")
+        if "\n" not in value and inline:
+            return f"{key}: {value}\n"
+        return f"{key}:\n" + textwrap.indent(value, "  ") + "\n"
+
+    sections = {"schema_version": "1", "name": name, "version": version, "title": title, **about, "sources": sources,
+                "filters": filters, "convert": convert, "split": split}
+    if expected_counts:
+        sections["expected_counts"] = expected_counts
+    else:
+        sections["configs"] = configs
+    return "".join(entry(key, value) for key, value in sections.items())
+
+
+WORLD_SOURCES = f"""\
+- name: cohen
+  kind: github
+  repository: {COHEN[0]}
+  commit: {COHEN[1]}
+  metadata: {{path: metadata.csv, encoding: utf-8, layout: cohen}}
+  image_folder: images
+  lock: locks/cohen.tsv
+  labels: {{"COVID-19": COVID-19, "COVID-19, ARDS": COVID-19}}
+  license: per image
+- name: figure1
+  kind: github
+  repository: {FIGURE1[0]}
+  commit: {FIGURE1[1]}
+  metadata: {{path: metadata.csv, encoding: iso-8859-1, layout: chung}}
+  image_folder: images
+  lock: locks/figure1.tsv
+  labels: {{"COVID-19": COVID-19}}
+  license: research use
+- name: actualmed
+  kind: github
+  repository: {ACTUALMED[0]}
+  commit: {ACTUALMED[1]}
+  metadata: {{path: metadata.csv, encoding: iso-8859-1, layout: chung}}
+  image_folder: images
+  lock: locks/actualmed.tsv
+  labels: {{"COVID-19": COVID-19}}
+  inconclusive_findings: [""]
+  license: research use
+- name: kaggle
+  kind: kaggle
+  dataset: {KAGGLE_DATASET}
+  dataset_version: 2
+  archive_root: chest_xray
+  files: locks/kaggle.csv
+  labels: {{NORMAL: Normal, PNEUMONIA: Pneumonia}}
+  license: CC BY 4.0
+"""
+WORLD_FILTERS = """\
+modalities: [X-ray]
+exclude_paths_under: [volumes/]
+frontal_views: [PA, AP, AP Supine, AP erect]
+lateral_views: [L]
+exact_duplicates: true
+decisions:
+  views: decisions/views.csv
+  annotations: decisions/annotations.csv
+  duplicates: decisions/duplicates.csv
+  exclusions: decisions/exclusions.csv
+"""
+WORLD_SPLIT = """\
+seed: tiny-seed
+rules:
+  - {source: kaggle, method: upstream, map: {train: train, val: test, test: test}}
+  - {label: COVID-19, method: patient-hash, test_images: 3}
+"""
+WORLD_EXPECTED_COUNTS = "train: {COVID-19: 10, Normal: 3, Pneumonia: 4}\ntest: {COVID-19: 3, Normal: 2, Pneumonia: 2}\n"
 CONFIGS_YAML = """\
-configs:
-  paper:
-    default: true
-    description: Every film the paper's rule keeps; marks other than arrows and every duplicate are flagged.
-    flag_instead_of_excluding: [annotation-text, annotation-other, duplicate-exact, duplicate-near, not-reviewed]
-    expected_counts:
-      train: {COVID-19: 13, Normal: 3, Pneumonia: 4}
-      test: {COVID-19: 3, Normal: 3, Pneumonia: 2}
-  curated:
-    description: paper without the flagged films.
-    leave_out_flagged: true
-    expected_counts:
-      train: {COVID-19: CURATED_TRAIN_COVID, Normal: 2, Pneumonia: 4}
-      test: {COVID-19: CURATED_TEST_COVID, Normal: 3, Pneumonia: 2}
+paper:
+  default: true
+  description: Every film the paper's rule keeps; marks other than arrows and every duplicate are flagged.
+  flag_instead_of_excluding: [annotation-text, annotation-other, duplicate-exact, duplicate-near, not-reviewed]
+  expected_counts:
+    train: {COVID-19: 13, Normal: 3, Pneumonia: 4}
+    test: {COVID-19: 3, Normal: 3, Pneumonia: 2}
+curated:
+  description: paper without the flagged films.
+  leave_out_flagged: true
+  expected_counts:
+    train: {COVID-19: CURATED_TRAIN_COVID, Normal: 2, Pneumonia: 4}
+    test: {COVID-19: CURATED_TEST_COVID, Normal: 3, Pneumonia: 2}
 """
 
 
@@ -281,79 +369,17 @@ def write_manifest(folder: Path, locks, *, configs: bool = False, kaggle_files=K
         "cohen,images/c10-figure1-repost.jpg,figure1,images/COVID-00006.jpg,near,0.01,Cohen re-published the Figure1 case\n",
         encoding="utf-8")
     (folder / "decisions" / "exclusions.csv").write_text("source,source_path,reason,note\n", encoding="utf-8")
-    manifest = textwrap.dedent(f"""\
-        schema_version: 1
-        name: tiny
-        version: 0.0.1
-        title: Tiny synthetic release for tests
-        card_license: other
-        release_notes: test release
-        known_risks: Shortcuts, as DeGrave et al. showed.
-        citations:
-          - {{key: zhong2020, text: 'Zhong 2020', bibtex: '@article{{zhong2020, title={{T}}}}'}}
-        sources:
-          - name: cohen
-            kind: github
-            repository: {COHEN[0]}
-            commit: {COHEN[1]}
-            metadata: {{path: metadata.csv, encoding: utf-8, layout: cohen}}
-            image_folder: images
-            lock: locks/cohen.tsv
-            labels: {{"COVID-19": COVID-19, "COVID-19, ARDS": COVID-19}}
-            license: per image
-          - name: figure1
-            kind: github
-            repository: {FIGURE1[0]}
-            commit: {FIGURE1[1]}
-            metadata: {{path: metadata.csv, encoding: iso-8859-1, layout: chung}}
-            image_folder: images
-            lock: locks/figure1.tsv
-            labels: {{"COVID-19": COVID-19}}
-            license: research use
-          - name: actualmed
-            kind: github
-            repository: {ACTUALMED[0]}
-            commit: {ACTUALMED[1]}
-            metadata: {{path: metadata.csv, encoding: iso-8859-1, layout: chung}}
-            image_folder: images
-            lock: locks/actualmed.tsv
-            labels: {{"COVID-19": COVID-19}}
-            inconclusive_findings: [""]
-            license: research use
-          - name: kaggle
-            kind: kaggle
-            dataset: {KAGGLE_DATASET}
-            dataset_version: 2
-            archive_root: chest_xray
-            files: locks/kaggle.csv
-            labels: {{NORMAL: Normal, PNEUMONIA: Pneumonia}}
-            license: CC BY 4.0
-        filters:
-          modalities: [X-ray]
-          exclude_paths_under: [volumes/]
-          frontal_views: [PA, AP, AP Supine, AP erect]
-          lateral_views: [L]
-          exact_duplicates: true
-          decisions:
-            views: decisions/views.csv
-            annotations: decisions/annotations.csv
-            duplicates: decisions/duplicates.csv
-            exclusions: decisions/exclusions.csv
-            UNREVIEWED
-        convert: {{quality: 95, max_side: null}}
-        split:
-          seed: tiny-seed
-          rules:
-            - {{source: kaggle, method: upstream, map: {{train: train, val: test, test: test}}}}
-            - {{label: COVID-19, method: patient-hash, test_images: 3}}
-        EXPECTED_COUNTS
-        """)
     if configs:
-        counts = CONFIGS_YAML.replace("CURATED_TRAIN_COVID", str(curated_covid[0])).replace("CURATED_TEST_COVID", str(curated_covid[1]))
-        manifest = manifest.replace("    UNREVIEWED\n", "    unreviewed: decisions/unreviewed.csv\n")
+        counts = {"configs": CONFIGS_YAML.replace("CURATED_TRAIN_COVID", str(curated_covid[0]))
+                  .replace("CURATED_TEST_COVID", str(curated_covid[1]))}
+        filters = WORLD_FILTERS + "  unreviewed: decisions/unreviewed.csv\n"
     else:
-        counts = "expected_counts:\n  train: {COVID-19: 10, Normal: 3, Pneumonia: 4}\n  test: {COVID-19: 3, Normal: 2, Pneumonia: 2}\n"
-        manifest = manifest.replace("    UNREVIEWED\n", "")
-    manifest = manifest.replace("EXPECTED_COUNTS\n", counts)
+        counts, filters = {"expected_counts": WORLD_EXPECTED_COUNTS}, WORLD_FILTERS
+    manifest = manifest_text(
+        name="tiny", version="0.0.1", title="Tiny synthetic release for tests", card_license="other",
+        release_notes="test release", known_risks="Shortcuts, as DeGrave et al. showed.",
+        citations="- {key: zhong2020, text: 'Zhong 2020', bibtex: '@article{zhong2020, title={T}}'}",
+        sources=WORLD_SOURCES, filters=filters, convert="{quality: 95, max_side: null}", split=WORLD_SPLIT, **counts,
+    )
     (folder / "manifest.yaml").write_text(manifest, encoding="utf-8")
     return folder

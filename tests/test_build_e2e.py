@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import datasets
 import numpy as np
@@ -18,12 +17,7 @@ from covid19_cxr_dataset.errors import CountMismatch, CredentialsError, CxrDatas
 from covid19_cxr_dataset.release import fingerprint, read_report
 
 from loopback import LoopbackServer
-from synthetic import EXPECTED, EXPECTED_EXCLUSIONS, KAGGLE_FILES, make_world
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return make_world(tmp_path_factory.mktemp("world"))
+from synthetic import EXPECTED, EXPECTED_EXCLUSIONS, KAGGLE_FILES
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +62,11 @@ def test_load_dataset_reads_the_release(built):
     assert row["image"].mode == "L"
 
 
-def test_pixels_are_the_normalized_conversion_of_the_source(built, world):
+def test_pixels_are_the_normalized_conversion_of_the_source(built, world, tmp_path):
     out, _, options = built
     loaded = datasets.load_dataset(str(out), split="train")
     row = next(r for r in loaded if r["source_path"] == "images/COVID-00002b.png")
-    source_file = Path(world.root) / "source.png"
+    source_file = tmp_path / "source.png"
     source_file.write_bytes(world.served["/agchung/Figure1-COVID-chestxray-dataset/" + "f1" * 20 + "/images/COVID-00002b.png"])
     expected = convert_file(source_file, ConvertSettings(quality=95))
     stored = row["image"]

@@ -21,7 +21,7 @@ from covid19_cxr_dataset.build import Options, build
 from covid19_cxr_dataset.errors import CountMismatch
 
 from loopback import LoopbackServer
-from synthetic import COHEN, EXPECTED, git_blob_sha1, make_world
+from synthetic import COHEN, EXPECTED, git_blob_sha1
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,8 +53,8 @@ def _set_expected_covid_train(world, count: int) -> None:
 
 
 @pytest.fixture
-def broken_world(tmp_path):
-    world = make_world(tmp_path / "world")
+def broken_world(fresh_world):
+    world = fresh_world
     truncated = world.served[f"/{COHEN[0]}/{COHEN[1]}/images/c9.jpg"][:400]
     _replace_file(world, "images/c9.jpg", truncated)
     _replace_file(world, "images/c1-b.jpg", png_bomb())
@@ -106,8 +106,7 @@ def _spawn_build(world, out, cache, server) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_killed_build_then_rerun_is_identical_to_an_uninterrupted_one(tmp_path):
-    world = make_world(tmp_path / "world")
+def test_killed_build_then_rerun_is_identical_to_an_uninterrupted_one(world, tmp_path):
     with LoopbackServer(dict(world.served)) as server:
         reference = build(manifest_module.load(world.manifest_dir), tmp_path / "reference",
                           Options(cache_dir=tmp_path / "ref-cache", mirror=server.base_url, workers=1, progress=False,
@@ -138,8 +137,7 @@ def test_killed_build_then_rerun_is_identical_to_an_uninterrupted_one(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_builds_sharing_one_cache_both_succeed_identically(tmp_path):
-    world = make_world(tmp_path / "world")
+def test_two_builds_sharing_one_cache_both_succeed_identically(world, tmp_path):
     with LoopbackServer(dict(world.served)) as server:
         first = _spawn_build(world, tmp_path / "a", tmp_path / "cache", server)
         second = _spawn_build(world, tmp_path / "b", tmp_path / "cache", server)
@@ -151,13 +149,11 @@ def test_two_builds_sharing_one_cache_both_succeed_identically(tmp_path):
     assert read_report(tmp_path / "a")["counts"] == EXPECTED
 
 
-def test_disk_full_while_writing_shards_is_a_clean_error_with_nothing_left(tmp_path, monkeypatch):
+def test_disk_full_while_writing_shards_is_a_clean_error_with_nothing_left(world, tmp_path, monkeypatch):
     import errno
 
     from covid19_cxr_dataset import shards
     from covid19_cxr_dataset.errors import CxrDatasetError
-
-    world = make_world(tmp_path / "world")
 
     def full(self, row):
         raise OSError(errno.ENOSPC, "No space left on device")

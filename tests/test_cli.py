@@ -10,12 +10,6 @@ from click.testing import CliRunner
 from covid19_cxr_dataset.cli import main
 
 from loopback import LoopbackServer
-from synthetic import make_world
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return make_world(tmp_path_factory.mktemp("world"))
 
 
 @pytest.mark.parametrize("command", ["build", "plan", "manifests", "verify", "cite", "publish", "baseline", "audit"])

@@ -1270,10 +1270,9 @@ def test_real_fixture_jpegs_cover_grayscale_colour_and_progressive():
 # In a build: the conversion column, exclusions instead of crashes, byte-identical rebuilds
 
 
-def _build_world(tmp_path, fallback: str = "jpeg"):
-    from synthetic import COHEN, git_blob_sha1, make_world
-
-    world = make_world(tmp_path / "world")
+def _build_world(world, fallback: str = "jpeg"):
+    """``world`` (a fresh_world) with three Cohen films replaced by inputs the converter must refuse or decode."""
+    from synthetic import COHEN, git_blob_sha1
 
     def replace(path: str, data: bytes) -> None:
         world.served[f"/{COHEN[0]}/{COHEN[1]}/{path}"] = data
@@ -1304,10 +1303,10 @@ def _build(world, out: Path, cache: Path) -> dict:
         return build(manifest_module.load(world.manifest_dir), out, options)
 
 
-def test_build_records_each_images_conversion_and_excludes_what_it_cannot_convert(tmp_path):
+def test_build_records_each_images_conversion_and_excludes_what_it_cannot_convert(fresh_world, tmp_path):
     import pyarrow.parquet as pq
 
-    world = _build_world(tmp_path)
+    world = _build_world(fresh_world)
     report = _build(world, tmp_path / "out", tmp_path / "cache")
     reasons = {e["source_path"]: e["reason"] for e in report["exclusions"] if e["stage"] == "convert"}
     assert reasons == {"images/c9.jpg": "format-not-accepted", "images/c1-b.jpg": "image-too-large"}
@@ -1323,10 +1322,10 @@ def test_build_records_each_images_conversion_and_excludes_what_it_cannot_conver
     assert f"lossless-jpeg {counts['lossless-jpeg']}" in card and f"turbojpeg {report['conversions']['libraries']['turbojpeg']}" in card
 
 
-def test_two_builds_give_byte_identical_shards_with_png_fallback(tmp_path):
+def test_two_builds_give_byte_identical_shards_with_png_fallback(fresh_world, tmp_path):
     import datasets
 
-    world = _build_world(tmp_path, fallback="png")
+    world = _build_world(fresh_world, fallback="png")
     first = _build(world, tmp_path / "one", tmp_path / "cache-one")
     second = _build(world, tmp_path / "two", tmp_path / "cache-two")
     assert first["shards"] == second["shards"] and first["fingerprint"] == second["fingerprint"]

@@ -24,15 +24,15 @@ from covid19_cxr_dataset.verify import verify_release
 
 from loopback import LoopbackServer
 from release_factory import make_release
-from synthetic import CONFIG_EXPECTED, EXPECTED, KAGGLE_FILES, make_world
+from synthetic import CONFIG_EXPECTED, EXPECTED, KAGGLE_FILES
 
 # The only thing mlcroissant asks for that a reproducible build cannot give: a publication date.
 ALLOWED_WARNINGS = ("datePublished",)
 
 
-def _built(tmp_path_factory, configs: bool) -> Path:
-    root = tmp_path_factory.mktemp("croissant-configs" if configs else "croissant")
-    world = make_world(root / "world", configs=configs)
+def _built(world, tmp_path_factory, name: str) -> Path:
+    """A build of the shared synthetic ``world`` (conftest.py; read, never edited) into a folder of its own."""
+    root = tmp_path_factory.mktemp(name)
     with LoopbackServer(dict(world.served)) as server:
         options = Options(cache_dir=root / "cache", mirror=server.base_url, workers=2, progress=False,
                           kaggle_archive=world.kaggle_zip)
@@ -41,13 +41,13 @@ def _built(tmp_path_factory, configs: bool) -> Path:
 
 
 @pytest.fixture(scope="module")
-def with_configs(tmp_path_factory) -> Path:
-    return _built(tmp_path_factory, configs=True)
+def with_configs(configs_world, tmp_path_factory) -> Path:
+    return _built(configs_world, tmp_path_factory, "croissant-configs")
 
 
 @pytest.fixture(scope="module")
-def one_config(tmp_path_factory) -> Path:
-    return _built(tmp_path_factory, configs=False)
+def one_config(world, tmp_path_factory) -> Path:
+    return _built(world, tmp_path_factory, "croissant")
 
 
 def load(out: Path) -> mlcroissant.Dataset:

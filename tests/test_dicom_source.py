@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import textwrap
 
 import datasets
 import numpy as np
@@ -14,6 +13,7 @@ from covid19_cxr_dataset.build import Options, build
 
 from dicom_factory import make_dataset, to_bytes
 from loopback import LoopbackServer
+from synthetic import manifest_text
 
 
 def _dicom(seed: int, *, photometric="MONOCHROME2", frames=1) -> bytes:
@@ -38,26 +38,13 @@ def _manifest(folder, *, where: str) -> None:
         f"{p},{hashlib.sha256(d).hexdigest()},{label},{patient},PA" for p, label, patient, d in FILES
     ]
     (folder / "locks" / "dicom.csv").write_text("\n".join(rows) + "\n")
-    (folder / "manifest.yaml").write_text(textwrap.dedent(f"""\
-        schema_version: 1
-        name: hospital
-        version: 0.1.0
-        title: A DICOM-only variant
-        sources:
-          - name: hospital
-            kind: dicom
-            files: locks/dicom.csv
-            {where}
-            license: CC BY 4.0
-        filters: {{modalities: [X-ray], frontal_views: [PA], lateral_views: [L]}}
-        convert: {{quality: 90}}
-        split:
-          seed: s
-          rules: [{{method: patient-hash, test_images: 1}}]
-        expected_counts:
-          train: {{COVID-19: 2, Normal: 0, Pneumonia: 1}}
-          test: {{COVID-19: 0, Normal: 1, Pneumonia: 0}}
-        """))
+    (folder / "manifest.yaml").write_text(manifest_text(
+        name="hospital", version="0.1.0", title="A DICOM-only variant",
+        sources=f"- name: hospital\n  kind: dicom\n  files: locks/dicom.csv\n  {where}\n  license: CC BY 4.0",
+        filters="{modalities: [X-ray], frontal_views: [PA], lateral_views: [L]}", convert="{quality: 90}",
+        split="seed: s\nrules: [{method: patient-hash, test_images: 1}]",
+        expected_counts="train: {COVID-19: 2, Normal: 0, Pneumonia: 1}\ntest: {COVID-19: 0, Normal: 1, Pneumonia: 0}",
+    ))
 
 
 def _check(out, report):

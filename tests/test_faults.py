@@ -30,7 +30,7 @@ from covid19_cxr_dataset.cli import main
 from covid19_cxr_dataset.download import Downloader, FileSpec
 
 from loopback import LoopbackServer
-from synthetic import COHEN, EXPECTED, KAGGLE_DATASET, git_blob_sha1, make_world
+from synthetic import COHEN, EXPECTED, KAGGLE_DATASET, git_blob_sha1
 
 REPO = Path(__file__).resolve().parents[1]
 KAGGLE_PATH = f"/api/v1/datasets/download/{KAGGLE_DATASET}"
@@ -40,13 +40,8 @@ KAGGLE_PATH = f"/api/v1/datasets/download/{KAGGLE_DATASET}"
 
 
 @pytest.fixture
-def world(tmp_path):
-    return make_world(tmp_path / "world")
-
-
-@pytest.fixture
-def server(world):
-    with LoopbackServer(dict(world.served)) as running:
+def server(fresh_world):
+    with LoopbackServer(dict(fresh_world.served)) as running:
         yield running
 
 
@@ -112,11 +107,11 @@ def jpeg(seed: int) -> bytes:
 # ---- 1. --overwrite and --out ----------------------------------------------------------------------
 
 
-def test_overwrite_refuses_a_folder_that_is_not_a_release(world, server, tmp_path):
+def test_overwrite_refuses_a_folder_that_is_not_a_release(fresh_world, server, tmp_path):
     work = tmp_path / "thesis"
     work.mkdir()
     (work / "chapter1.tex").write_text("months of work")
-    result = cli(*build_args(world, server, tmp_path / "cache", work, "--overwrite"))
+    result = cli(*build_args(fresh_world, server, tmp_path / "cache", work, "--overwrite"))
     assert result.exit_code == 1
     assert f"--overwrite refuses to replace {work}" in result.output and "no build_report.json" in result.output
     assert (work / "chapter1.tex").read_text() == "months of work"
@@ -124,20 +119,20 @@ def test_overwrite_refuses_a_folder_that_is_not_a_release(world, server, tmp_pat
 
 
 @pytest.mark.parametrize("target", ["cache", "cache-parent", "manifest", "archive-folder", "inside-cache"])
-def test_overwrite_never_touches_the_cache_the_manifest_or_the_archive(world, server, tmp_path, target):
+def test_overwrite_never_touches_the_cache_the_manifest_or_the_archive(fresh_world, server, tmp_path, target):
     cache = tmp_path / "shared" / "cache"
     cache.mkdir(parents=True)
     (cache / "precious").write_text("verified downloads")
     out = {
         "cache": cache,
         "cache-parent": cache.parent,
-        "manifest": world.manifest_dir,
-        "archive-folder": world.kaggle_zip.parent,
+        "manifest": fresh_world.manifest_dir,
+        "archive-folder": fresh_world.kaggle_zip.parent,
         "inside-cache": cache / "release",
     }[target]
     fake_release(out)  # even a folder that looks like a release is refused when it holds an input
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    result = cli(*build_args(world, server, cache, out, "--overwrite"))
+    result = cli(*build_args(fresh_world, server, cache, out, "--overwrite"))
     assert result.exit_code == 1
     assert f"--out {out}" in result.output and "Choose another --out" in result.output
     assert any(word in result.output for word in (" is the ", " contains ", " is inside "))
@@ -145,23 +140,23 @@ def test_overwrite_never_touches_the_cache_the_manifest_or_the_archive(world, se
     assert server.requests == []
 
 
-def test_out_dot_and_out_under_a_file_fail_before_any_download(world, server, tmp_path):
+def test_out_dot_and_out_under_a_file_fail_before_any_download(fresh_world, server, tmp_path):
     here = tmp_path / "here"
     here.mkdir()
-    dot = cli(*build_args(world, server, tmp_path / "cache", Path(".")), cwd=here)
+    dot = cli(*build_args(fresh_world, server, tmp_path / "cache", Path(".")), cwd=here)
     assert dot.exit_code == 1 and "--out . is the current folder" in dot.output and "Pass e.g. --out ./tiny-0.0.1" in dot.output
     (tmp_path / "notes.txt").write_text("a file")
-    under_file = cli(*build_args(world, server, tmp_path / "cache", tmp_path / "notes.txt" / "release"))
+    under_file = cli(*build_args(fresh_world, server, tmp_path / "cache", tmp_path / "notes.txt" / "release"))
     assert under_file.exit_code == 1
     assert f"{tmp_path / 'notes.txt'} is a file, not a folder" in under_file.output
     assert server.requests == []
     assert not (tmp_path / "cache").exists()
 
 
-def test_overwrite_replaces_a_release_and_leaves_nothing_beside_it(world, server, tmp_path):
+def test_overwrite_replaces_a_release_and_leaves_nothing_beside_it(fresh_world, server, tmp_path):
     out = fake_release(tmp_path / "out")
     (out / "stale.parquet").write_bytes(b"old shard")
-    result = cli(*build_args(world, server, tmp_path / "cache", out, "--overwrite"))
+    result = cli(*build_args(fresh_world, server, tmp_path / "cache", out, "--overwrite"))
     assert result.exit_code == 0, result.output
     assert not (out / "stale.parquet").exists()
     assert json.loads((out / "build_report.json").read_text())["counts"] == EXPECTED
@@ -171,18 +166,18 @@ def test_overwrite_replaces_a_release_and_leaves_nothing_beside_it(world, server
 # ---- 2. concurrent builds, staging folders ---------------------------------------------------------
 
 
-def test_two_builds_of_one_out_at_the_same_time_only_one_writes(world, server, tmp_path):
+def test_two_builds_of_one_out_at_the_same_time_only_one_writes(fresh_world, server, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     slow_image = f"/{COHEN[0]}/{COHEN[1]}/images/c9.jpg"
     server.stall(slow_image, 2.5)  # holds the first build inside its downloads
     first = subprocess.Popen(
-        [sys.executable, "-m", "covid19_cxr_dataset.cli", *build_args(world, server, tmp_path / "cache-1", tmp_path / "out")],
+        [sys.executable, "-m", "covid19_cxr_dataset.cli", *build_args(fresh_world, server, tmp_path / "cache-1", tmp_path / "out")],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 120
     while not server.requests_for(slow_image) and time.monotonic() < deadline and first.poll() is None:
         time.sleep(0.05)
-    second = cli(*build_args(world, server, tmp_path / "cache-2", tmp_path / "out"))
+    second = cli(*build_args(fresh_world, server, tmp_path / "cache-2", tmp_path / "out"))
     stdout, stderr = first.communicate(timeout=300)
     assert first.returncode == 0 and f"wrote {tmp_path / 'out'}" in stdout, stderr
     assert second.exit_code == 1 and f"another build is writing {tmp_path / 'out'} right now" in second.output
@@ -191,20 +186,20 @@ def test_two_builds_of_one_out_at_the_same_time_only_one_writes(world, server, t
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
 
 
-def test_a_live_build_in_another_pid_namespace_keeps_its_staging_folder(world, server, tmp_path):
+def test_a_live_build_in_another_pid_namespace_keeps_its_staging_folder(fresh_world, server, tmp_path):
     # Another container's build: its PID (999999) does not exist here, but it holds the output lock.
     staging = tmp_path / ".out.partial-999999-abcd"
     staging.mkdir()
     (staging / staging_module.STAGING_MARKER).write_text("")
     (staging / "data").mkdir()
     with FileLock(str(tmp_path / ".out.lock")):
-        result = cli(*build_args(world, server, tmp_path / "cache", tmp_path / "out"))
+        result = cli(*build_args(fresh_world, server, tmp_path / "cache", tmp_path / "out"))
     assert result.exit_code == 1 and "another build is writing" in result.output
     assert (staging / "data").is_dir()
     assert server.requests == []
 
 
-def test_staging_left_by_a_build_killed_as_pid_1_is_removed_and_others_are_left_alone(world, server, tmp_path):
+def test_staging_left_by_a_build_killed_as_pid_1_is_removed_and_others_are_left_alone(fresh_world, server, tmp_path):
     dead = tmp_path / ".out.partial-1-abcd"  # PID 1 is alive here (init), yet that build is gone
     dead.mkdir()
     (dead / staging_module.STAGING_MARKER).write_text("")
@@ -212,7 +207,7 @@ def test_staging_left_by_a_build_killed_as_pid_1_is_removed_and_others_are_left_
     foreign = tmp_path / ".out.partial-2-notours"  # same pattern, but not a staging folder of this package
     foreign.mkdir()
     (foreign / "keep.txt").write_text("someone else's")
-    report = build(manifest_module.load(world.manifest_dir), tmp_path / "out", options(tmp_path, server, world))
+    report = build(manifest_module.load(fresh_world.manifest_dir), tmp_path / "out", options(tmp_path, server, fresh_world))
     assert report["counts"] == EXPECTED
     assert not dead.exists()
     assert (foreign / "keep.txt").read_text() == "someone else's"
@@ -222,14 +217,14 @@ def test_staging_left_by_a_build_killed_as_pid_1_is_removed_and_others_are_left_
 # ---- 4. nothing unpinned is trusted ----------------------------------------------------------------
 
 
-def test_an_html_page_for_the_kaggle_archive_is_refetched_once_then_refused(world, server, tmp_path, monkeypatch):
+def test_an_html_page_for_the_kaggle_archive_is_refetched_once_then_refused(fresh_world, server, tmp_path, monkeypatch):
     monkeypatch.setenv("KAGGLE_USERNAME", "someone")
     monkeypatch.setenv("KAGGLE_KEY", "0123456789abcdef0123456789abcdef")
     html = b"<!DOCTYPE html><html><body>Please log in</body></html>"
     server.corrupt(KAGGLE_PATH, html, times=2)
-    settings = options(tmp_path, server, world, kaggle_archive=None, kaggle_api=server.base_url)
+    settings = options(tmp_path, server, fresh_world, kaggle_archive=None, kaggle_api=server.base_url)
     with pytest.raises(errors.ArchiveError) as error:
-        build(manifest_module.load(world.manifest_dir), tmp_path / "out", settings)
+        build(manifest_module.load(fresh_world.manifest_dir), tmp_path / "out", settings)
     assert "downloaded twice but is not a zip archive" in str(error.value) and "HTML page" in str(error.value)
     assert "removed from the cache" in str(error.value) and "--kaggle-archive" in str(error.value)
     assert len(server.requests_for(KAGGLE_PATH)) == 2
@@ -239,7 +234,7 @@ def test_an_html_page_for_the_kaggle_archive_is_refetched_once_then_refused(worl
     # Once more with one bad answer (a page cached by an earlier run): discarded, fetched again, built.
     server.clear_requests()
     server.corrupt(KAGGLE_PATH, html, times=1)
-    report = build(manifest_module.load(world.manifest_dir), tmp_path / "out", settings)
+    report = build(manifest_module.load(fresh_world.manifest_dir), tmp_path / "out", settings)
     assert report["counts"] == EXPECTED
     assert len(server.requests_for(KAGGLE_PATH)) == 2
 
@@ -270,38 +265,38 @@ def test_a_body_beyond_the_cap_for_a_file_without_a_pinned_size_stops_early(loop
     assert [p.name for p in tmp_path.rglob("*") if p.is_file() and not p.name.endswith(".lock")] == []
 
 
-def test_archive_sha256_binds_a_kaggle_archive_given_by_hand(world, server, tmp_path):
-    edit_manifest(world, "archive_root: chest_xray", f"archive_root: chest_xray\n    archive_sha256: {'ab' * 32}")
-    result = cli(*build_args(world, server, tmp_path / "cache", tmp_path / "out"))
+def test_archive_sha256_binds_a_kaggle_archive_given_by_hand(fresh_world, server, tmp_path):
+    edit_manifest(fresh_world, "archive_root: chest_xray", f"archive_root: chest_xray\n    archive_sha256: {'ab' * 32}")
+    result = cli(*build_args(fresh_world, server, tmp_path / "cache", tmp_path / "out"))
     assert result.exit_code == 1
-    digest = hashlib.sha256(world.kaggle_zip.read_bytes()).hexdigest()
-    assert f"--kaggle-archive {world.kaggle_zip}: sha256 {digest}" in result.output
+    digest = hashlib.sha256(fresh_world.kaggle_zip.read_bytes()).hexdigest()
+    assert f"--kaggle-archive {fresh_world.kaggle_zip}: sha256 {digest}" in result.output
     assert f"pins archive_sha256 {'ab' * 32}" in result.output
     assert not (tmp_path / "out").exists()
 
 
-def test_kaggle_archive_that_is_a_device_is_refused_at_once(world, server, tmp_path):
-    result = cli(*build_args(world, server, tmp_path / "cache", tmp_path / "out")[:-2], "--kaggle-archive", "/dev/zero")
+def test_kaggle_archive_that_is_a_device_is_refused_at_once(fresh_world, server, tmp_path):
+    result = cli(*build_args(fresh_world, server, tmp_path / "cache", tmp_path / "out")[:-2], "--kaggle-archive", "/dev/zero")
     assert result.exit_code == 1
     assert "--kaggle-archive /dev/zero is a device, pipe or socket, not a regular file" in result.output
     assert server.requests == []
-    before = (world.manifest_dir / "locks" / "kaggle.csv").read_bytes()
-    pinning = cli("lock", "kaggle", "--manifest", str(world.manifest_dir), "--kaggle-archive", "/dev/zero")
+    before = (fresh_world.manifest_dir / "locks" / "kaggle.csv").read_bytes()
+    pinning = cli("lock", "kaggle", "--manifest", str(fresh_world.manifest_dir), "--kaggle-archive", "/dev/zero")
     assert pinning.exit_code == 1 and "is a device, pipe or socket" in pinning.output
-    assert (world.manifest_dir / "locks" / "kaggle.csv").read_bytes() == before
+    assert (fresh_world.manifest_dir / "locks" / "kaggle.csv").read_bytes() == before
 
 
 # ---- 5. the conversion cache -----------------------------------------------------------------------
 
 
-def test_replaced_or_emptied_conversion_cache_entries_are_converted_again(world, server, tmp_path):
-    first = build(manifest_module.load(world.manifest_dir), tmp_path / "a", options(tmp_path, server, world))
+def test_replaced_or_emptied_conversion_cache_entries_are_converted_again(fresh_world, server, tmp_path):
+    first = build(manifest_module.load(fresh_world.manifest_dir), tmp_path / "a", options(tmp_path, server, fresh_world))
     entries = sorted((tmp_path / "cache" / "converted").rglob("*.jpg"))
     assert len(entries) == sum(sum(c.values()) for c in EXPECTED.values())
     entries[0].write_bytes(b"")  # truncated to nothing
     entries[1].write_bytes(jpeg(7))  # replaced by another valid JPEG
     entries[2].write_bytes(entries[2].read_bytes()[:100])  # truncated
-    second = build(manifest_module.load(world.manifest_dir), tmp_path / "b", options(tmp_path, server, world))
+    second = build(manifest_module.load(fresh_world.manifest_dir), tmp_path / "b", options(tmp_path, server, fresh_world))
     assert second["fingerprint"] == first["fingerprint"]
     for path in entries[:3]:
         record = json.loads(path.with_name(path.name + ".json").read_text())
@@ -325,14 +320,14 @@ BILLION_LAUGHS = textwrap.dedent("""\
     """)
 
 
-def test_yaml_aliases_are_refused_in_manifest_card_and_recipe(world, tmp_path):
+def test_yaml_aliases_are_refused_in_manifest_card_and_recipe(fresh_world, tmp_path):
     from covid19_cxr_dataset.baseline.recipe import RecipeError, recipe_from_file
 
-    (world.manifest_dir / "manifest.yaml").write_text(BILLION_LAUGHS)
+    (fresh_world.manifest_dir / "manifest.yaml").write_text(BILLION_LAUGHS)
     started = time.monotonic()
-    result = cli("plan", "--manifest", str(world.manifest_dir))
+    result = cli("plan", "--manifest", str(fresh_world.manifest_dir))
     assert result.exit_code == 1
-    assert f"{world.manifest_dir / 'manifest.yaml'}: not valid YAML at line 2" in result.output
+    assert f"{fresh_world.manifest_dir / 'manifest.yaml'}: not valid YAML at line 2" in result.output
     assert "YAML aliases (*a) are not accepted" in result.output
 
     release = fake_release(tmp_path / "release")
@@ -359,10 +354,10 @@ def test_a_file_name_of_250_characters_is_fetched(loopback_server, tmp_path):
 
 
 @pytest.mark.parametrize("bad", ["../x.png", "/etc/passwd", "images/a\0b.png"], ids=["dotdot", "absolute", "nul"])
-def test_lock_rows_naming_paths_outside_the_source_are_refused(world, server, tmp_path, bad):
-    lock = world.manifest_dir / "locks" / "cohen.tsv"
+def test_lock_rows_naming_paths_outside_the_source_are_refused(fresh_world, server, tmp_path, bad):
+    lock = fresh_world.manifest_dir / "locks" / "cohen.tsv"
     lock.write_text(lock.read_text() + f"{bad}\t{'0' * 40}\t10\n")
-    result = cli("plan", *source_args(world, server, tmp_path / "cache"))
+    result = cli("plan", *source_args(fresh_world, server, tmp_path / "cache"))
     assert result.exit_code == 1
     assert f"{lock}:" in result.output and "is not a plain relative path" in result.output
     assert "fix the row" in result.output
@@ -374,8 +369,8 @@ def test_lock_rows_naming_paths_outside_the_source_are_refused(world, server, tm
     ("mirror.example.org/github", "its scheme is missing"),
     ("http://127.0.0.1:99999", "it cannot be parsed (Port out of range"),
 ])
-def test_unusable_mirror_values_are_one_clear_error(world, tmp_path, mirror, problem):
-    result = cli("plan", "--manifest", str(world.manifest_dir), "--mirror", mirror, "--cache-dir", str(tmp_path / "cache"), "-q")
+def test_unusable_mirror_values_are_one_clear_error(fresh_world, tmp_path, mirror, problem):
+    result = cli("plan", "--manifest", str(fresh_world.manifest_dir), "--mirror", mirror, "--cache-dir", str(tmp_path / "cache"), "-q")
     assert result.exit_code == 1
     assert f"--mirror {mirror!r} is not a usable base URL: {problem}" in result.output
     assert "Expected an absolute URL such as https://" in result.output
@@ -390,41 +385,41 @@ def test_a_redirect_to_an_unparseable_url_is_one_clear_error(loopback_server, tm
     assert "Invalid IPv6 URL" in str(error.value) and "use another mirror" in str(error.value)
 
 
-def test_an_empty_lock_file_is_one_clear_error(world, server, tmp_path):
-    lock = world.manifest_dir / "locks" / "figure1.tsv"
+def test_an_empty_lock_file_is_one_clear_error(fresh_world, server, tmp_path):
+    lock = fresh_world.manifest_dir / "locks" / "figure1.tsv"
     lock.write_text("")
-    result = cli("plan", *source_args(world, server, tmp_path / "cache"))
+    result = cli("plan", *source_args(fresh_world, server, tmp_path / "cache"))
     assert result.exit_code == 1
     assert f"{lock}: the lock file is empty" in result.output and "cxr-dataset lock github" in result.output
 
 
-def test_an_unknown_or_wrong_metadata_encoding_is_one_clear_error(world, server, tmp_path):
-    edit_manifest(world, "{path: metadata.csv, encoding: iso-8859-1, layout: chung}\n    image_folder: images\n    lock: locks/figure1.tsv",
+def test_an_unknown_or_wrong_metadata_encoding_is_one_clear_error(fresh_world, server, tmp_path):
+    edit_manifest(fresh_world, "{path: metadata.csv, encoding: iso-8859-1, layout: chung}\n    image_folder: images\n    lock: locks/figure1.tsv",
                   "{path: metadata.csv, encoding: klingon, layout: chung}\n    image_folder: images\n    lock: locks/figure1.tsv")
-    result = cli("plan", *source_args(world, server, tmp_path / "cache"))
+    result = cli("plan", *source_args(fresh_world, server, tmp_path / "cache"))
     assert result.exit_code == 1
     assert "metadata encoding 'klingon'" in result.output and "use e.g. utf-8 or iso-8859-1" in result.output
-    edit_manifest(world, "encoding: klingon", "encoding: utf-8")
-    edit_manifest(world, "{path: metadata.csv, encoding: iso-8859-1, layout: chung}", "{path: metadata.csv, encoding: utf-8, layout: chung}")
-    result = cli("plan", *source_args(world, server, tmp_path / "cache"))
+    edit_manifest(fresh_world, "encoding: klingon", "encoding: utf-8")
+    edit_manifest(fresh_world, "{path: metadata.csv, encoding: iso-8859-1, layout: chung}", "{path: metadata.csv, encoding: utf-8, layout: chung}")
+    result = cli("plan", *source_args(fresh_world, server, tmp_path / "cache"))
     assert result.exit_code == 1
     assert "the metadata table is not utf-8 text (byte 0xe9" in result.output
     assert "set the manifest's metadata.encoding" in result.output
 
 
-def test_a_latin_1_manifest_is_one_clear_error(world):
-    path = world.manifest_dir / "manifest.yaml"
+def test_a_latin_1_manifest_is_one_clear_error(fresh_world):
+    path = fresh_world.manifest_dir / "manifest.yaml"
     path.write_bytes(path.read_bytes().replace(b"title: Tiny", "title: Tiny caf\u00e9".encode("latin-1")))
-    result = cli("plan", "--manifest", str(world.manifest_dir))
+    result = cli("plan", "--manifest", str(fresh_world.manifest_dir))
     assert result.exit_code == 1
     assert f"{path}: not valid YAML: not UTF-8 text (byte 0xe9" in result.output and "save the file as UTF-8" in result.output
 
 
 @pytest.mark.parametrize("which", ["decisions/views.csv", "locks/kaggle.csv"])
-def test_an_unbalanced_quote_in_a_csv_list_is_one_clear_error(world, server, tmp_path, which):
-    path = world.manifest_dir / which
+def test_an_unbalanced_quote_in_a_csv_list_is_one_clear_error(fresh_world, server, tmp_path, which):
+    path = fresh_world.manifest_dir / which
     path.write_text(path.read_text() + '"figure1,images/COVID-00009.jpg,PA,unclosed\n')
-    result = cli("plan", *source_args(world, server, tmp_path / "cache"))
+    result = cli("plan", *source_args(fresh_world, server, tmp_path / "cache"))
     assert result.exit_code == 1
     assert f"{path}: not valid CSV" in result.output and "unbalanced double quote" in result.output
 
@@ -452,25 +447,25 @@ def _read_only(folder: Path):
     return lambda: subprocess.run(["umount", str(folder)], check=True)
 
 
-def test_a_read_only_cache_builds_offline_and_fails_clearly_when_files_are_missing(world, server, tmp_path):
+def test_a_read_only_cache_builds_offline_and_fails_clearly_when_files_are_missing(fresh_world, server, tmp_path):
     cache = tmp_path / "cache"
-    first = build(manifest_module.load(world.manifest_dir), tmp_path / "a", options(tmp_path, server, world))
+    first = build(manifest_module.load(fresh_world.manifest_dir), tmp_path / "a", options(tmp_path, server, fresh_world))
     restore = _read_only(cache)
     try:
         with pytest.raises(OSError):
             (cache / "probe").write_text("")
-        result = cli(*build_args(world, server, cache, tmp_path / "b", "--offline"))
+        result = cli(*build_args(fresh_world, server, cache, tmp_path / "b", "--offline"))
         assert result.exit_code == 0, result.output
         assert json.loads((tmp_path / "b" / "build_report.json").read_text())["fingerprint"] == first["fingerprint"]
         # A file the read-only cache lacks: one clear error naming the cache and the fix.
         extra = jpeg(3)
-        edit_manifest(world, "version: 0.0.1", "version: 0.0.2")
+        edit_manifest(fresh_world, "version: 0.0.1", "version: 0.0.2")
         server.add(f"/{COHEN[0]}/{COHEN[1]}/images/c9.jpg", extra)
-        lock = world.manifest_dir / "locks" / "cohen.tsv"
+        lock = fresh_world.manifest_dir / "locks" / "cohen.tsv"
         lock.write_text("\n".join(
             f"images/c9.jpg\t{git_blob_sha1(extra)}\t{len(extra)}" if line.startswith("images/c9.jpg\t") else line
             for line in lock.read_text().splitlines()) + "\n")
-        result = cli(*build_args(world, server, cache, tmp_path / "c"))
+        result = cli(*build_args(fresh_world, server, cache, tmp_path / "c"))
         assert result.exit_code == 1
         assert f"the cache dir {cache} is not writable" in result.output and "pass --cache-dir" in result.output.lower()
         assert not (tmp_path / "c").exists()
@@ -513,21 +508,21 @@ def test_netrc_credentials_for_the_mirror_are_not_sent(loopback_server, tmp_path
     assert "authorization" not in loopback_server.requests_for("/a.bin")[0].headers
 
 
-def test_report_paths_are_relative_to_the_cache(world, server, tmp_path):
-    truncated = world.served[f"/{COHEN[0]}/{COHEN[1]}/images/c9.jpg"][:400]
+def test_report_paths_are_relative_to_the_cache(fresh_world, server, tmp_path):
+    truncated = fresh_world.served[f"/{COHEN[0]}/{COHEN[1]}/images/c9.jpg"][:400]
     server.add(f"/{COHEN[0]}/{COHEN[1]}/images/c9.jpg", truncated)
-    lock = world.manifest_dir / "locks" / "cohen.tsv"
+    lock = fresh_world.manifest_dir / "locks" / "cohen.tsv"
     lock.write_text("\n".join(
         f"images/c9.jpg\t{git_blob_sha1(truncated)}\t{len(truncated)}" if line.startswith("images/c9.jpg\t") else line
         for line in lock.read_text().splitlines()) + "\n")
-    edit_manifest(world, "train: {COVID-19: 10,", "train: {COVID-19: 9,")
-    build(manifest_module.load(world.manifest_dir), tmp_path / "out", options(tmp_path, server, world))
+    edit_manifest(fresh_world, "train: {COVID-19: 10,", "train: {COVID-19: 9,")
+    build(manifest_module.load(fresh_world.manifest_dir), tmp_path / "out", options(tmp_path, server, fresh_world))
     text = (tmp_path / "out" / "build_report.json").read_text()
     detail = next(e["detail"] for e in json.loads(text)["exclusions"] if e["source_path"] == "images/c9.jpg")
     assert "<cache>/github/" in detail and str(tmp_path) not in text
 
 
-def test_ctrl_c_after_the_release_is_in_place_exits_0(world, server, tmp_path, monkeypatch):
+def test_ctrl_c_after_the_release_is_in_place_exits_0(fresh_world, server, tmp_path, monkeypatch):
     original = staging_module.move_into_place
 
     def move_then_interrupt(staging, out):
@@ -535,7 +530,7 @@ def test_ctrl_c_after_the_release_is_in_place_exits_0(world, server, tmp_path, m
         raise KeyboardInterrupt
 
     monkeypatch.setattr(staging_module, "move_into_place", move_then_interrupt)
-    result = cli(*build_args(world, server, tmp_path / "cache", tmp_path / "out"))
+    result = cli(*build_args(fresh_world, server, tmp_path / "cache", tmp_path / "out"))
     assert result.exit_code == 0, result.output
     assert "wrote" in result.output
     assert json.loads((tmp_path / "out" / "build_report.json").read_text())["counts"] == EXPECTED
@@ -547,5 +542,5 @@ def test_ctrl_c_after_the_release_is_in_place_exits_0(world, server, tmp_path, m
         raise KeyboardInterrupt
 
     monkeypatch.setattr(report_module, "summary", interrupted_summary)  # what `build` prints once the release is in place
-    again = cli(*build_args(world, server, tmp_path / "cache", tmp_path / "out2"))
+    again = cli(*build_args(fresh_world, server, tmp_path / "cache", tmp_path / "out2"))
     assert again.exit_code == 0 and (tmp_path / "out2" / "build_report.json").is_file()

@@ -10,6 +10,8 @@ import pytest
 from covid19_cxr_dataset import filters, manifest as manifest_module, split
 from covid19_cxr_dataset.records import new_record_table
 
+from synthetic import manifest_text
+
 
 def _manifest(tmp_path, *, configs: str = "", quota: str = "", decisions: dict[str, str] | None = None):
     folder = tmp_path / "m"
@@ -19,29 +21,26 @@ def _manifest(tmp_path, *, configs: str = "", quota: str = "", decisions: dict[s
     for kind, text in (decisions or {}).items():
         (folder / "decisions" / f"{kind}.csv").write_text(textwrap.dedent(text))
         names[kind] = f"decisions/{kind}.csv"
-    counts = "expected_counts:\n  train: {COVID-19: 1}\n" if not configs else configs
-    decision_lines = "".join(f"    {k}: {v}\n" for k, v in names.items())
-    (folder / "manifest.yaml").write_text(
-        "schema_version: 1\nname: t\nversion: 0.0.1\ntitle: t\n"
-        "sources:\n"
-        "  - {name: a, kind: dicom, files: files.csv, license: x}\n"
-        "  - {name: b, kind: dicom, files: files.csv, license: x}\n"
-        "filters:\n  modalities: [X-ray]\n  frontal_views: [PA, AP]\n  lateral_views: [L]\n  exact_duplicates: true\n"
-        + (f"  decisions:\n{decision_lines}" if names else "") + quota
-        + "convert: {quality: 95}\nsplit:\n  seed: s\n  rules:\n    - {method: patient-hash, test_images: 2}\n" + counts
-    )
+    decision_lines = "".join(f"  {k}: {v}\n" for k, v in names.items())
+    filters = ("modalities: [X-ray]\nfrontal_views: [PA, AP]\nlateral_views: [L]\nexact_duplicates: true\n"
+               + (f"decisions:\n{decision_lines}" if names else "") + quota)
+    (folder / "manifest.yaml").write_text(manifest_text(
+        name="t", version="0.0.1", title="t",
+        sources="- {name: a, kind: dicom, files: files.csv, license: x}\n- {name: b, kind: dicom, files: files.csv, license: x}",
+        filters=filters, convert="{quality: 95}", split="seed: s\nrules:\n  - {method: patient-hash, test_images: 2}",
+        **({"configs": configs} if configs else {"expected_counts": "train: {COVID-19: 1}"}),
+    ))
     return manifest_module.load(folder)
 
 
 PAPER_CURATED = """\
-configs:
-  paper:
-    default: true
-    flag_instead_of_excluding: [annotation-text, duplicate-near, duplicate-exact, not-reviewed]
-    expected_counts: {train: {COVID-19: 1}}
-  curated:
-    leave_out_flagged: true
-    expected_counts: {train: {COVID-19: 1}}
+paper:
+  default: true
+  flag_instead_of_excluding: [annotation-text, duplicate-near, duplicate-exact, not-reviewed]
+  expected_counts: {train: {COVID-19: 1}}
+curated:
+  leave_out_flagged: true
+  expected_counts: {train: {COVID-19: 1}}
 """
 
 
@@ -136,7 +135,7 @@ def test_kaggle_decisions_may_name_paths_inside_the_archive_root(tmp_path):
 
 
 def test_quota_keeps_the_documented_order(tmp_path):
-    manifest = _manifest(tmp_path, quota="  quota:\n    COVID-19: {keep: 2, order: ['source:b,a', source_path]}\n")
+    manifest = _manifest(tmp_path, quota="quota:\n  COVID-19: {keep: 2, order: ['source:b,a', source_path]}\n")
     table = _rows(("a", "1.png", "1"), ("a", "0.png", "2"), ("b", "9.png", "3"), ("a", "2.png", "4"))
     kept, excluded = filters.apply_quota(manifest, table)
     assert list(kept["source_path"]) == ["0.png", "9.png"]

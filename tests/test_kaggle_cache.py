@@ -14,14 +14,9 @@ from covid19_cxr_dataset.errors import ArchiveError
 from covid19_cxr_dataset.release import read_report
 
 from loopback import LoopbackServer
-from synthetic import KAGGLE_FILES, make_world
+from synthetic import KAGGLE_FILES
 
 TRAIN_NORMAL = "chest_xray/{}/{}/{}".format(*KAGGLE_FILES[0][:3])
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return make_world(tmp_path_factory.mktemp("world"))
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,11 @@ from covid19_cxr_dataset.cli import main
 from covid19_cxr_dataset.errors import CxrDatasetError
 
 from loopback import LoopbackServer
-from synthetic import KAGGLE_FILES, make_world
+from synthetic import KAGGLE_FILES
 
 
-def test_recorded_kaggle_checksums_verify_the_next_build(tmp_path):
-    world = make_world(tmp_path / "world")
+def test_recorded_kaggle_checksums_verify_the_next_build(fresh_world, tmp_path):
+    world = fresh_world  # `lock kaggle` writes its locks
     result = CliRunner().invoke(main, ["lock", "kaggle", "--manifest", str(world.manifest_dir), "--kaggle-archive", str(world.kaggle_zip)])
     assert result.exit_code == 0, result.output
     files = pd.read_csv(world.manifest_dir / "locks" / "kaggle.csv", dtype=str)
@@ -45,8 +45,8 @@ def test_recorded_kaggle_checksums_verify_the_next_build(tmp_path):
             build(manifest_module.load(world.manifest_dir), tmp_path / "out2", options)
 
 
-def test_lock_kaggle_never_replaces_an_existing_pin_silently(tmp_path):
-    world = make_world(tmp_path / "world")
+def test_lock_kaggle_never_replaces_an_existing_pin_silently(fresh_world, tmp_path):
+    world = fresh_world  # `lock kaggle` writes its locks
     lock = ["lock", "kaggle", "--manifest", str(world.manifest_dir)]
     assert CliRunner().invoke(main, [*lock, "--kaggle-archive", str(world.kaggle_zip)]).exit_code == 0
     pinned = (world.manifest_dir / "locks" / "kaggle.csv").read_bytes()

@@ -15,18 +15,13 @@ from covid19_cxr_dataset.download import Downloader, FileSpec, git_blob_sha1
 from covid19_cxr_dataset.errors import DownloadError, MissingUpstreamFiles
 
 from loopback import LoopbackServer
-from synthetic import COHEN, EXPECTED, FIGURE1, make_world
+from synthetic import COHEN, EXPECTED, FIGURE1
 
 ABSENT = {  # what a partial mirror lacks: two Cohen files (train) and one Figure1 file
     f"/{COHEN[0]}/{COHEN[1]}/images/c2.png": ("cohen", "images/c2.png"),
     f"/{COHEN[0]}/{COHEN[1]}/images/c9.jpg": ("cohen", "images/c9.jpg"),
     f"/{FIGURE1[0]}/{FIGURE1[1]}/images/COVID-00002b.png": ("figure1", "images/COVID-00002b.png"),
 }
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return make_world(tmp_path_factory.mktemp("world"))
 
 
 @pytest.fixture

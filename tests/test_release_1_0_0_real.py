@@ -192,16 +192,23 @@ def fixture_variant(real_fixtures, release, tmp_path_factory):
 FIXTURE_COUNTS = {"train": {"COVID-19": 9, "Normal": 5, "Pneumonia": 9}, "test": {"COVID-19": 4, "Normal": 8, "Pneumonia": 8}}
 
 
-def test_build_from_the_real_images(fixture_variant, server, tmp_path):
+@pytest.fixture(scope="module")
+def fixture_build(fixture_variant, server, tmp_path_factory):
+    """The fixture variant built from the real images: (release folder, build report)."""
     folder, archive = fixture_variant
-    options = Options(cache_dir=tmp_path / "cache", mirror=server.base_url, workers=2, progress=False, kaggle_archive=archive)
-    report = build(manifest_module.load(folder), tmp_path / "out", options)
+    root = tmp_path_factory.mktemp("fixture-build")
+    options = Options(cache_dir=root / "cache", mirror=server.base_url, workers=2, progress=False, kaggle_archive=archive)
+    return root / "out", build(manifest_module.load(folder), root / "out", options)
+
+
+def test_build_from_the_real_images(fixture_build):
+    out, report = fixture_build
     assert report["checks"]["unverified_files"] == 0  # GitHub files by blob id, Kaggle files by sha256
     assert report["checks"]["near_duplicate_pairs_across_splits"] == []
     assert {name: c["counts"] for name, c in report["configs"].items()} == {"paper": FIXTURE_COUNTS, "curated": FIXTURE_COUNTS}
-    assert verify_release(tmp_path / "out").ok
-    loaded = datasets.load_dataset(str(tmp_path / "out"))
-    curated = datasets.load_dataset(str(tmp_path / "out"), "curated")
+    assert verify_release(out).ok
+    loaded = datasets.load_dataset(str(out))
+    curated = datasets.load_dataset(str(out), "curated")
     # no fixture image carries a flag in the real decisions, so curated holds the same rows here
     assert {s: sorted(curated[s]["source_path"]) for s in curated} == {s: sorted(loaded[s]["source_path"]) for s in loaded}
     rows = {r["source_path"]: r for split in loaded for r in loaded[split]}
@@ -211,7 +218,7 @@ def test_build_from_the_real_images(fixture_variant, server, tmp_path):
     assert palette["license"] == "" and rows["images/COVID-00001.jpg"]["patient_id"] == "figure1:COVID-00001"
     assert {r["source"] for r in rows.values()} == {"cohen", "figure1", "actualmed", "kaggle"}
     # croissant.json: mlcroissant reads every configuration back, split by split, class by class
-    assert croissant_counts(tmp_path / "out", ["paper", "curated"]) == {"paper": FIXTURE_COUNTS, "curated": FIXTURE_COUNTS}
+    assert croissant_counts(out, ["paper", "curated"]) == {"paper": FIXTURE_COUNTS, "curated": FIXTURE_COUNTS}
 
 
 def croissant_counts(out: Path, configs: list[str]) -> dict[str, dict[str, dict[str, int]]]:
@@ -267,6 +274,28 @@ def test_the_card_of_release_1_0_0_is_small_and_links_its_unpinned_files(real_si
     assert "Kermany et al. describe paediatric patients" in card  # what the sources did, from the manifest
     assert croissant_counts(out, ["paper", "curated"]) == {
         name: manifest_module.load(RELEASE).config(name).expected_counts for name in ("paper", "curated")}
+
+
+def test_fast_probes_on_the_real_images(fixture_build):
+    """The fast shortcut probes read real pixels and real file formats; with 4 COVID-19 and 8 Normal and
+    Pneumonia test films no probe may flag anything, and the card says why, whatever the AUC."""
+    from covid19_cxr_dataset.baseline.linear_probes import fast_probes, read_probe_table
+    from covid19_cxr_dataset.evidence import shortcut_markdown
+    from covid19_cxr_dataset.release import shard_paths
+
+    out, _ = fixture_build
+    train, test = (read_probe_table(shard_paths(out / "data", split)) for split in ("train", "test"))
+    results = fast_probes(train, test, seed=42)
+    metadata = results["metadata"]["feature_groups"]
+    assert metadata["file format"]["features"] == ["format=jpeg", "format=png"]  # Cohen's PNGs beside the JPEGs
+    assert {"conversion=lossless-jpeg", "conversion=normalized-png"} <= set(metadata["bit depth and encoding"]["features"])
+    for name in ("linear-film", "linear-border", "linear-lung", "linear-corners", "metadata"):
+        support = {cls: row["support"] for cls, row in results[name]["per_class"]["classes"].items()}
+        assert support == FIXTURE_COUNTS["test"], name
+        assert results[name]["separated_classes"] == [], name
+    assert set(results["linear-holdout"]["sources"]) == {"actualmed", "cohen", "figure1"}
+    section = shortcut_markdown({"dataset": {"fingerprint": "real-fixtures"}, "metrics": {}, "probes": results})
+    assert "Too few test images to flag COVID-19 (4), Normal (8), Pneumonia (8): at least 10 on each side" in section
 
 
 def test_plan_command_prints_both_configurations_matching(server, tmp_path):

@@ -17,25 +17,20 @@ from covid19_cxr_dataset.plan import plan_document
 from covid19_cxr_dataset.verify import verify_release
 
 from loopback import LoopbackServer
-from synthetic import CONFIG_DUPLICATE_OF, CONFIG_EXPECTED, CONFIG_FLAGS, make_world
+from synthetic import CONFIG_DUPLICATE_OF, CONFIG_EXPECTED, CONFIG_FLAGS
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return make_world(tmp_path_factory.mktemp("world"), configs=True)
-
-
-@pytest.fixture(scope="module")
-def server(world):
-    with LoopbackServer(dict(world.served)) as running:
+def server(configs_world):
+    with LoopbackServer(dict(configs_world.served)) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-def built(world, server, tmp_path_factory):
+def built(configs_world, server, tmp_path_factory):
     root = tmp_path_factory.mktemp("built")
-    options = Options(cache_dir=root / "cache", mirror=server.base_url, workers=2, progress=False, kaggle_archive=world.kaggle_zip)
-    report = build(manifest_module.load(world.manifest_dir), root / "out", options)
+    options = Options(cache_dir=root / "cache", mirror=server.base_url, workers=2, progress=False, kaggle_archive=configs_world.kaggle_zip)
+    report = build(manifest_module.load(configs_world.manifest_dir), root / "out", options)
     return root / "out", report, options
 
 
@@ -109,12 +104,12 @@ def test_card_declares_both_configurations_over_shared_shards(built):
     assert verify_release(out).ok
 
 
-def test_pixel_duplicates_found_at_build_time_are_flagged_not_dropped(built, world, server, tmp_path):
+def test_pixel_duplicates_found_at_build_time_are_flagged_not_dropped(built, configs_world, server, tmp_path):
     out, report, options = built
     flagged = {f"{r['source']}:{r['source_path']}": r for r in report["flagged"]}
     assert flagged["actualmed:images/CR.5.1.png"]["duplicate_of"] == "actualmed:images/CR.1.1.png"
     # plan (metadata only) cannot see it: its curated counts have one COVID-19 and one Normal image more
-    resolution = plan(manifest_module.load(world.manifest_dir), options)
+    resolution = plan(manifest_module.load(configs_world.manifest_dir), options)
     assert resolution.counts("paper") == CONFIG_EXPECTED["paper"]
     document = plan_document(resolution)
     assert document["configs"]["paper"]["matches"] is True and document["configs"]["curated"]["matches"] is False
@@ -155,14 +150,34 @@ def test_fingerprint_of_one_configuration_and_its_shards(built):
     assert len(release_format.config_shard_paths(out, "paper", "train")) == 2
 
 
-def test_plan_prints_the_counts_to_record_when_a_configuration_differs(world, server, tmp_path):
+def test_plan_prints_the_counts_to_record_when_a_configuration_differs(configs_world, server, tmp_path):
     from click.testing import CliRunner
 
     from covid19_cxr_dataset.cli import main
 
-    result = CliRunner().invoke(main, ["plan", "--manifest", str(world.manifest_dir), "--mirror", server.base_url,
+    result = CliRunner().invoke(main, ["plan", "--manifest", str(configs_world.manifest_dir), "--mirror", server.base_url,
                                        "--cache-dir", str(tmp_path), "-q"])
     assert result.exit_code == 2  # metadata cannot see the pixel and byte copies the build finds
     assert result.output.count("counts match the manifest") == 1  # paper
     assert "COUNTS DIFFER: curated: train/COVID-19: expected 9, got 10; curated: train/Normal: expected 2, got 3" in result.output
     assert "configs.curated.expected_counts:\n    train: {COVID-19: 10, Normal: 3, Pneumonia: 4}\n    test: {COVID-19: 2, Normal: 3, Pneumonia: 2}" in result.output
+
+
+def test_the_release_factory_writes_the_report_the_build_writes(built, tmp_path):
+    """tests/release_factory.py (and benchmarks/synthetic_release.py through it) write build_report.json
+    with the build's own assembly: the same keys at every level as this build's report; a release
+    from before configurations lacks only the two keys configurations added."""
+    from covid19_cxr_dataset.release import read_report
+    from release_factory import make_release
+
+    _, report, _ = built
+
+    def keys(data: dict) -> dict:
+        return {"top": set(data), "checks": set(data["checks"]), "card": set(data["card"]),
+                "conversions": set(data["conversions"]), "card.variant": set(data["card"]["variant"]),
+                "configs": {name: set(c) for name, c in data.get("configs", {}).items()}}
+
+    made = read_report(make_release(tmp_path / "configs", per_class={"train": 4, "test": 4}, size=(16, 16), configs=True))
+    assert keys(made) == keys(report)
+    legacy = read_report(make_release(tmp_path / "legacy", per_class={"train": 1, "test": 1}, size=(16, 16)))
+    assert keys(legacy) == {**keys(report), "top": set(report) - {"configs", "default_config"}, "configs": {}}

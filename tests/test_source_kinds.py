@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,8 @@ from covid19_cxr_dataset.build import Options, build, plan
 from covid19_cxr_dataset.errors import CxrDatasetError, ManifestError
 from covid19_cxr_dataset.records import new_record_table
 from covid19_cxr_dataset.sources.base import Source, section_schema
+
+from synthetic import manifest_text
 
 @dataclass(frozen=True)
 class FolderSource(Source):
@@ -79,20 +80,13 @@ def _manifest(root: Path) -> Path:
         (images / path).write_bytes(data)
         rows.append(f"{path},{label},{patient},{hashlib.sha256(data).hexdigest()}")
     (folder / "files.csv").write_text("\n".join(rows) + "\n")
-    (folder / "manifest.yaml").write_text(textwrap.dedent(f"""\
-        schema_version: 1
-        name: folder-kind
-        version: 0.1.0
-        title: A release from a new source kind
-        sources:
-          - {{name: clinic, kind: folder, files: files.csv, folder: {images}, license: CC0-1.0}}
-        filters: {{modalities: [X-ray], frontal_views: [PA], lateral_views: [L]}}
-        convert: {{quality: 90}}
-        split: {{seed: s, rules: [{{method: patient-hash, test_images: 1}}]}}
-        expected_counts:
-          train: {{COVID-19: 1, Normal: 1, Pneumonia: 1}}
-          test: {{COVID-19: 0, Normal: 1, Pneumonia: 0}}
-        """))
+    (folder / "manifest.yaml").write_text(manifest_text(
+        name="folder-kind", version="0.1.0", title="A release from a new source kind",
+        sources=f"- {{name: clinic, kind: folder, files: files.csv, folder: {images}, license: CC0-1.0}}",
+        filters="{modalities: [X-ray], frontal_views: [PA], lateral_views: [L]}", convert="{quality: 90}",
+        split="{seed: s, rules: [{method: patient-hash, test_images: 1}]}",
+        expected_counts="train: {COVID-19: 1, Normal: 1, Pneumonia: 1}\ntest: {COVID-19: 0, Normal: 1, Pneumonia: 0}",
+    ))
     return folder
 
 

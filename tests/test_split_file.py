@@ -21,7 +21,7 @@ from covid19_cxr_dataset.release import read_report, read_row_table
 from covid19_cxr_dataset.split import ASSIGNMENT_COLUMNS, read_assignment
 
 from loopback import LoopbackServer
-from synthetic import ACTUALMED, COHEN, FIGURE1, make_world
+from synthetic import ACTUALMED, COHEN, FIGURE1
 
 REPOS = {"cohen": COHEN, "figure1": FIGURE1, "actualmed": ACTUALMED}
 
@@ -58,8 +58,9 @@ def test_a_bundled_split_file_holds_exactly_each_configurations_expected_counts(
 # ---- the synthetic world: a release whose build finds pixel duplicates -----------------------------
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return make_world(tmp_path_factory.mktemp("world"), configs=True)
+def world(configs_world):
+    """The configurations world (conftest.py; shared, read-only): 1.0.0's shape, with a pixel duplicate."""
+    return configs_world
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,9 @@ from covid19_cxr_dataset.cli import main
 from covid19_cxr_dataset.errors import CxrDatasetError, MissingUpstreamFiles
 
 from loopback import LoopbackServer
-from synthetic import COHEN, EXPECTED, make_world
+from synthetic import COHEN, EXPECTED
 
 ABSENT = {f"/{COHEN[0]}/{COHEN[1]}/images/c2.png", f"/{COHEN[0]}/{COHEN[1]}/images/c9.jpg"}
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return make_world(tmp_path_factory.mktemp("world"))
 
 
 @pytest.fixture

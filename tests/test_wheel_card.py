@@ -18,7 +18,6 @@ from covid19_cxr_dataset.build import Options, build
 from covid19_cxr_dataset.release import read_report
 
 from loopback import LoopbackServer
-from synthetic import make_world
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 
@@ -72,8 +71,8 @@ def test_the_wheel_ships_every_file_of_the_bundled_release_and_gives_the_same_ca
     assert from_wheel["evidence"] == evidence.card_section(report, release.folder / evidence.CERTIFICATES_FOLDER)
 
 
-def test_a_release_built_from_the_wheel_has_the_checkouts_card_byte_for_byte(wheel_site, tmp_path):
-    world = make_world(tmp_path / "world")
+def test_a_release_built_from_the_wheel_has_the_checkouts_card_byte_for_byte(fresh_world, wheel_site, tmp_path):
+    world = fresh_world  # a certificate is committed in its manifest folder below
     with LoopbackServer(dict(world.served)) as server:
         options = Options(cache_dir=tmp_path / "cache", mirror=server.base_url, workers=1, progress=False, kaggle_archive=world.kaggle_zip)
         build(manifest_module.load(world.manifest_dir), tmp_path / "checkout-build", options)

@@ -392,6 +392,28 @@ def test_certificate_has_every_field_with_sane_values(tiny_run):
     assert len((out / "predictions.csv").read_text(encoding="utf-8").splitlines()) == 31
 
 
+def test_every_batch_is_trained_exactly_once_per_epoch(tmp_path):
+    """Keras is handed one epoch at a time; the optimizer's step count shows that no batch was dropped or
+    repeated (Keras's PyDataset with several workers loses batches of the first epoch on JAX)."""
+    keras = needs_keras()
+    from covid19_cxr_dataset.baseline.data import load_release
+    from covid19_cxr_dataset.baseline.model import build_model_from_recipe, build_training_model
+    from covid19_cxr_dataset.baseline.recipe import recipe_from_values
+    from covid19_cxr_dataset.baseline.train import compile_model, train
+
+    values = tiny_recipe_values()
+    values["training"].update(epochs=2, learning_rate={"values": [3e-3, 1e-3], "boundaries": [1]})
+    recipe = recipe_from_values(values, source="test")
+    arrays = load_release(make_release(tmp_path / "release", per_class={"train": 7, "test": 2}, size=(40, 40)), recipe)
+    keras.utils.set_random_seed(1)
+    model = compile_model(build_training_model(build_model_from_recipe(recipe), recipe), recipe)
+    history = train(model, arrays, recipe, seed=1)
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 2 * 3  # 2 epochs of 3 batches (8, 8, 5)
+    assert [row["learning_rate"] for row in history] == [3e-3, 1e-3]
+    assert model.count_params() == model.network.count_params()  # the wrapper adds no weights
+    keras.backend.clear_session()
+
+
 @pytest.mark.parametrize("tamper", [tamper_label, tamper_image])
 def test_release_that_does_not_match_its_fingerprint_is_refused(tmp_path, tamper):
     needs_keras()

@@ -341,24 +341,6 @@ def test_run_options_that_cannot_run_are_refused_before_any_work(release, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
-def test_every_batch_is_trained_exactly_once_per_epoch(release):
-    """Keras is handed one epoch at a time; the optimizer's step count shows that no batch was dropped or
-    repeated (Keras's PyDataset with several workers loses batches of the first epoch on some backends)."""
-    keras = needs_keras()
-    from covid19_cxr_dataset.baseline.model import build_model_from_recipe, build_training_model
-    from covid19_cxr_dataset.baseline.train import compile_model, train
-
-    recipe = recipe_from_values(small_recipe_values(), source="test")
-    arrays = load_release(release, recipe)
-    keras.utils.set_random_seed(1)
-    model = compile_model(build_training_model(build_model_from_recipe(recipe), recipe), recipe)
-    history = train(model, arrays, recipe, seed=1)
-    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 2 * 3  # 2 epochs of 3 batches (8, 8, 5)
-    assert [row["learning_rate"] for row in history] == [3e-3, 1e-3]
-    assert model.count_params() == model.network.count_params()  # the wrapper adds no weights
-    keras.backend.clear_session()
-
-
 # --- whole runs on another backend (subprocesses) ---------------------------------------------------
 
 

@@ -1,7 +1,7 @@
 """Certify one release on every installed Keras backend and put their metrics side by side.
 
     python3 benchmarks/backend_agreement.py OUT_DIR [--release DIR | --images 600 --size 256]
-        [--backends tensorflow,jax,torch] [--seeds 3] [--recipe paper] [--epochs N] [--image-size N]
+        [--backends tensorflow,jax,torch] [--seeds 3] [--recipe paper] [--epochs N] [--image-size N] [--reuse]
 
 Runs ``cxr-dataset baseline --backend B --seeds N`` for each backend on the same release (generated
 by benchmarks/synthetic_release.py unless ``--release`` is given), each in its own process, then
@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recipe", default="paper")
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe (a quick check)")
     parser.add_argument("--image-size", type=int, default=None, help="override the recipe (a quick check)")
+    parser.add_argument("--reuse", action="store_true", help="keep a backend's certificate already in OUT_DIR")
     args = parser.parse_args(argv)
     backends = [b.strip() for b in args.backends.split(",")] if args.backends else installed_backends()
     if not backends or set(backends) - set(BACKENDS):
@@ -105,6 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     certificates = {}
     for backend in backends:
         out = args.out_dir / backend
+        if args.reuse and (out / "certificate.json").is_file():
+            certificates[backend] = json.loads((out / "certificate.json").read_text(encoding="utf-8"))
+            continue
         command = [sys.executable, "-c", "from covid19_cxr_dataset.cli import main; main()", "baseline",
                    "--data", str(release), "--out", str(out), "--recipe", args.recipe, "--backend", backend,
                    "--seeds", str(args.seeds), "--quiet"]

@@ -3,10 +3,10 @@
     python3 benchmarks/certify_summary.py WORK_DIR OUT_DIR
 
 Reads ``WORK_DIR/<run>/certificate.json`` for the runs that finished (``run1``, ``run2``: the same
-command twice; ``mixed``: mixed precision; ``deterministic``: no XLA, op determinism on),
-``WORK_DIR/<run>.wall`` (seconds the command took) and ``OUT_DIR/bench.json``; writes
-``OUT_DIR/summary.json`` and ``OUT_DIR/summary.md`` and prints the figures issue 17's closing note
-asks for.
+command twice), ``WORK_DIR/<run>.wall`` (seconds the command took) and ``OUT_DIR/bench.json``
+(benchmarks/baseline_throughput.py); writes ``OUT_DIR/summary.json`` and ``OUT_DIR/summary.md`` and
+prints what a GPU certification reports: device, backend, images/s of the training step and of the
+model alone per backend, seconds per epoch, the certificate's wall time and the two-run variation.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-RUNS = ("run1", "run2", "mixed", "deterministic")
+RUNS = ("run1", "run2")
 COMPARED = ("accuracy", "precision", "recall", "loss")
 
 
@@ -24,8 +24,8 @@ def headline(certificate: dict[str, Any]) -> dict[str, Any]:
     metrics, history = certificate["metrics"], certificate["history"]
     return {
         "verdict": certificate["verdict"],
-        "run_info": certificate.get("run_info"),
-        "hardware": {k: certificate["hardware"].get(k) for k in ("device", "name", "tensorflow", "dtype_policy")},
+        "backend": certificate.get("backend"),
+        "hardware": {k: certificate["hardware"].get(k) for k in ("device", "name", "backend", "dtype_policy")},
         "op_determinism": certificate["seeds"]["op_determinism"],
         "timing": certificate["timing"],
         "epoch_seconds": [round(row["seconds"], 3) for row in history],
@@ -63,23 +63,22 @@ def main(argv: list[str]) -> None:
     runs = summary["runs"]
     if "run1" in runs and "run2" in runs:
         summary["two_run_variation"] = variation(runs["run1"], runs["run2"])
-    if "run1" in runs and "mixed" in runs:
-        summary["mixed_precision_effect"] = {n: runs["mixed"]["metrics"][n] - runs["run1"]["metrics"][n]
-                                             for n in COMPARED}
     bench_path = out / "bench.json"
     if bench_path.is_file():
         bench = json.loads(bench_path.read_text(encoding="utf-8"))
-        summary["throughput"] = {path: {k: v for k, v in row.items() if k.endswith(("_img_s", "_s", "_s_real_size"))}
-                                 for path, row in bench["results"].items()}
-        summary["augmentation_agreement"] = bench.get("augmentation_agreement")
+        summary["throughput"] = {backend: {k: v for k, v in row.items()
+                                           if k.endswith(("_img_s", "_s", "_s_real_size", "name", "jit_compile", "error"))}
+                                 for backend, row in bench["results"].items()}
+        summary["host_batches_img_s"] = bench.get("host_batches_img_s")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
     lines = ["# device_certify summary", ""]
     for run, row in runs.items():
-        info = row["run_info"] or {}
+        info = row["backend"] or {}
         wall = row.get("command_wall_s")
-        lines.append(f"- {run}: {row['hardware']['name']} ({row['hardware']['device']}), path {info.get('path')}, "
-                     f"jit {info.get('jit_compile')}, {info.get('dtype_policy')}, op determinism "
+        lines.append(f"- {run}: {row['hardware']['name']} ({row['hardware']['device']}), {info.get('name')} "
+                     f"{info.get('version')}, compiled {info.get('jit_compile')}, "
+                     f"{(info.get('precision') or {}).get('dtype_policy')}, deterministic kernels "
                      f"{row['op_determinism']}; certificate total {row['timing']['total_seconds']:.1f} s"
                      + (f", command {wall:.1f} s" if wall is not None else "")
                      + f"; epochs {row['epoch_seconds']} s; accuracy {row['metrics']['accuracy']:.4f}, "
@@ -89,13 +88,15 @@ def main(argv: list[str]) -> None:
         lines.append(f"- two runs: identical {v['identical']}, equal at 4 decimals {v['equal_at_printed_precision']}, "
                      f"|diff| {', '.join(f'{k} {x:.2e}' for k, x in v['abs_difference'].items())}, "
                      f"max epoch-loss diff {v['max_epoch_loss_difference']:.2e}")
-    if "mixed_precision_effect" in summary:
-        lines.append("- mixed float16 minus float32: " + ", ".join(
-            f"{k} {x:+.4f}" for k, x in summary["mixed_precision_effect"].items()))
-    for path, row in summary.get("throughput", {}).items():
-        lines.append(f"- throughput {path}: train {row['train_img_s']:.0f} images/s, "
-                     f"{row['epoch_s_real_size']:.2f} s per 5,614-image epoch"
-                     + (f", input only {row['input_img_s']:.0f} images/s" if "input_img_s" in row else ""))
+    for backend, row in summary.get("throughput", {}).items():
+        if "error" in row:
+            lines.append(f"- throughput {backend}: failed ({row['error']})")
+            continue
+        lines.append(f"- throughput {backend} (compiled {row.get('jit_compile')}): training step "
+                     f"{row['train_img_s']:.0f} images/s, model alone {row['model_img_s']:.0f} images/s, "
+                     f"{row['epoch_s_real_size']:.2f} s per 5,614-image epoch")
+    if summary.get("host_batches_img_s"):
+        lines.append(f"- host batches alone (numpy, any backend): {summary['host_batches_img_s']:.0f} images/s")
     text = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(text, encoding="utf-8")
     print(text, end="")

@@ -242,34 +242,37 @@ def new_variant(folder, base, exclude_missing, accept_hashes, new_version, name,
 @click.option("--mixed-precision", is_flag=True, help="float16 compute on a GPU (numbers may differ slightly).")
 @click.option("--no-verify", is_flag=True, help="Skip recomputing the release fingerprint before training.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-epoch progress.")
-@click.option("--pipeline", type=click.Choice(["auto", "resident", "cached"]), default="auto", show_default=True,
-              help="resident: training images kept and augmented on the device; cached: fed from host memory "
-                   "by tf.data; auto: resident on a GPU, cached on a CPU.")
+@click.option("--backend", type=click.Choice(["tensorflow", "jax", "torch"]),
+              help="Keras 3 backend to train on (sets KERAS_BACKEND before Keras is imported). "
+                   "[default: $KERAS_BACKEND, else tensorflow]")
 @click.option("--jit-compile", is_flag=True,
-              help="Compile the train step with XLA (faster on a GPU). Turns TensorFlow's op determinism off "
-                   "(XLA has no deterministic MaxPool gradient): reruns may differ slightly.")
+              help="Compile the train step (XLA on TensorFlow, torch.compile on PyTorch; JAX always compiles it). "
+                   "On TensorFlow this turns op determinism off (XLA has no deterministic MaxPool gradient).")
 @fail_cleanly
 def baseline(data_dir, out, recipe, epochs, batch_size, image_size, seed, seeds, config, probes_flag, probe_names,
-             probe_epochs, mixed_precision, no_verify, quiet, pipeline, jit_compile):
+             probe_epochs, mixed_precision, no_verify, quiet, backend, jit_compile):
     """Certify a release: train and evaluate the paper's DCNN on it, compare with the paper.
 
     \b
-    Needs TensorFlow: pip install 'covid19-cxr-dataset[baseline]'. Uses the GPU when TensorFlow
-    sees one. Writes certificate.json, certificate.md, predictions.csv and PNG plots to --out.
+    Needs Keras 3 and a backend: pip install 'covid19-cxr-dataset[baseline]' (TensorFlow), or the
+    extra baseline-jax or baseline-torch with --backend jax|torch. Uses the GPU when the backend sees
+    one. Writes certificate.json, certificate.md, predictions.csv and PNG plots to --out.
     Every run adds the fast shortcut probes (linear models on the border, the film without its lungs,
     the corners, metadata, the source, a source hold-out); --probes adds their DCNN versions.
     Exit code 0 when the verdict is pass, review, no-reference or quick-check (--epochs,
     --batch-size or --image-size: a run that certifies nothing); 3 when it is fail.
     """
     from .baseline import DEFAULT_SEED, run_baseline
+    from .baseline._backend import select_backend
     from .baseline.class_evidence import probe_line
 
+    select_backend(backend)  # before anything imports Keras
     probes = list(probe_names) if probe_names else probes_flag
     certificate = run_baseline(
         data_dir, out, recipe=recipe, epochs=epochs, batch_size=batch_size, image_size=image_size,
         seed=DEFAULT_SEED if seed is None else seed, seeds=seeds, config=config, probes=probes,
         probe_epochs=probe_epochs, mixed_precision=mixed_precision, verify_fingerprint=not no_verify,
-        progress=not quiet and progress.is_enabled(), pipeline=pipeline, jit_compile=jit_compile, deterministic=not jit_compile,
+        progress=not quiet and progress.is_enabled(), backend=backend, jit_compile=True if jit_compile else None,
     )
     accuracy = certificate.get("metrics", {}).get("accuracy")
     verdict = certificate.get("verdict")

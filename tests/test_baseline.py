@@ -1,7 +1,9 @@
 """The baseline: recipe files, the paper's model, the paper's metrics, and whole runs on tiny releases.
 
 Fast by default (CPU, a few seconds each); ``-m slow`` adds a run of the paper's convolutional
-blocks at the paper's input size and a rerun-determinism check.
+blocks at the paper's input size and a rerun-determinism check. The training tests run on the Keras
+backend of the test process (``KERAS_BACKEND``, default TensorFlow; CI runs them on TensorFlow and
+on JAX); tests/test_baseline_backends.py compares the backends with one another.
 """
 
 from __future__ import annotations
@@ -42,8 +44,17 @@ PAPER_YAML = REPO / "baseline" / "recipes" / "paper.yaml"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def needs_tensorflow():
-    return pytest.importorskip("tensorflow")
+def needs_keras():
+    """Keras on this process's backend (``KERAS_BACKEND``, default TensorFlow); skips only when that
+    backend's framework is not installed."""
+    from covid19_cxr_dataset.baseline._backend import requested_backend
+
+    pytest.importorskip(requested_backend())
+    return pytest.importorskip("keras")
+
+
+def current_backend() -> str:
+    return needs_keras().backend.backend()
 
 
 def write_recipe(path: Path, values: dict) -> Path:
@@ -159,7 +170,7 @@ def test_overrides_are_applied_validated_and_recorded():
 
 
 def test_paper_model_has_the_papers_parameter_count():
-    needs_tensorflow()
+    needs_keras()
     from covid19_cxr_dataset.baseline.model import PAPER_PARAMETER_COUNT, build_model, build_model_from_recipe
 
     model = build_model()
@@ -171,38 +182,49 @@ def test_paper_model_has_the_papers_parameter_count():
 
 
 def test_augmentation_with_neutral_ranges_is_a_random_crop_of_the_input():
-    tf = needs_tensorflow()
-    from covid19_cxr_dataset.baseline.data import make_augment
+    keras = needs_keras()
+    from covid19_cxr_dataset.baseline.augment import apply_augmentation, draw_parameters
     from covid19_cxr_dataset.baseline.recipe import recipe_from_values
 
     values = copy.deepcopy(PAPER_RECIPE)
     values["augmentation"].update(horizontal_flip=False, brightness_max_delta=0.0,
                                   contrast_range=[1.0, 1.0 + 1e-7], saturation_range=[1.0, 1.0 + 1e-7])
-    augment = make_augment(recipe_from_values(values, source="test"))
     images = np.random.default_rng(0).integers(0, 256, (4, 96, 96, 3)).astype(np.uint8)
-    crops = augment(tf.constant(images), tf.constant([1, 2], tf.int64)).numpy()
+
+    def augmented(recipe, images):
+        parameters = draw_parameters(recipe, seed=1, epoch=0, batch=2, count=len(images))
+        inputs = {name: keras.ops.convert_to_tensor(value) for name, value in {"image": images, **parameters}.items()}
+        return keras.ops.convert_to_numpy(apply_augmentation(inputs, size=80))
+
+    crops = augmented(recipe_from_values(values, source="test"), images)
     assert crops.shape == (4, 80, 80, 3)
     for crop, image in zip(crops, images):
         offsets = [(top, left) for top in range(17) for left in range(17)
                    if np.allclose(crop, image[top:top + 80, left:left + 80] / 255.0, atol=1e-5)]
         assert len(offsets) == 1
-    gray = np.repeat(images[..., :1], 3, axis=-1)  # the release's images: gray repeated to 3 channels
-    paper = make_augment(load_recipe("paper"))(tf.constant(gray), tf.constant([1, 2], tf.int64)).numpy()
-    assert (paper[..., 0] == paper[..., 2]).all()  # saturation leaves gray images gray
+    gray = images[..., :1]  # the release's images: one gray channel, repeated to RGB by the step
+    paper = augmented(load_recipe("paper"), gray)
+    assert (paper[..., 0] == paper[..., 2]).all()
     spread = paper.std(axis=(1, 2, 3)) / (gray.std(axis=(1, 2, 3)) / 255)
     assert ((spread > 0.09) & (spread < 0.21)).all()  # the paper's contrast factor: 0.1 to 0.2
 
 
-def test_package_imports_without_tensorflow_and_says_how_to_install_it():
+@pytest.mark.parametrize(("backend", "extra"), [("tensorflow", "baseline"), ("jax", "baseline-jax"),
+                                               ("torch", "baseline-torch")])
+def test_package_imports_without_any_backend_and_says_how_to_install_the_chosen_one(backend, extra):
     code = (
-        "import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"
+        "import sys\n"
+        "for name in ('tensorflow', 'keras', 'jax', 'torch'): sys.modules[name] = None\n"
         "import covid19_cxr_dataset.baseline as baseline\n"
         "from covid19_cxr_dataset.baseline.model import build_model\n"
         "from covid19_cxr_dataset.errors import CxrDatasetError\n"
         "try:\n    build_model()\nexcept CxrDatasetError as error:\n    print(error)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert "pip install 'covid19-cxr-dataset[baseline]'" in result.stdout
+    environment = {**os.environ, "KERAS_BACKEND": backend}
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
+                            env=environment)
+    assert f"backend is '{backend}', which is not installed" in result.stdout
+    assert f"pip install 'covid19-cxr-dataset[{extra}]'" in result.stdout
 
 
 # --- metrics (hand-made predictions) ---------------------------------------------------------------
@@ -260,7 +282,7 @@ def test_table4_mean_true_class_probability_and_interval():
 
 
 def test_keras_style_metrics_agree_with_keras():
-    needs_tensorflow()
+    needs_keras()
     import keras
 
     rng = np.random.default_rng(7)
@@ -316,7 +338,7 @@ def test_release_factory_writes_a_valid_release(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """One whole run of the tiny recipe on a release whose class is its brightness."""
-    needs_tensorflow()
+    needs_keras()
     from covid19_cxr_dataset.baseline import run_baseline
 
     root = tmp_path_factory.mktemp("tiny")
@@ -349,6 +371,17 @@ def test_certificate_has_every_field_with_sane_values(tiny_run):
     assert certificate["recipe"]["values"]["training"]["epochs"] == 6
     assert certificate["seeds"]["seed"] == 3 and certificate["seeds"]["op_determinism"] is True
     assert certificate["hardware"]["device"] in ("CPU", "GPU") and certificate["hardware"]["name"]
+    backend = certificate["backend"]
+    assert backend["name"] == certificate["hardware"]["backend"] == current_backend()
+    assert backend["version"] and backend["keras"].startswith("3.") and backend["device"] == "CPU"
+    assert backend["jit_compile"] is {"tensorflow": False, "jax": True, "torch": False}[backend["name"]]
+    assert backend["precision"]["dtype_policy"] == "float32" and backend["precision"]["mixed_precision"] is False
+    assert backend["deterministic"] is True
+    # JAX reads its switch (an XLA flag) when it starts: this process may have started it before the run
+    # set the flag, and the certificate then says so (a fresh process gets it: test_baseline_backends.py)
+    jax_started_with_flag = "--xla_gpu_deterministic_ops=true" in os.environ.get("XLA_FLAGS", "").split()
+    assert backend["determinism"]["enabled"] is (jax_started_with_flag if backend["name"] == "jax" else True)
+    assert certificate["certificate_schema_version"] == 2
     assert certificate["timing"]["total_seconds"] >= certificate["timing"]["train_seconds"] > 0
     assert [row["epoch"] for row in certificate["history"]] == [1, 2, 3, 4, 5, 6]
     assert {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"} <= set(certificate["history"][0])
@@ -367,9 +400,31 @@ def test_certificate_has_every_field_with_sane_values(tiny_run):
     assert len((out / "predictions.csv").read_text(encoding="utf-8").splitlines()) == 31
 
 
+def test_every_batch_is_trained_exactly_once_per_epoch(tmp_path):
+    """Keras is handed one epoch at a time; the optimizer's step count shows that no batch was dropped or
+    repeated (Keras's PyDataset with several workers loses batches of the first epoch on JAX)."""
+    keras = needs_keras()
+    from covid19_cxr_dataset.baseline.data import load_release
+    from covid19_cxr_dataset.baseline.model import build_model_from_recipe, build_training_model
+    from covid19_cxr_dataset.baseline.recipe import recipe_from_values
+    from covid19_cxr_dataset.baseline.train import compile_model, train
+
+    values = tiny_recipe_values()
+    values["training"].update(epochs=2, learning_rate={"values": [3e-3, 1e-3], "boundaries": [1]})
+    recipe = recipe_from_values(values, source="test")
+    arrays = load_release(make_release(tmp_path / "release", per_class={"train": 7, "test": 2}, size=(40, 40)), recipe)
+    keras.utils.set_random_seed(1)
+    model = compile_model(build_training_model(build_model_from_recipe(recipe), recipe), recipe)
+    history = train(model, arrays, recipe, seed=1)
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 2 * 3  # 2 epochs of 3 batches (8, 8, 5)
+    assert [row["learning_rate"] for row in history] == [3e-3, 1e-3]
+    assert model.count_params() == model.network.count_params()  # the wrapper adds no weights
+    keras.backend.clear_session()
+
+
 @pytest.mark.parametrize("tamper", [tamper_label, tamper_image])
 def test_release_that_does_not_match_its_fingerprint_is_refused(tmp_path, tamper):
-    needs_tensorflow()
+    needs_keras()
     from covid19_cxr_dataset.baseline import run_baseline
 
     release = make_release(tmp_path / "release", per_class={"train": 2, "test": 2}, size=(32, 32))
@@ -391,7 +446,7 @@ def test_paper_blocks_at_paper_input_size_learn_a_visible_shape(tmp_path):
     class weights (the paper's 10/3/1 offsets the real release's imbalance) and a mild contrast
     range (the paper's 0.1-0.2 trains on nearly flat images and needs more steps than a test has).
     """
-    needs_tensorflow()
+    needs_keras()
     from covid19_cxr_dataset.baseline import run_baseline
 
     release = make_release(tmp_path / "release", per_class={"train": 40, "test": 15}, size=(96, 96),

@@ -16,10 +16,12 @@ def _commands_under(heading: str) -> list[str]:
     return re.findall(r"```bash\n(.*?)\n```", section, re.S)
 
 
-def test_ci_runs_the_readme_test_command():
-    (command,) = _commands_under("Run the tests")
-    ci = (REPO / ".ci" / "run").read_text().splitlines()
-    assert command.strip() in [line.strip() for line in ci]
+def test_ci_runs_the_readme_test_commands_in_order():
+    (block,) = _commands_under("Run the tests")
+    commands = [line.strip() for line in block.splitlines() if line.strip()]
+    ci = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    assert len(commands) >= 2 and all(command in ci for command in commands)
+    assert [ci.index(command) for command in commands] == sorted(ci.index(command) for command in commands)
 
 
 def test_readme_main_command_builds_the_first_release():

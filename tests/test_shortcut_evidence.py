@@ -26,7 +26,7 @@ from covid19_cxr_dataset.baseline.linear_probes import (
 )
 from covid19_cxr_dataset.release import shard_paths
 from release_factory import brightness_image, make_release
-from test_baseline import needs_tensorflow, tiny_recipe_values, write_recipe
+from test_baseline import needs_keras, tiny_recipe_values, write_recipe
 
 SOURCES = ("cohen", "figure1", "actualmed")
 MINORITY_COVID = {"train": {"COVID-19": 30, "Normal": 60, "Pneumonia": 62},
@@ -263,7 +263,7 @@ def tiny_probe_recipe(tmp_path: Path) -> Path:
 
 
 def test_certificate_carries_per_class_evidence_for_the_model_and_every_probe(marked, tmp_path):
-    needs_tensorflow()
+    needs_keras()
     from covid19_cxr_dataset.baseline import run_baseline
 
     release, _ = marked
@@ -304,7 +304,7 @@ def dark_corners_on_figure1(label: int, split: str, index: int, size: tuple[int,
 
 @pytest.mark.slow
 def test_dcnn_hold_out_trains_once_per_source_and_finds_the_drop(tmp_path):
-    needs_tensorflow()
+    needs_keras()
     from covid19_cxr_dataset.baseline import run_baseline
 
     counts = {"train": {name: 45 for name in CLASS_NAMES}, "test": {name: 30 for name in CLASS_NAMES}}

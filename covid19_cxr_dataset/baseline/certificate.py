@@ -21,8 +21,10 @@ written on a verified release, and that one seed cannot tell a recipe difference
 
 Beside the verdict: every figure of the paper's Tables 3-5 (``reference.tables`` of the recipe)
 next to ours with its interval (``reference.tables_comparison``), each seed's run (``runs``) and
-their spread (``spread``), the shortcut probes (``probes``, see ``probes.py``), and ``run_info``,
-which training path ran.
+their spread (``spread``), the shortcut probes (``probes``, see ``probes.py``), and ``backend``:
+which Keras backend (name and version) trained, on which device, with which precision, whether the
+step was compiled, and the determinism switches in effect. Certificates of schema version 1 (the
+TensorFlow-only baseline, ``run_info``) are not reproduced bit for bit by this one (CHANGELOG).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from .. import CLASS_NAMES, __version__
 from ._backend import import_figure
 from .evaluate import reference_value
 
-CERTIFICATE_SCHEMA_VERSION = 1
+CERTIFICATE_SCHEMA_VERSION = 2
 CERTIFICATE_NAME = "certificate.json"
 SUMMARY_NAME = "certificate.md"
 CONFUSION_MATRIX_NAME = "confusion_matrix.png"
@@ -198,11 +200,11 @@ def build_certificate(
     config: dict[str, Any] | None = None,
     probes: dict[str, Any] | None = None,
     probes_info: dict[str, Any] | None = None,
-    run_info: dict[str, Any] | None = None,
+    backend: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The certificate dict. ``runs``: every seed's {"seed", "metrics", "history"} (default: the one given);
-    ``config``: ``ReleaseConfig.describe()``; ``probes``: {name: result} of ``probes``; ``run_info``:
-    which training path ran (device-resident data, XLA, mixed precision), filled by the training code."""
+    ``config``: ``ReleaseConfig.describe()``; ``probes``: {name: result} of ``probes``; ``backend``:
+    ``train.describe_run`` (backend, device, precision, compilation, determinism)."""
     runs = runs or [{"seed": seed, "metrics": metrics, "history": history}]
     overridden = bool(recipe.overrides)
     comparison, verdict = compare_with_reference(metrics, recipe["reference"], runs=[r["metrics"] for r in runs],
@@ -238,14 +240,14 @@ def build_certificate(
         "seeds": {
             "seed": seed,
             "all": [run["seed"] for run in runs],
-            "python_numpy_tensorflow": f"keras.utils.set_random_seed({seed})",
-            "epoch_order": f"numpy.random.default_rng([{seed}, epoch]).permutation(n_train)",
-            "augmentation": f"stateless ops seeded ({seed}, epoch * batches_per_epoch + batch)",
+            "python_numpy_backend": f"keras.utils.set_random_seed({seed})",
+            "epoch_order": f"numpy Philox keyed ({seed}, epoch, 2 ** 32 - 1): permutation(n_train)",
+            "augmentation": f"numpy Philox keyed ({seed}, epoch, batch), drawn on the host, applied in the step",
             "bootstrap": f"numpy.random.default_rng({seed})",
             "op_determinism": deterministic,
         },
         "hardware": hardware,
-        "run_info": dict(run_info or {}),
+        "backend": dict(backend or {}),
         "timing": {name: round(seconds, 3) for name, seconds in timing.items()},
         "history": history,
         "metrics": metrics,
@@ -420,6 +422,15 @@ def paper_tables_markdown(certificate: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _backend_line(certificate: dict[str, Any]) -> str:
+    backend = certificate.get("backend") or {}
+    if not backend:  # schema version 1: TensorFlow only
+        return f"TensorFlow {certificate['hardware'].get('tensorflow', '?')}"
+    compiled = "compiled step" if backend.get("jit_compile") else "step not compiled"
+    deterministic = "deterministic kernels" if backend.get("deterministic") else "nondeterministic kernels"
+    return f"Keras {backend['keras']} on {backend['name']} {backend['version']} ({compiled}, {deterministic})"
+
+
 def summary_markdown(certificate: dict[str, Any]) -> str:
     """A short Markdown summary: verdict, dataset, recipe, main figures, the comparison, the paper's tables, probes."""
     from ..evidence import shortcut_markdown
@@ -446,7 +457,7 @@ def summary_markdown(certificate: dict[str, Any]) -> str:
         f"- Recipe `{recipe['name']}`{overrides}, sha256 `{recipe['sha256'][:16]}…`, "
         f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}",
         f"- Hardware: {hardware['name']} ({hardware['device']}, {hardware['dtype_policy']}), "
-        f"TensorFlow {hardware['tensorflow']}; wall time {certificate['timing']['total_seconds']:.0f} s",
+        f"{_backend_line(certificate)}; wall time {certificate['timing']['total_seconds']:.0f} s",
         f"- Test images: {metrics['n']}; accuracy {_percent(metrics['accuracy'])}{interval}, "
         f"precision {_percent(metrics['precision'])}, recall {_percent(metrics['recall'])}",
         f"- COVID-19 test images: {metrics['covid19']['correct']} of {metrics['covid19']['n']} correct",

@@ -1,56 +1,41 @@
-"""Read a release for training: verify it, decode every image once, feed tf.data from memory.
+"""Read a release for training: verify it, decode every image once on the host, serve numpy batches.
 
 The release is ~6k grayscale JPEGs of up to a few thousand pixels a side. Decoding and resizing them
-dominates any per-epoch pipeline, so it happens once: the shards are read one row group at a time
-(pyarrow), decoded and resized in a parallel tf.data map, and kept as uint8 arrays (train at
-``data.train_resize``, test at ``model.input_size``; one channel for gray images, so 6k x 96 x 96
-bytes is ~55 MB). Each epoch then only gathers, augments and batches in memory, a batch at a time
-in parallel maps with prefetching, and repeats the gray channel to the model's three: a few CPU
-cores keep a GPU fed.
+dominates any per-epoch pipeline, so it happens once, on the host, with no deep-learning framework:
+the shards are read one row group at a time (pyarrow), decoded with Pillow in threads and resized
+with ``resize_bilinear`` (numpy; the reference code's ``tf.image.resize`` bilinear without
+antialiasing, operation for operation), and kept as uint8 arrays (train at ``data.train_resize``,
+test at ``model.input_size``; one channel for gray images, so 6k x 96 x 96 bytes is ~55 MB).
 
-Augmentation is done per batch (each image its own draws) with stateless random ops seeded by
-``(seed, epoch * batches_per_epoch + batch)``, and each epoch's order comes from
-``numpy.random.default_rng([seed, epoch])``: the same seed gives the same batches whatever the
-number of parallel calls or threads.
-
-Two ways feed the training split to the model, both with these batches and seeds:
-
-- ``cached`` (``Pipelines``): the decoded split stays in host memory and a tf.data pipeline gathers
-  and augments each batch on the CPU, then Keras copies it to the device; the default on a CPU.
-- ``resident`` (``ResidentPipelines``): the decoded split is copied once to the training device as
-  one tensor, and each batch is gathered and augmented there by the same pure-TF augmentation,
-  inside the train step (``train.py``), so the host sends only a batch of indices per step. The
-  default when TensorFlow sees a GPU; selectable on a CPU too, where it runs the same code.
-
-The augmentation's stateless ops name their algorithm (Philox) instead of letting each device pick,
-so a seed draws the same numbers on a CPU, a GPU or under XLA.
+Each epoch then serves batches from memory (``TrainingBatches``, ``EvaluationBatches``: plain numpy
+sequences that ``train.py`` hands to Keras as a ``keras.utils.PyDataset``): a batch is the uint8
+images of its rows, the augmentation parameters drawn for it on the host (``augment.py``: numpy
+Philox keyed by seed, epoch and batch), one-hot labels and class weights. The model's train step
+applies the augmentation on the device. Each epoch's order is a Philox permutation keyed by
+``(seed, epoch)``, so the same seed gives the same batches on every backend, whatever the number of
+threads preparing them.
 """
 
 from __future__ import annotations
 
+import io
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow.parquet as pq
+from PIL import Image
 
 from .. import CLASS_NAMES
 from .. import progress as progress_bars
 from ..errors import CxrDatasetError, VerificationError
 from ..records import SPLITS
 from ..release import DATA_DIR, REPORT_NAME, read_report, shard_paths
-from ._backend import import_tensorflow
-
-DECODE_BATCH = 64
-PIPELINE_PATHS = ("auto", "resident", "cached")
-RANDOM_ALGORITHM = "philox"
-INVERSE_255 = np.float32(1 / 255)
-"""Pixels to [0, 1] by multiplying with this, not dividing by 255: TensorFlow's graph optimizer
-turns a division by a constant into this multiplication in some graphs and not in others (eager,
-tf.function, tf.data and XLA disagreed by an ulp), so writing the multiplication keeps every path's
-batches bitwise equal."""
+from .augment import draw_parameters, epoch_order
 
 
 @dataclass(frozen=True)
@@ -122,47 +107,132 @@ def iter_image_rows(
             yield from zip(image_bytes, labels, sources, source_paths)
 
 
+# --- decode and resize, once, on the host ------------------------------------------------------------
+
+
+RESIZE = ("bilinear", False)
+"""The one resize the host implements: ``data.resize_method`` bilinear, ``data.antialias`` false
+(the reference code's ``tf.image.resize`` defaults)."""
+DECODE_CHUNK = 256
+
+
+def check_resize(method: str, antialias: bool) -> None:
+    if (method, bool(antialias)) != RESIZE:
+        raise CxrDatasetError(
+            f"resize_method {method!r} with antialias {antialias}: the baseline resizes on the host with the "
+            "reference code's resize only (resize_method: bilinear, antialias: false); change the recipe's "
+            "'data' section")
+
+
+@lru_cache(maxsize=64)
+def _bilinear_axis(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source pixels and weights along one axis, as TensorFlow's ResizeBilinear computes them
+    (half-pixel centres: source position ``(i + 0.5) * in / out - 0.5``, float32 throughout)."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    position = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    floor = np.floor(position)
+    lower = np.maximum(floor, 0).astype(np.intp)
+    upper = np.minimum(np.ceil(position), in_size - 1).astype(np.intp)
+    return lower, upper, (position - floor).astype(np.float32)
+
+
+def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W, C) uint8 or float -> (height, width, C) float32: ``tf.image.resize(image, (height, width))``
+    (bilinear, no antialiasing, aspect ratio not kept), with the same float32 operations in the same
+    order: interpolate along x in the upper and lower source rows, then along y."""
+    y_lower, y_upper, y_lerp = _bilinear_axis(image.shape[0], height)
+    x_lower, x_upper, x_lerp = _bilinear_axis(image.shape[1], width)
+    top_rows, bottom_rows = image[y_lower].astype(np.float32), image[y_upper].astype(np.float32)
+    x_lerp = x_lerp[None, :, None]
+    top_left, top_right = top_rows[:, x_lower], top_rows[:, x_upper]
+    bottom_left, bottom_right = bottom_rows[:, x_lower], bottom_rows[:, x_upper]
+    top = top_left + (top_right - top_left) * x_lerp
+    bottom = bottom_left + (bottom_right - bottom_left) * x_lerp
+    return top + (bottom - top) * y_lerp[:, None, None]
+
+
+def jpeg_decoder() -> str:
+    """Which decoder reads JPEG files: libjpeg-turbo's fast integer IDCT through the ``turbojpeg`` wheel
+    (what ``tf.io.decode_jpeg`` and so the reference code use), else Pillow's accurate IDCT (Linux on
+    Arm, where that wheel does not exist: pixels then differ by a few gray levels)."""
+    return "libjpeg-turbo fast integer IDCT (turbojpeg)" if _turbojpeg() is not None else \
+        "Pillow (libjpeg accurate integer IDCT)"
+
+
+@lru_cache(maxsize=1)
+def _turbojpeg() -> Any:
+    try:  # the ``turbojpeg`` distribution (jpeg_transcode.py uses it too), not PyTurboJPEG
+        import turbojpeg
+    except ImportError:
+        return None
+    return turbojpeg if callable(getattr(turbojpeg, "decompress_header", None)) else None
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """An image file's pixels as (H, W, 1) uint8 for gray, (H, W, 3) for colour (alpha dropped, palette
+    expanded), as ``tf.io.decode_image(channels=3)`` decodes them (which repeats a gray channel): JPEG
+    with libjpeg-turbo's fast integer IDCT and fancy upsampling (``jpeg_decoder``), PNG with Pillow."""
+    turbojpeg = _turbojpeg()
+    if turbojpeg is not None and data[:3] == b"\xff\xd8\xff":
+        header = turbojpeg.decompress_header(data)
+        if header["colorspace"] == turbojpeg.CS.GRAY:
+            return np.asarray(turbojpeg.decompress(data, turbojpeg.PF.GRAY, fastdct=True))[:, :, None]
+        if header["colorspace"] in (turbojpeg.CS.YCbCr, turbojpeg.CS.RGB):
+            return np.asarray(turbojpeg.decompress(data, turbojpeg.PF.RGB, fastdct=True))
+    with Image.open(io.BytesIO(data)) as image:
+        if image.mode in ("L", "LA"):
+            return np.asarray(image.convert("L"))[:, :, None]
+        if image.mode not in ("RGB", "RGBA", "P"):
+            raise CxrDatasetError(f"image mode {image.mode}: the baseline reads 8-bit gray or colour images, "
+                                  "as `cxr-dataset build` writes them")
+        return np.asarray(image.convert("RGB"))
+
+
+def decode_resized(data: bytes, size: int) -> np.ndarray:
+    """Decode, resize to (size, size) and round to uint8 (half to even, like ``tf.round``)."""
+    resized = resize_bilinear(decode_image(data), size, size)
+    return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+
+
 def decode_split(
     data_dir: Path, split: str, *, size: int, method: str = "bilinear", antialias: bool = False,
-    shards: list[Path] | None = None,
+    shards: list[Path] | None = None, workers: int | None = None,
 ) -> SplitArrays:
-    """Decode every image of ``split`` once into (n, size, size, 1) uint8, or (..., 3) if any is in color.
+    """Decode every image of ``split`` once into (n, size, size, 1) uint8, or (..., 3) if any is in colour.
 
-    The resize is ``tf.image.resize`` on the decoded image, as the reference code does it (bilinear,
-    no antialiasing, aspect ratio not kept); the result is rounded to uint8 for the cache.
+    Pillow decodes (in ``workers`` threads: it releases the GIL), ``resize_bilinear`` resizes as the
+    reference code does, the result is rounded to uint8 for the cache.
     """
-    tf = import_tensorflow()
+    check_resize(method, antialias)
     labels: list[int] = []
     sources: list[str] = []
     source_paths: list[str] = []
+    images: list[np.ndarray] = []
 
-    def image_bytes() -> Iterator[bytes]:
+    def decode(data: bytes) -> np.ndarray:
+        return decode_resized(data, size)
+
+    bar = progress_bars.bar(None, desc=f"decode the {split} images (once: every epoch reuses them)", unit="img")
+    with bar as shown, ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        chunk: list[bytes] = []
         for jpeg, label, source, source_path in iter_image_rows(data_dir, split, shards):
             labels.append(int(label))
             sources.append(source)
             source_paths.append(source_path)
-            yield jpeg
-
-    def decode(jpeg: Any) -> Any:
-        image = tf.io.decode_image(jpeg, channels=3, expand_animations=False)  # gray -> 3 equal channels
-        image = tf.image.resize(image, (size, size), method=method, antialias=antialias)
-        return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-
-    dataset = (
-        tf.data.Dataset.from_generator(image_bytes, output_signature=tf.TensorSpec((), tf.string))
-        .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .batch(DECODE_BATCH)
-        .prefetch(2)
-    )
-    batches = []
-    with progress_bars.bar(None, desc=f"decode the {split} images (once: every epoch reuses them)", unit="img") as shown:
-        for batch in dataset:
-            batches.append(batch.numpy())
-            shown.update(len(batches[-1]))
-    images = np.concatenate(batches) if batches else np.zeros((0, size, size, 3), np.uint8)
-    if np.array_equal(images[..., 0], images[..., 1]) and np.array_equal(images[..., 0], images[..., 2]):
-        images = np.ascontiguousarray(images[..., :1])
-    return SplitArrays(split, images, np.asarray(labels, np.int64), tuple(sources), tuple(source_paths))
+            chunk.append(jpeg)
+            if len(chunk) == DECODE_CHUNK:
+                images += pool.map(decode, chunk)
+                shown.update(len(chunk))
+                chunk = []
+        images += pool.map(decode, chunk)
+        shown.update(len(chunk))
+    channels = max((image.shape[-1] for image in images), default=1)
+    stacked = np.stack([np.broadcast_to(image, (size, size, channels)) for image in images]) if images \
+        else np.zeros((0, size, size, 1), np.uint8)
+    if channels == 3 and (stacked == stacked[..., :1]).all():  # colour files holding gray pixels
+        stacked = stacked[..., :1]
+    return SplitArrays(split, np.ascontiguousarray(stacked), np.asarray(labels, np.int64), tuple(sources),
+                       tuple(source_paths))
 
 
 def load_release(data_dir: Path, recipe: Any, *, shards: dict[str, list[Path]] | None = None) -> dict[str, SplitArrays]:
@@ -178,227 +248,59 @@ def load_release(data_dir: Path, recipe: Any, *, shards: dict[str, list[Path]] |
             for split in SPLITS}
 
 
-# --- tf.data pipelines ---------------------------------------------------------------------------
+# --- batches served to Keras ----------------------------------------------------------------------
 
 
-def make_augment(recipe: Any, *, channels: int = 3) -> Callable[[Any, Any], Any]:
-    """The training augmentation of one batch: (uint8 images at train_resize, seed) -> float32 RGB crops.
+class TrainingBatches:
+    """The training batches of 0-based ``epoch``, as numpy, in the epoch's seeded order.
 
-    Each image gets its own draws, as with the reference code's per-image ``tf.image.random_*``
-    ops, from the same distributions, in the paper's order: horizontal flip, brightness delta,
-    contrast factor (around each image's per-channel mean), saturation factor, then a random crop
-    to ``model.input_size``. Done on whole batches, it costs a few vectorized ops per batch instead
-    of a dozen small ops per image, so a few CPU cores feed a GPU. Like the reference code, values
-    are not clipped back to [0, 1] after brightness and contrast.
-
-    With ``channels=1`` (gray images) the saturation step is skipped, since it leaves a gray image
-    unchanged, and the channel is repeated to RGB after the crop.
+    ``batches[i]`` is ``(inputs, one-hot labels, class weights)``: ``inputs`` holds ``image`` (uint8
+    (b, train_resize, train_resize, c)) and the batch's augmentation parameters
+    (``augment.PARAMETERS``), drawn from Philox keyed by ``(seed, epoch, i)``; the class weights are the
+    recipe's, per image (what ``fit(class_weight=...)`` would make of them). A pure function of
+    ``(arrays, recipe, seed, epoch, i)``: any thread may prepare any batch.
     """
-    tf = import_tensorflow()  # here, not in the traced function: AutoGraph would try to convert it
-    aug = recipe["augmentation"]
-    size = recipe["model"]["input_size"]
-    resize = recipe["data"]["train_resize"]
 
-    def uniform(shape: Any, seed: Any, low: float, high: float) -> Any:
-        return tf.random.stateless_uniform(shape, seed, minval=low, maxval=high, alg=RANDOM_ALGORITHM)
-
-    def augment(images: Any, seed: Any) -> Any:
-        count = tf.shape(images)[0]
-        seeds = tf.random.experimental.stateless_split(seed, num=6, alg=RANDOM_ALGORITHM)
-        pixels = tf.cast(images, tf.float32)
-        x = pixels * INVERSE_255
-        # The contrast step's per-image mean, from the sum of the integer pixel values: a float32
-        # sum of integers stays exact (below 2 ** 24, i.e. up to ~256 x 256 pixels a channel) in any
-        # order, so it does not depend on how a device splits the reduction. A flip keeps the mean;
-        # a brightness delta shifts it by the delta.
-        area = int(images.shape[1]) * int(images.shape[2])
-        mean = tf.reduce_sum(pixels, axis=[1, 2], keepdims=True) * np.float32(1 / (255 * area))
-        if aug["horizontal_flip"]:
-            flip = uniform([count, 1, 1, 1], seeds[0], 0.0, 1.0) < 0.5
-            x = tf.where(flip, tf.reverse(x, axis=[2]), x)
-        if aug["brightness_max_delta"] > 0:
-            max_delta = aug["brightness_max_delta"]
-            delta = uniform([count, 1, 1, 1], seeds[1], -max_delta, max_delta)
-            x, mean = x + delta, mean + delta
-        x = (x - mean) * uniform([count, 1, 1, 1], seeds[2], *aug["contrast_range"]) + mean
-        if channels == 3:
-            hue, saturation, value = tf.unstack(tf.image.rgb_to_hsv(x), axis=-1)
-            factor = uniform([count, 1, 1], seeds[3], *aug["saturation_range"])
-            x = tf.image.hsv_to_rgb(tf.stack([hue, tf.clip_by_value(saturation * factor, 0, 1), value], axis=-1))
-        window = tf.range(size)
-        top = tf.random.stateless_uniform([count, 1], seeds[4], 0, resize - size + 1, dtype=tf.int32,
-                                          alg=RANDOM_ALGORITHM)
-        left = tf.random.stateless_uniform([count, 1], seeds[5], 0, resize - size + 1, dtype=tf.int32,
-                                           alg=RANDOM_ALGORITHM)
-        x = tf.gather(x, top + window, axis=1, batch_dims=1)
-        x = tf.gather(x, left + window, axis=2, batch_dims=1)
-        return x if channels == 3 else tf.tile(x, [1, 1, 1, 3])
-
-    return augment
-
-
-class Pipelines:
-    """tf.data pipelines over decoded splits; each epoch's training order and augmentation is seeded."""
-
-    def __init__(self, arrays: dict[str, SplitArrays], recipe: Any, *, seed: int):
-        tf = import_tensorflow()
-        self.recipe = recipe
-        self.seed = int(seed)
+    def __init__(self, arrays: SplitArrays, recipe: Any, *, seed: int, epoch: int):
+        self.arrays, self.recipe, self.seed, self.epoch = arrays, recipe, int(seed), int(epoch)
         self.batch_size = int(recipe["training"]["batch_size"])
-        self.train, self.test = arrays["train"], arrays["test"]
-        # one copy of each split as a host tensor (tf.data runs on the CPU; a tensor on the GPU would
-        # be copied back for every batch); the per-epoch datasets gather from it by index
-        with tf.device("/CPU:0"):
-            if self.path == "cached":
-                self._train_images = tf.constant(self.train.images)
-                self._train_onehot = tf.one_hot(self.train.labels, len(CLASS_NAMES))
-            self._test_images = tf.constant(self.test.images)
-            self._test_onehot = tf.one_hot(self.test.labels, len(CLASS_NAMES))
-        self._augment = make_augment(recipe, channels=self.train.images.shape[-1])
+        self.order = epoch_order(self.seed, self.epoch, len(arrays))
+        weights = recipe.class_weight_by_index()
+        self.class_weights = np.asarray([weights[index] for index in range(len(CLASS_NAMES))], np.float32)
 
-    path = "cached"
+    def __len__(self) -> int:
+        return -(-len(self.arrays) // self.batch_size)
 
-    @property
-    def batches_per_epoch(self) -> int:
-        return -(-len(self.train) // self.batch_size)
+    def rows(self, batch: int) -> np.ndarray:
+        if not 0 <= batch < len(self):
+            raise IndexError(f"batch {batch} of an epoch of {len(self)}")
+        return self.order[batch * self.batch_size:(batch + 1) * self.batch_size]
 
-    def epoch_order(self, epoch: int) -> np.ndarray:
-        """The training rows of 0-based ``epoch`` in their seeded order (batches are consecutive slices)."""
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.train))
-
-    def train_epoch(self, epoch: int) -> Any:
-        """Batches of (augmented float32 images, one-hot labels) for 0-based ``epoch``."""
-        tf = import_tensorflow()
-        order = self.epoch_order(epoch)
-        batches = self.batches_per_epoch
-        images, onehot, augment, seed = self._train_images, self._train_onehot, self._augment, self.seed
-
-        def load(batch: Any, index: Any) -> tuple[Any, Any]:
-            batch_seed = tf.stack([tf.constant(seed, tf.int64), epoch * batches + batch])
-            return augment(tf.gather(images, index), batch_seed), tf.gather(onehot, index)
-
-        return (
-            tf.data.Dataset.from_tensor_slices(order)
-            .batch(self.batch_size)
-            .enumerate()
-            .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .prefetch(tf.data.AUTOTUNE)
-        )
-
-    def test_batches(self, *, with_labels: bool = True) -> Any:
-        """Batches of the test split as float32 [0, 1] (already at the model's input size)."""
-        tf = import_tensorflow()
-        indices = tf.data.Dataset.range(len(self.test)).batch(self.batch_size)
-        images, onehot = self._test_images, self._test_onehot
-
-        repeat = [1, 1, 1, 3 // int(self.test.images.shape[-1])]
-
-        def load(index: Any) -> Any:
-            batch = tf.tile(tf.cast(tf.gather(images, index), tf.float32) * INVERSE_255, repeat)
-            return (batch, tf.gather(onehot, index)) if with_labels else batch
-
-        return indices.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+    def __getitem__(self, batch: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        rows = self.rows(batch)
+        labels = self.arrays.labels[rows]
+        parameters = draw_parameters(self.recipe, seed=self.seed, epoch=self.epoch, batch=batch, count=len(rows))
+        inputs = {"image": self.arrays.images[rows], **parameters}
+        return inputs, one_hot(labels), self.class_weights[labels]
 
 
-# --- the training split resident on the device ----------------------------------------------------
+class EvaluationBatches:
+    """The test split in row order, as numpy: ``({"image": uint8 (b, s, s, c)}, one-hot labels)``, or the
+    inputs alone (``with_labels=False``, for ``predict``)."""
+
+    def __init__(self, arrays: SplitArrays, batch_size: int, *, with_labels: bool = True):
+        self.arrays, self.batch_size, self.with_labels = arrays, int(batch_size), with_labels
+
+    def __len__(self) -> int:
+        return -(-len(self.arrays) // self.batch_size)
+
+    def __getitem__(self, batch: int) -> Any:
+        if not 0 <= batch < len(self):
+            raise IndexError(f"batch {batch} of {len(self)}")
+        rows = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
+        inputs = {"image": self.arrays.images[rows]}
+        return (inputs, one_hot(self.arrays.labels[rows])) if self.with_labels else inputs
 
 
-def resolve_pipeline_path(path: str) -> str:
-    """``cached`` or ``resident``; ``auto`` is ``resident`` when TensorFlow sees a GPU, else ``cached``."""
-    if path not in PIPELINE_PATHS:
-        raise CxrDatasetError(f"pipeline {path!r}: expected one of {', '.join(PIPELINE_PATHS)}")
-    if path != "auto":
-        return path
-    return "resident" if import_tensorflow().config.list_physical_devices("GPU") else "cached"
-
-
-def make_pipelines(arrays: dict[str, SplitArrays], recipe: Any, *, seed: int, path: str = "auto") -> "Pipelines":
-    """The pipelines of ``path`` (see ``resolve_pipeline_path``) over decoded splits."""
-    if resolve_pipeline_path(path) == "resident":
-        return ResidentPipelines(arrays, recipe, seed=seed)
-    return Pipelines(arrays, recipe, seed=seed)
-
-
-class ResidentPipelines(Pipelines):
-    """Both decoded splits copied once to the training device; each batch is gathered and augmented there.
-
-    ``training_batch`` and ``test_batch`` are pure TF ops on tensors of that device, meant to be
-    traced into the train and test steps (``train.ResidentTrainer``), so a step's only input from
-    the host is a batch of row indices and a counter. The batches, their order and their
-    augmentation seeds are those of ``Pipelines.train_epoch``: the two paths feed the same data.
-
-    Storage is uint8 on a CPU. On a GPU it is float16 (twice the bytes: ~104 MB for the paper's
-    5,614 x 96 x 96 training split): TensorFlow registers no GPU kernel that gathers uint8, so
-    outside XLA the gather would silently run on the CPU and copy the split back at every step;
-    float16 holds 0..255 exactly, so the batches are the same. ``test_batches`` (predictions and
-    the test loss after training) stays the host tf.data pipeline of ``Pipelines``.
-    """
-
-    path = "resident"
-
-    def __init__(self, arrays: dict[str, SplitArrays], recipe: Any, *, seed: int,
-                 device: str | None = None, storage_dtype: str | None = None):
-        tf = import_tensorflow()
-        super().__init__(arrays, recipe, seed=seed)
-        self.device = device or ("/GPU:0" if tf.config.list_physical_devices("GPU") else "/CPU:0")
-        self.storage_dtype = storage_dtype or ("float16" if "GPU" in self.device.upper() else "uint8")
-        classes = len(CLASS_NAMES)
-        with tf.device(self.device):
-            self._resident_images = tf.constant(self.train.images.astype(self.storage_dtype))
-            self._resident_onehot = tf.one_hot(tf.constant(self.train.labels), classes)
-            self._resident_test_images = tf.constant(self.test.images.astype(self.storage_dtype))
-            self._resident_test_onehot = tf.one_hot(tf.constant(self.test.labels), classes)
-        self._test_repeat = [1, 1, 1, 3 // int(self.test.images.shape[-1])]
-        self._batch_function: Any = None
-
-    @property
-    def placed_on(self) -> str:
-        """The device TensorFlow put the resident training split on (full device name)."""
-        return self._resident_images.device
-
-    @property
-    def resident_bytes(self) -> int:
-        return int(sum(t.shape.num_elements() * t.dtype.size for t in
-                       (self._resident_images, self._resident_onehot,
-                        self._resident_test_images, self._resident_test_onehot)))
-
-    def training_batch(self, index: Any, counter: Any) -> tuple[Any, Any]:
-        """(augmented float32 RGB images, one-hot labels) of training rows ``index``, augmentation seed
-        ``(seed, counter)`` with ``counter = epoch * batches_per_epoch + batch``. Traceable."""
-        tf = import_tensorflow()
-        seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(counter, tf.int64)])
-        images = self._augment(tf.gather(self._resident_images, index), seed)
-        return images, tf.gather(self._resident_onehot, index)
-
-    def test_batch(self, index: Any) -> tuple[Any, Any]:
-        """(float32 RGB [0, 1] images, one-hot labels) of test rows ``index``. Traceable."""
-        tf = import_tensorflow()
-        images = tf.cast(tf.gather(self._resident_test_images, index), tf.float32) * INVERSE_255
-        return tf.tile(images, self._test_repeat), tf.gather(self._resident_test_onehot, index)
-
-    def _index_batches(self, order: np.ndarray) -> list[Any]:
-        tf = import_tensorflow()
-        with tf.device(self.device):
-            return [tf.constant(order[start:start + self.batch_size].astype(np.int64))
-                    for start in range(0, len(order), self.batch_size)]
-
-    def epoch_batches(self, epoch: int) -> list[tuple[Any, Any]]:
-        """(row indices on the device, augmentation counter) of every training batch of 0-based ``epoch``."""
-        tf = import_tensorflow()
-        first = epoch * self.batches_per_epoch
-        return [(index, tf.constant(first + batch, tf.int64))
-                for batch, index in enumerate(self._index_batches(self.epoch_order(epoch)))]
-
-    def test_index_batches(self) -> list[Any]:
-        """Row indices on the device of every test batch, in row order."""
-        return self._index_batches(np.arange(len(self.test)))
-
-    def train_epoch(self, epoch: int) -> Iterator[tuple[Any, Any]]:
-        """The batches of ``epoch`` as tensors on the device, one traced call per batch (for tests and
-        the benchmark: training traces ``training_batch`` into its step instead)."""
-        tf = import_tensorflow()
-        if self._batch_function is None:
-            self._batch_function = tf.function(self.training_batch, autograph=False)
-        with tf.device(self.device):
-            for index, counter in self.epoch_batches(epoch):
-                yield self._batch_function(index, counter)
+def one_hot(labels: np.ndarray) -> np.ndarray:
+    return np.eye(len(CLASS_NAMES), dtype=np.float32)[np.asarray(labels, np.int64)]

@@ -417,6 +417,10 @@ def _semantic_problems(values: dict[str, Any]) -> list[tuple[str, str]]:
     if values["data"]["train_resize"] < model["input_size"]:
         problems.append(("data.train_resize", f"{values['data']['train_resize']} is smaller than the "
                                               f"{model['input_size']} crop (model.input_size)"))
+    if (values["data"]["resize_method"], values["data"]["antialias"]) != ("bilinear", False):
+        problems.append(("data.resize_method", f"{values['data']['resize_method']!r} with antialias "
+                                               f"{values['data']['antialias']}: the baseline resizes on the host "
+                                               "with the reference code's resize only (bilinear, antialias false)"))
     schedule = training["learning_rate"]
     if len(schedule["values"]) != len(schedule["boundaries"]) + 1:
         problems.append(("training.learning_rate", "needs one more value than boundaries"))

@@ -13,12 +13,12 @@ from .. import progress as progress_bars
 from ..errors import CxrDatasetError
 from ..release import resolve_config, verify_config_fingerprint
 from .certificate import build_certificate, write_run_outputs
-from .data import load_release, make_pipelines, read_release_report, verify_counts
+from .data import load_release, read_release_report, verify_counts
 from .class_evidence import BOOTSTRAP_RESAMPLES, class_evidence
 from .evaluate import evaluate_predictions
 from .holdout import dcnn_holdout_entry, holdout_result, holdout_sources, holdout_train_mask, subset_split
 from .linear_probes import fast_probes, read_probe_table
-from .model import build_model_from_recipe
+from .model import build_model_from_recipe, build_training_model
 from .probes import (
     CPU_PROBE_EPOCHS,
     FLAG_RULE,
@@ -31,18 +31,16 @@ from .probes import (
 )
 from .recipe import Recipe, load_recipe, with_overrides
 from .train import (
-    check_run_options,
     compile_model,
-    configure_devices,
     describe_hardware,
     describe_run,
     evaluate_loss,
     mixed_precision_policy,
     predict,
-    set_determinism,
+    resolve_run_options,
     train,
 )
-from ._backend import import_keras, import_tensorflow
+from ._backend import apply_determinism, configure_devices, import_keras, prepare_backend
 
 DEFAULT_SEED = 42
 PROBE_SHAPES = {"border": "box", "lung": "ellipse"}
@@ -101,23 +99,23 @@ class RunClock:
 
 
 def _train_once(arrays: dict[str, Any], recipe: Recipe, *, seed: int, policy: str | None, deterministic: bool,
-                clock: RunClock, label: str, pipeline: str = "auto", jit_compile: bool = False) -> dict[str, Any]:
-    """Train one model on ``arrays``; its history, test probabilities, test loss, seconds and run_info."""
-    set_determinism(seed, deterministic=deterministic)
-    pipelines = make_pipelines(arrays, recipe, seed=seed, path=pipeline)
-    model = compile_model(build_model_from_recipe(recipe, dtype_policy=policy), recipe, dtype_policy=policy,
-                          jit_compile=jit_compile or None)
+                clock: RunClock, label: str, jit_compile: bool | None = None, on_gpu: bool = False) -> dict[str, Any]:
+    """Train one model on ``arrays``; its history, test probabilities, test loss, seconds and backend record."""
+    apply_determinism(seed, deterministic=deterministic, on_gpu=on_gpu)
+    network = build_model_from_recipe(recipe, dtype_policy=policy)
+    model = compile_model(build_training_model(network, recipe), recipe, dtype_policy=policy, jit_compile=jit_compile)
     clock.start(label, recipe["training"]["epochs"])
     mark = time.perf_counter()
-    history = train(model, pipelines, recipe, progress=clock.epoch_line, jit_compile=jit_compile)
+    history = train(model, arrays, recipe, seed=seed, progress=clock.epoch_line)
     train_seconds = time.perf_counter() - mark
-    probs = predict(model, pipelines)
-    loss = evaluate_loss(model, pipelines)
-    # which input path, device, precision and compilation ran (train.describe_run)
-    run_info = describe_run(model, pipelines, dtype_policy=policy, jit_compile=jit_compile)
-    del model, pipelines
+    batch_size = recipe["training"]["batch_size"]
+    probs = predict(model, arrays["test"], batch_size)
+    loss = evaluate_loss(model, arrays["test"], batch_size)
+    # which backend, device, precision, compilation and determinism ran (train.describe_run)
+    backend = describe_run(model, dtype_policy=policy, deterministic=deterministic)
+    del model, network
     import_keras().backend.clear_session()  # free the previous model before the next seed or probe
-    return {"history": history, "probs": probs, "loss": loss, "train_seconds": train_seconds, "run_info": run_info}
+    return {"history": history, "probs": probs, "loss": loss, "train_seconds": train_seconds, "backend": backend}
 
 
 @progress_bars.follows("progress")  # progress=False silences the bars too (decode, epochs)
@@ -136,10 +134,10 @@ def run_baseline(
     probe_epochs: int | None = None,
     mixed_precision: bool = False,
     verify_fingerprint: bool = True,
-    deterministic: bool = True,
+    deterministic: bool | None = None,
     progress: bool | Callable[[str], None] = True,
-    pipeline: str = "auto",
-    jit_compile: bool = False,
+    backend: str | None = None,
+    jit_compile: bool | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate the baseline on the release in ``data_dir``; write its certificate to ``out_dir``.
 
@@ -153,14 +151,15 @@ def run_baseline(
     ``probes.DCNN_PROBES`` (``"all"``); ``probe_epochs`` sets their epochs (default: the recipe's on a
     GPU, ``min(3, recipe)`` on a CPU). The configuration's fingerprint is recomputed first and a mismatch
     with build_report.json raises ``errors.VerificationError`` (``verify_fingerprint=False`` skips
-    that; the certificate says so). ``deterministic`` enables TensorFlow's op determinism
-    (process-wide). ``progress``: True prints one line per stage and epoch (with images/s and the
-    run's ETA) to stderr, a callable receives those lines, False is silent.
-    ``pipeline``: ``resident`` keeps the training split on the device and augments there, ``cached``
-    feeds it from host memory through tf.data, ``auto`` is resident on a GPU and cached on a CPU;
-    ``jit_compile`` compiles the train step with XLA (needs ``deterministic=False``: XLA has no
-    deterministic MaxPool gradient). The certificate's ``run_info`` says which path, device,
-    precision and compilation ran.
+    that; the certificate says so). ``progress``: True prints one line per stage and epoch (with
+    images/s and the run's ETA) to stderr, a callable receives those lines, False is silent.
+    ``backend``: the Keras backend (``tensorflow``, ``jax``, ``torch``; default ``KERAS_BACKEND``, else
+    TensorFlow); a process trains on one backend only (``_backend.select_backend``).
+    ``deterministic`` switches the backend's deterministic kernels on (process-wide; default: on,
+    except TensorFlow with ``jit_compile``, whose XLA has no deterministic MaxPool gradient);
+    ``jit_compile`` compiles the train step (default: Keras's choice per backend, see
+    ``train.resolve_run_options``). The certificate's ``backend`` block says which backend, device,
+    precision, compilation and determinism switches ran.
 
     Returns the certificate (also written as ``out_dir/certificate.json``).
     """
@@ -171,9 +170,11 @@ def run_baseline(
         raise CxrDatasetError(f"seeds={seeds}: expected at least 1")
     resolved = with_overrides(load_recipe(recipe), epochs=epochs, batch_size=batch_size, image_size=image_size)
     resolve_probes(probes)  # unknown names fail before the long steps
-    import_tensorflow()  # fail before the long steps if the extra is missing
+    backend_name = prepare_backend(backend, deterministic=deterministic is not False)  # before Keras is imported
+    jit_compile, deterministic = resolve_run_options(backend_name, jit_compile=jit_compile,
+                                                     deterministic=deterministic)
+    import_keras()  # fail before the long steps if the backend's extra is missing
     configure_devices()  # before any op runs: GPU memory growth can only be set then
-    check_run_options(pipeline=pipeline, jit_compile=jit_compile, deterministic=deterministic)  # fail early
     timing: dict[str, float] = {}
 
     report = read_release_report(data_dir)
@@ -206,19 +207,22 @@ def run_baseline(
     dcnn_trainings = [*image_probes, *(f"holdout {source}" for source in held_out)]
     clock = RunClock(seeds * recipe_epochs + len(dcnn_trainings) * probe_epochs, len(arrays["train"]), say)
     if say:
-        say(f"training on {hardware['name']} ({hardware['device']}, {hardware['dtype_policy']}): "
+        say(f"training on {hardware['name']} ({hardware['device']}, {hardware['backend']} "
+            f"{hardware['backend_version']}, {hardware['dtype_policy']}): "
             f"{seeds} seed(s) x {recipe_epochs} epochs" +
             (f", probes {', '.join(dcnn_trainings)} x {probe_epochs} epochs" if dcnn_trainings else ""))
 
     evaluation = resolved["evaluation"]
     smoothing = resolved["training"]["label_smoothing"]
     test = arrays["test"]
-    runs, first, run_info = [], None, {}
+    runs, first, backend_record = [], None, {}
+    on_gpu = hardware["device"] == "GPU"
     mark = time.perf_counter()
     for index in range(seeds):
         run_seed = seed + index
         trained = _train_once(arrays, resolved, seed=run_seed, policy=policy, deterministic=deterministic,
-                              pipeline=pipeline, jit_compile=jit_compile, clock=clock, label=f"seed {run_seed}" if seeds > 1 else "model")
+                              jit_compile=jit_compile, on_gpu=on_gpu, clock=clock,
+                              label=f"seed {run_seed}" if seeds > 1 else "model")
         metrics = evaluate_predictions(
             test.labels, trained["probs"], threshold=evaluation["threshold"], confidence=evaluation["confidence"],
             bootstrap_resamples=evaluation["bootstrap_resamples"], seed=run_seed, label_smoothing=smoothing,
@@ -228,7 +232,7 @@ def run_baseline(
                                                        resamples=BOOTSTRAP_RESAMPLES, confidence=evaluation["confidence"], seed=run_seed)
         runs.append({"seed": run_seed, "metrics": metrics, "history": trained["history"]})
         if first is None:
-            first, run_info = trained, trained["run_info"]
+            first, backend_record = trained, trained["backend"]
     timing["train_seconds"] = time.perf_counter() - mark
 
     probe_results: dict[str, Any] = {}
@@ -238,7 +242,8 @@ def run_baseline(
     confidence = evaluation["confidence"]
     for name in image_probes:
         trained = _train_once(blank_arrays(arrays, PROBE_SHAPES[name]), probe_recipe, seed=seed, policy=policy,
-                              deterministic=deterministic, clock=clock, label=f"{name} probe")
+                              deterministic=deterministic, jit_compile=jit_compile, on_gpu=on_gpu, clock=clock,
+                              label=f"{name} probe")
         probe_results[name] = image_probe_result(
             name, PROBE_SHAPES[name], test.labels, trained["probs"], train_labels=arrays["train"].labels,
             epochs=probe_epochs, recipe_epochs=recipe_epochs, full_model=full_model, confidence=confidence, seed=seed)
@@ -247,7 +252,8 @@ def run_baseline(
         for source in held_out:
             keep = holdout_train_mask(arrays["train"].labels, arrays["train"].sources, source)
             trained = _train_once({**arrays, "train": subset_split(arrays["train"], keep)}, probe_recipe, seed=seed,
-                                  policy=policy, deterministic=deterministic, clock=clock, label=f"holdout {source}")
+                                  policy=policy, deterministic=deterministic, jit_compile=jit_compile, on_gpu=on_gpu,
+                                  clock=clock, label=f"holdout {source}")
             entries[source] = dcnn_holdout_entry(source, test.labels, test.sources, trained["probs"], first["probs"],
                                                  confidence)
         if entries:
@@ -280,7 +286,7 @@ def run_baseline(
         probes_info={"requested": list(probe_names), "dcnn_probes": list(probe_names),
                      "fast_probes": [name for name, r in probe_results.items() if r.get("model_kind") == "linear"],
                      "image_probe_epochs": probe_epochs if dcnn_trainings else None, "flag_rule": FLAG_RULE},
-        run_info=run_info,
+        backend=backend_record,
     )
     path = write_run_outputs(out_dir, certificate, sources=test.sources, source_paths=test.source_paths,
                              labels=test.labels, probs=first["probs"])

@@ -6,98 +6,23 @@ What a command prints beyond a line or two comes from the library (``plan.summar
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
-import logging
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 
 import click
 
-from . import __version__
+from . import __version__, cli_verbosity, progress
+from .cli_options import FINGERPRINT_OPTION, command_options, fail_cleanly, load_manifest, release_options, sigint_ignored
 from .errors import CxrDatasetError
 
 
-def _fail_cleanly(command):
-    """Turn the project's own errors into one readable line and exit code 1 (no traceback)."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except CxrDatasetError as error:
-            click.echo(f"error: {error}", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("interrupted: nothing was written to the output folder; the download cache keeps verified files", err=True)
-            sys.exit(130)
-
-    return wrapper
-
-
-def _manifest(version: str | None, manifest_path: Path | None, name: str):
-    from . import manifest
-
-    if manifest_path is not None:
-        if version is not None:
-            raise click.UsageError("pass either --version (a bundled release) or --manifest (a folder), not both")
-        return manifest.load(manifest_path)
-    if version is None:
-        releases = manifest.available()
-        if not releases:
-            raise CxrDatasetError("no manifests found; pass --manifest PATH")
-        versions = [v for n, v, _ in releases if n == name]
-        if not versions:
-            known = ", ".join(sorted({n for n, _, _ in releases}))
-            raise CxrDatasetError(
-                f"no release named {name!r} under {manifest.manifests_root()}; known names: {known}. "
-                "Pass one of them with --name, or a manifest folder with --manifest PATH (`cxr-dataset manifests` lists them)"
-            )
-        version = versions[-1]
-    try:
-        return manifest.load(manifest.find(version, name))
-    except CxrDatasetError as error:
-        if "+" not in version:
-            raise
-        raise CxrDatasetError(f"{error} {version} is a local version: a variant lives in its own folder; pass "
-                              "--manifest DIR (the folder `cxr-dataset new-variant` wrote).") from None
-
-
-def _options(cache_dir, mirror, offline, workers, quiet, kaggle_archive=None, overwrite=False):
-    from .options import Options
-
-    return Options(
-        cache_dir=cache_dir, mirror=mirror, offline=offline, workers=workers or (os.cpu_count() or 1),
-        progress=not quiet, kaggle_archive=kaggle_archive, overwrite=overwrite,
-    )
-
-
-def _release_options(command):
-    """The options every command that reads a manifest and its sources shares."""
-    decorators = [
-        click.option("--version", "version", metavar="VERSION", help="Release to use (see `cxr-dataset manifests`); default: the newest."),
-        click.option("--manifest", "manifest_path", type=click.Path(exists=True, path_type=Path),
-                     help="A manifest folder (or its manifest.yaml) instead of a bundled release: for your own variants."),
-        click.option("--name", default="covid19-cxr", show_default=True, help="Dataset name under builder_manifests/."),
-        click.option("--cache-dir", type=click.Path(path_type=Path), envvar="COVID19_CXR_CACHE",
-                     help="Download cache. [default: $COVID19_CXR_CACHE or ~/.cache/covid19-cxr-dataset]"),
-        click.option("--mirror", metavar="URL", help="Base URL replacing https://raw.githubusercontent.com (institutional mirror; same <owner>/<repo>/<commit>/<path> layout)."),
-        click.option("--offline", is_flag=True, help="Use only the cache; fail listing every file that is missing."),
-        click.option("--workers", type=click.IntRange(1, 256), help="Parallel workers for download and conversion. [default: all cores]"),
-        click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
-    ]
-    for decorator in reversed(decorators):
-        command = decorator(command)
-    return command
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=cli_verbosity.Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="cxr-dataset")
-@click.option("--verbose", "-v", is_flag=True, help="Log every file downloaded and verified.")
-def main(verbose):
+@click.option("--verbose", "-v", is_flag=True, help=cli_verbosity.VERBOSE_HELP)
+@click.option("--quiet", "-q", is_flag=True, help=cli_verbosity.QUIET_HELP)
+def main(verbose, quiet):
     """Rebuild, check and cite the COVID-19 chest X-ray dataset of Zhong (arXiv 2007.09695).
 
     \b
@@ -107,19 +32,11 @@ def main(verbose):
       cxr-dataset build --version 1.0.0 --out ./covid19-cxr-1.0.0 --kaggle-archive archive.zip
       python -c "import datasets; print(datasets.load_dataset('./covid19-cxr-1.0.0'))"
     """
-    # Only this package's messages: other libraries' INFO chatter (datasets, TF) stays quiet.
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    package_log = logging.getLogger("covid19_cxr_dataset")
-    package_log.addHandler(handler)
-    package_log.setLevel(logging.INFO)
-    logging.getLogger("covid19_cxr_dataset.download").setLevel(logging.DEBUG if verbose else logging.WARNING)
-    if verbose:
-        package_log.setLevel(logging.DEBUG)
+    cli_verbosity.configure_logging(verbose=verbose, quiet=quiet)  # each command also takes -v/-q after its name
 
 
 @main.command()
-@_fail_cleanly
+@fail_cleanly
 def manifests():
     """List the releases this package can build, with their configurations.
 
@@ -144,17 +61,18 @@ def manifests():
 
 def _pin_status(loaded) -> str:
     unpinned = sum(source.unpinned_files(loaded) for source in loaded.sources)
-    return (f"builds as pinned (GitHub by commit and blob id); {unpinned:,} Kaggle file(s) without a recorded sha256" if unpinned
-            else "builds as pinned (every file by checksum)")
+    if unpinned:
+        return f"builds as pinned (GitHub by commit and blob id); {unpinned:,} Kaggle file(s) without a recorded sha256"
+    return "builds as pinned (every file by checksum)"
 
 
 @main.command()
-@_release_options
+@release_options
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder (created only when the build succeeds).")
 @click.option("--kaggle-archive", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The Kaggle chest-xray-pneumonia zip, downloaded by hand (otherwise the Kaggle API with KAGGLE_USERNAME/KAGGLE_KEY or ~/.kaggle/kaggle.json).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists (only after the new build succeeded).")
-@_fail_cleanly
+@fail_cleanly
 def build(version, manifest_path, name, cache_dir, mirror, offline, workers, quiet, out, kaggle_archive, overwrite):
     """Build a release into a Hugging Face dataset folder (parquet shards + card + build report).
 
@@ -165,29 +83,17 @@ def build(version, manifest_path, name, cache_dir, mirror, offline, workers, qui
     from .build import build as run_build
     from .report import summary as report_summary
 
-    manifest = _manifest(version, manifest_path, name)
-    options = _options(cache_dir, mirror, offline, workers, quiet, kaggle_archive, overwrite)
+    manifest = load_manifest(version, manifest_path, name)
+    options = command_options(cache_dir, mirror, offline, workers, quiet, kaggle_archive, overwrite)
     result = run_build(manifest, out, options)
     # The release is in place: a Ctrl-C from here on undoes nothing, so it must not fail the command.
-    with contextlib.suppress(KeyboardInterrupt), _sigint_ignored():
+    with contextlib.suppress(KeyboardInterrupt), sigint_ignored():
         click.echo(report_summary(result))
         click.echo(f"wrote {out}  (load it with datasets.load_dataset({str(out)!r}))")
 
 
-@contextlib.contextmanager
-def _sigint_ignored():
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 @main.command()
-@_release_options
+@release_options
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write every candidate file with its source, path, label and split or exclusion reason.")
 @click.option("--check-files", is_flag=True,
@@ -195,8 +101,9 @@ def _sigint_ignored():
 @click.option("--missing-report", type=click.Path(dir_okay=False, path_type=Path),
               help="With --check-files: where to write the unreachable files. [default: ./<name>-<version>.missing-files.csv, "
                    "written only when some are]")
-@click.option("--check-deadline", type=click.FloatRange(min=1), default=120.0, show_default=True, metavar="SECONDS", help="With --check-files: seconds for all the files together; a server silent past it is an error, not missing files.")
-@_fail_cleanly
+@click.option("--check-deadline", type=click.FloatRange(min=1), default=120.0, show_default=True, metavar="SECONDS",
+              help="With --check-files: seconds for all the files together; a server silent past it is an error, not missing files.")
+@fail_cleanly
 def plan(version, manifest_path, name, cache_dir, mirror, offline, workers, quiet, json_path, check_files, missing_report, check_deadline):
     """Resolve a release from metadata and pinned lists alone (no image downloads).
 
@@ -207,8 +114,8 @@ def plan(version, manifest_path, name, cache_dir, mirror, offline, workers, quie
     """
     from .plan import plan as run_plan, plan_document, summary_lines
 
-    manifest = _manifest(version, manifest_path, name)
-    options = _options(cache_dir, mirror, offline, workers, quiet)
+    manifest = load_manifest(version, manifest_path, name)
+    options = command_options(cache_dir, mirror, offline, workers, quiet)
     resolution = run_plan(manifest, options)
     lines, all_problems = summary_lines(resolution)
     for line in lines:
@@ -261,7 +168,7 @@ def _check_files(manifest, resolution, options, missing_report: Path | None, dea
 @click.option("--mirror", metavar="URL", help="Base URL replacing https://raw.githubusercontent.com (for the metadata tables).")
 @click.option("--offline", is_flag=True, help="Use only the cache.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-@_fail_cleanly
+@fail_cleanly
 def new_variant(folder, base, exclude_missing, accept_hashes, new_version, name, cache_dir, mirror, offline, quiet):
     """Start a local variant of a release in DIR (a new manifest folder you can build and cite).
 
@@ -281,7 +188,7 @@ def new_variant(folder, base, exclude_missing, accept_hashes, new_version, name,
     from .naming import manifest_option, published_release, shown_path
 
     source = variant.resolve_from(base, name)
-    options = _options(cache_dir, mirror, offline, None, quiet)
+    options = command_options(cache_dir, mirror, offline, None, quiet)
     made, resolution = variant.new_variant(source, folder, exclude_missing=exclude_missing, options=options, version=new_version,
                                            accept_hashes=accept_hashes)
     click.echo(f"wrote {folder}: {made.name} {made.version}, derived from {source.version}")
@@ -327,11 +234,13 @@ def new_variant(folder, base, exclude_missing, accept_hashes, new_version, name,
 @click.option("--config", "config", metavar="NAME",
               help="Release configuration to certify (paper, curated). [default: the release's default]")
 @click.option("--probes", "probes_flag", is_flag=True,
-              help="Also run the shortcut probes (border-only, source, metadata) and report them.")
-@click.option("--probe", "probe_names", multiple=True, type=click.Choice(["border", "lung", "source", "metadata", "all"]),
-              help="Run only these probes (repeatable; implies --probes; 'lung' blanks a centred ellipse).")
+              help="Also train the DCNN shortcut probes (border, lung; on a GPU the source hold-out too). The fast "
+                   "linear probes run on every certificate.")
+@click.option("--probe", "probe_names", multiple=True, type=click.Choice(["border", "lung", "holdout", "all"]),
+              help="Train only these DCNN probes (repeatable; implies --probes; 'lung' blanks a centred ellipse, "
+                   "'holdout' trains once per COVID-19 source with that source's COVID-19 films left out).")
 @click.option("--probe-epochs", type=click.IntRange(1),
-              help="Epochs of the image probes. [default: the recipe's on a GPU, at most 3 on a CPU]")
+              help="Epochs of the DCNN probes. [default: the recipe's on a GPU, at most 3 on a CPU]")
 @click.option("--mixed-precision", is_flag=True, help="float16 compute on a GPU (numbers may differ slightly).")
 @click.option("--no-verify", is_flag=True, help="Skip recomputing the release fingerprint before training.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-epoch progress.")
@@ -341,7 +250,7 @@ def new_variant(folder, base, exclude_missing, accept_hashes, new_version, name,
 @click.option("--jit-compile", is_flag=True,
               help="Compile the train step with XLA (faster on a GPU). Turns TensorFlow's op determinism off "
                    "(XLA has no deterministic MaxPool gradient): reruns may differ slightly.")
-@_fail_cleanly
+@fail_cleanly
 def baseline(data_dir, out, recipe, epochs, batch_size, image_size, seed, seeds, config, probes_flag, probe_names,
              probe_epochs, mixed_precision, no_verify, quiet, pipeline, jit_compile):
     """Certify a release: train and evaluate the paper's DCNN on it, compare with the paper.
@@ -349,18 +258,20 @@ def baseline(data_dir, out, recipe, epochs, batch_size, image_size, seed, seeds,
     \b
     Needs TensorFlow: pip install 'covid19-cxr-dataset[baseline]'. Uses the GPU when TensorFlow
     sees one. Writes certificate.json, certificate.md, predictions.csv and PNG plots to --out.
-    --probes adds the shortcut probes (what a model learns from the border, source and metadata).
+    Every run adds the fast shortcut probes (linear models on the border, the film without its lungs,
+    the corners, metadata, the source, a source hold-out); --probes adds their DCNN versions.
     Exit code 0 when the verdict is pass, review, no-reference or quick-check (--epochs,
     --batch-size or --image-size: a run that certifies nothing); 3 when it is fail.
     """
     from .baseline import DEFAULT_SEED, run_baseline
+    from .baseline.class_evidence import probe_line
 
     probes = list(probe_names) if probe_names else probes_flag
     certificate = run_baseline(
         data_dir, out, recipe=recipe, epochs=epochs, batch_size=batch_size, image_size=image_size,
         seed=DEFAULT_SEED if seed is None else seed, seeds=seeds, config=config, probes=probes,
         probe_epochs=probe_epochs, mixed_precision=mixed_precision, verify_fingerprint=not no_verify,
-        progress=not quiet, pipeline=pipeline, jit_compile=jit_compile, deterministic=not jit_compile,
+        progress=not quiet and progress.is_enabled(), pipeline=pipeline, jit_compile=jit_compile, deterministic=not jit_compile,
     )
     accuracy = certificate.get("metrics", {}).get("accuracy")
     verdict = certificate.get("verdict")
@@ -370,31 +281,10 @@ def baseline(data_dir, out, recipe, epochs, batch_size, image_size, seed, seeds,
     else:
         click.echo(f"verdict: {verdict} (against the paper's figures; see certificate.md)")
     for name, probe in certificate.get("probes", {}).items():
-        if probe.get("status") == "ran":
-            flag = "  SHORTCUT" if probe["flagged"] else ""
-            click.echo(f"probe {name}: accuracy {probe['accuracy']:.4f} vs majority-class rate "
-                       f"{probe['majority_rate']:.4f}{flag}")
-        else:
-            click.echo(f"probe {name}: not run ({probe.get('reason')})")
+        click.echo(probe_line(name, probe))
     click.echo(f"wrote {out}")
     if verdict == "fail":
         sys.exit(3)  # a release whose certificate fails must not pass a release pipeline
-
-
-def _anchors(ctx, param, values):
-    """``--fingerprint [CONFIG=]HEX`` values, checked before any work (a malformed one is a usage error)."""
-    from .anchors import parse
-
-    try:
-        return [parse(value) for value in values]
-    except CxrDatasetError as error:
-        raise click.BadParameter(str(error).removeprefix("--fingerprint "), ctx=ctx, param=param) from None
-
-
-_FINGERPRINT_OPTION = click.option(
-    "--fingerprint", "fingerprints", multiple=True, metavar="[CONFIG=]HEX", callback=_anchors,
-    help="A fingerprint from outside the folder (a paper, a citation, the Hub tag message) that it must match: "
-         "CONFIG=HEX for one configuration, HEX for any of them; at least 16 hex digits. Repeatable.")
 
 
 @main.command()
@@ -407,39 +297,46 @@ _FINGERPRINT_OPTION = click.option(
 @click.option("--config", "config", metavar="NAME", help="The configuration you used (e.g. paper, curated); the release entry names it.")
 @click.option("--release", "release_dir", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A built release folder: verify it, then cite it with the fingerprints recomputed from its shards.")
+@click.option("--repo-id", metavar="ORG/NAME",
+              help="The Hugging Face dataset repository the release lives in: the release entry links it. "
+                   "[default with --release: the one publish recorded in the folder]")
 @click.option("--workers", type=click.IntRange(1, 256), help="With --release: parallel workers for verifying. [default: all cores]")
-@_fail_cleanly
-def cite(version, manifest_path, name, fmt, config, release_dir, workers):
+@fail_cleanly
+def cite(version, manifest_path, name, fmt, config, release_dir, repo_id, workers):
     """Print how to cite a release: the release itself, then every work it is built from.
 
     The release's entry carries each configuration's fingerprint (BibTeX note, CFF identifiers) when
-    the release records them, or, with --release DIR, those of that folder once it verifies.
+    the release records them, or, with --release DIR, those of that folder once it verifies; and where
+    the release lives (--repo-id, or the repository publish recorded in the folder), when known.
     """
+    from .card_sections import hub_url
     from .citation import format_citations
 
+    url = hub_url(repo_id) if repo_id else None
     if release_dir is not None:
         from .verify import cite_release
 
-        manifest = _manifest(version, manifest_path, name) if version or manifest_path else None
-        click.echo(cite_release(release_dir, fmt, config, manifest=manifest, workers=workers or os.cpu_count() or 1), nl=False)
+        manifest = load_manifest(version, manifest_path, name) if version or manifest_path else None
+        click.echo(cite_release(release_dir, fmt, config, manifest=manifest, workers=workers or os.cpu_count() or 1, url=url), nl=False)
         return
-    click.echo(format_citations(_manifest(version, manifest_path, name), fmt, config), nl=False)
+    click.echo(format_citations(load_manifest(version, manifest_path, name), fmt, config, url or ""), nl=False)
 
 
 @main.command("verify")
 @click.argument("release_dir", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--workers", type=click.IntRange(1, 256), help="Parallel workers for hashing and decoding. [default: all cores]")
-@_FINGERPRINT_OPTION
-@_fail_cleanly
+@FINGERPRINT_OPTION
+@fail_cleanly
 def verify_command(release_dir, workers, fingerprints):
     """Check a release folder against its build_report.json, and against fingerprints from outside it.
 
     Checks every shard's sha256 and size, that no other shard is there, each configuration's
     fingerprint (every column of every row, and the configuration's name, default and data files),
-    the counts per split and class, and that the card is the one the build generates. The fingerprints
-    are also checked against --fingerprint values and against those this package records for the
-    release. Exit code 0: the release is intact; 1: it is not (every problem is named with its file,
-    expected and found value); 2: a malformed option.
+    the counts per split and class, and that README.md, croissant.json and unpinned-files.csv are
+    exactly what the build generates from the report. The fingerprints are also checked against
+    --fingerprint values and against those this package records for the release. Exit code 0: the
+    release is intact; 1: it is not (every problem is named with its file, expected and found value);
+    2: a malformed option.
     """
     from .verify import require_verified
 
@@ -450,18 +347,20 @@ def verify_command(release_dir, workers, fingerprints):
 @click.argument("release_dir", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--repo-id", required=True, metavar="ORG/NAME", help="Hugging Face dataset repository (created if missing).")
 @click.option("--dry-run", is_flag=True, help="Verify, then list every file that would be uploaded (size, sha256); upload nothing.")
-@click.option("--private", is_flag=True, help="Create the repository as private (an existing one keeps its visibility).")
-@click.option("--revision", metavar="BRANCH",
-              help="Branch to upload to. [default: release-<version>]; `main` also makes it what the Hub shows by default.")
+@click.option("--private/--public", default=None,
+              help="Visibility of a new repository (an existing one keeps its own). [default: private for a variant, else public]")
+@click.option("--revision", metavar="BRANCH", help="Branch to commit to. [default: main, what the Hub shows and reads]")
 @click.option("--workers", type=click.IntRange(1, 256), help="Parallel workers for verification. [default: all cores]")
-@_fail_cleanly
+@fail_cleanly
 def publish_command(release_dir, repo_id, dry_run, private, revision, workers):
-    """Upload a verified release to the Hugging Face Hub and tag it v<version>.
+    """Upload a verified release to the Hugging Face Hub: commit it to main and tag it v<version>.
 
     \b
-    Verifies the folder first and refuses a release that fails. Uploads README.md, build_report.json
-    and the shards to branch release-<version>, checks the commit, then tags it v<version>, so
-    datasets.load_dataset("ORG/NAME", revision="v<version>") loads exactly this release.
+    Verifies the folder first and refuses a release that fails. Records ORG/NAME in the folder as where
+    the release lives (the card's citation and examples), commits README.md, croissant.json,
+    build_report.json and the shards to main, checks the commit, then tags it v<version>, so
+    datasets.load_dataset("ORG/NAME", revision="v<version>") loads exactly this release. --dry-run
+    shows all of that, with warnings (a local variant; license-restricted images), and changes nothing.
     Token: $HF_TOKEN or `hf auth login` (no command-line option, so it stays out of shell history).
     Needs: pip install 'covid19-cxr-dataset[publish]' (not for --dry-run).
     """
@@ -477,7 +376,7 @@ def publish_command(release_dir, repo_id, dry_run, private, revision, workers):
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Write every image's result to this CSV.")
 @click.option("--all", "show_all", is_flag=True, help="Print every image, not only the proposed ones.")
 @click.option("--workers", type=click.IntRange(1, 256), help="Parallel workers. [default: all cores]")
-@_fail_cleanly
+@fail_cleanly
 def audit(paths, csv_path, show_all, workers):
     """Propose images with drawn lesion marks (arrows, circles, boxes, lesion text) for review.
 
@@ -516,7 +415,7 @@ def lock():
               help="The repository's tree at the pinned commit: path<TAB>git_blob_sha1<TAB>size (git ls-tree -r -l).")
 @click.option("--metadata", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="The source's metadata table at the pinned commit.")
-@_fail_cleanly
+@fail_cleanly
 def lock_github(manifest_path, source_name, tree, metadata):
     """Write a GitHub source's lock file: the metadata table and every image it names, by git blob id."""
     from . import locks, manifest
@@ -530,12 +429,12 @@ def lock_github(manifest_path, source_name, tree, metadata):
 
 
 @lock.command("splits")
-@_release_options
+@release_options
 @click.option("--from-build", "from_build", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Take the split from this built release folder (for releases whose build finds what a plan cannot, "
                    "such as pixel duplicates) instead of planning it from metadata.")
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 if the recorded split file differs from what the rules give.")
-@_fail_cleanly
+@fail_cleanly
 def lock_splits(version, manifest_path, name, cache_dir, mirror, offline, workers, quiet, from_build, check):
     """Record a release's split as data: splits.csv (source, source_path, label, split, patient_group, configs).
 
@@ -545,11 +444,11 @@ def lock_splits(version, manifest_path, name, cache_dir, mirror, offline, worker
     """
     from . import locks, plan as plan_module, split
 
-    loaded = _manifest(version, manifest_path, name)
+    loaded = load_manifest(version, manifest_path, name)
     if from_build is not None:
         table = plan_module.assignment_from_build(from_build)
     else:
-        resolution = plan_module.plan(loaded, _options(cache_dir, mirror, offline, workers, quiet), use_assignment=False)
+        resolution = plan_module.plan(loaded, command_options(cache_dir, mirror, offline, workers, quiet), use_assignment=False)
         problems = [p for c in loaded.configs for p in plan_module.check_counts(loaded, resolution.kept, config=c.name)]
         if problems:
             raise CxrDatasetError(f"{loaded.path}: the plan does not give the expected counts ({'; '.join(problems)}); "
@@ -577,7 +476,7 @@ def lock_splits(version, manifest_path, name, cache_dir, mirror, offline, worker
 @click.option("--replace-pins", is_flag=True,
               help="Overwrite sha256 already pinned that this archive contradicts (each change is printed). Without "
                    "it such a contradiction is an error and nothing is written.")
-@_fail_cleanly
+@fail_cleanly
 def lock_kaggle(manifest_path, kaggle_archive, replace_pins):
     """Record the sha256 of every listed Kaggle file from the archive, so later builds verify them.
 

@@ -51,7 +51,8 @@ def run_verify(release: Path, package: Path, limit_mib: int) -> tuple[int, float
     wall = time.perf_counter() - start
     peaks = [line.split("=", 1)[1] for line in child.stderr.splitlines() if line.startswith("PEAK_RSS_KIB=")]
     peak = int(peaks[-1]) / 1024 if peaks else float("nan")
-    lines = [line for line in (child.stdout + child.stderr).splitlines() if line.strip() and not line.startswith("PEAK_RSS")]
+    lines = [line for line in child.stdout.splitlines() if line.strip()] or [
+        line for line in child.stderr.splitlines() if line.strip() and not line.startswith("PEAK_RSS")]
     return child.returncode, wall, peak, (lines[-1].strip() if lines else "")[:110]
 
 

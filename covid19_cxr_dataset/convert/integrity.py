@@ -59,8 +59,8 @@ def checked_stream(data: bytes, fmt: str, settings: ConvertSettings, name: str) 
         header = lossless_jpeg.read_header(data)
     except ValueError:
         return data, ""  # markers broken before the first scan: the decoder says what is wrong
-    if header.process in ("lossless", "hierarchical"):
-        return data, ""  # pylibjpeg-libjpeg's, which raises on damage
+    if header.process in ("lossless", "hierarchical") or not header.width or not header.height:
+        return data, ""  # pylibjpeg-libjpeg's, which raises on damage; a height given by DNL: the decoder's
     _check_size(header.width, header.height, settings, name, decode_bytes=header.coefficient_bytes + 2 * len(data), jpeg_output=False)
     damage = lossless_jpeg.stream_damage(data)
     if not damage:

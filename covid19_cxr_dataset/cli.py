@@ -101,8 +101,10 @@ def build(version, manifest_path, name, cache_dir, mirror, offline, workers, qui
 @click.option("--missing-report", type=click.Path(dir_okay=False, path_type=Path),
               help="With --check-files: where to write the unreachable files. [default: ./<name>-<version>.missing-files.csv, "
                    "written only when some are]")
+@click.option("--check-deadline", type=click.FloatRange(min=1), default=120.0, show_default=True, metavar="SECONDS",
+              help="With --check-files: seconds for all the files together; a server silent past it is an error, not missing files.")
 @fail_cleanly
-def plan(version, manifest_path, name, cache_dir, mirror, offline, workers, quiet, json_path, check_files, missing_report):
+def plan(version, manifest_path, name, cache_dir, mirror, offline, workers, quiet, json_path, check_files, missing_report, check_deadline):
     """Resolve a release from metadata and pinned lists alone (no image downloads).
 
     Prints the per-split, per-class and per-source counts and the exclusions by reason, and says
@@ -122,18 +124,18 @@ def plan(version, manifest_path, name, cache_dir, mirror, offline, workers, quie
         plan_json = plan_document(resolution)
         json_path.write_text(json.dumps(plan_json, indent=1) + "\n", encoding="utf-8")
         click.echo(f"wrote {json_path} ({len(plan_json['files']):,} files)")
-    unreachable = _check_files(manifest, resolution, options, missing_report) if check_files else []
+    unreachable = _check_files(manifest, resolution, options, missing_report, check_deadline) if check_files else []
     if all_problems or unreachable:
         sys.exit(2)
 
 
-def _check_files(manifest, resolution, options, missing_report: Path | None) -> list[dict]:
+def _check_files(manifest, resolution, options, missing_report: Path | None, deadline: float) -> list[dict]:
     """plan --check-files: HEAD every file, print what is unreachable, write the missing-files report."""
     from . import missing
     from .fetch import check_files
     from .naming import shown_path
 
-    checked, unreachable = check_files(resolution, options)
+    checked, unreachable = check_files(resolution, options, deadline=deadline)
     where = options.mirror or "raw.githubusercontent.com"
     click.echo(f"  files: {checked - len(unreachable):,} of {checked:,} reachable on {where} (HEAD requests; nothing downloaded;"
                " Kaggle files come from the archive and are not checked)")

@@ -4,9 +4,10 @@ Converted images are kept under ``<cache>/converted/<key>/<sha256[:2]>/`` where 
 settings and every library that can change the output bytes (``convert.output_fingerprint``), and
 each file is ``<sha256 of the source>.<conversion><suffix>`` (``cache_path``), so a rebuild
 converts nothing twice and knows each image's conversion path. Beside each entry,
-``<entry>.json`` records ``{"sha256", "size"}`` of the output (other keys may follow); an entry is
-reused only while it matches that record, so a replaced, truncated or emptied file is converted
-again.
+``<entry>.json`` records ``{"sha256", "size"}`` of the output, and ``repair`` when the source lacked
+something its pixels did not need (``ConvertedImage.repair``: a JPEG's end marker, a PNG's end chunk),
+which the build report lists (``conversion_summary``); an entry is reused only while it matches that
+record, so a replaced, truncated or emptied file is converted again.
 """
 
 from __future__ import annotations
@@ -53,11 +54,11 @@ def _entry_ok(target: Path) -> bool:
     )
 
 
-def _store(target: Path, image: bytes) -> None:
+def _store(target: Path, image: bytes, repair: str = "") -> None:
     """Image first, then its record, each by atomic rename: a crash in between leaves an entry without
     a record, which is converted again."""
     suffix = f".{os.getpid()}.tmp"  # one writer per process
-    record = json.dumps({"sha256": hashlib.sha256(image).hexdigest(), "size": len(image)})
+    record = json.dumps({"sha256": hashlib.sha256(image).hexdigest(), "size": len(image), **({"repair": repair} if repair else {})})
     for path, data in ((target, image), (_record_path(target), record.encode())):
         temporary = path.with_name(path.name + suffix)
         try:
@@ -86,7 +87,7 @@ def _convert_one(task: tuple[str, str, convert.ConvertSettings]) -> tuple[str, s
     except ConversionError as error:
         return "", f"{error.reason}\t{error}"
     target_path = cache_path(Path(stem), result.conversion)
-    _store(target_path, result.data)
+    _store(target_path, result.data, result.repair)
     return str(target_path), ""
 
 
@@ -150,10 +151,25 @@ def conversion_of(path: str | Path) -> str:
     raise ValueError(f"{path}: not a conversion cache file name (<sha256>.<conversion><suffix>)")
 
 
-def conversion_summary(converted_paths) -> dict:
-    """For the build report: images per conversion path, and the library versions the bytes depend on."""
+def conversion_summary(kept: pd.DataFrame) -> dict:
+    """For the build report: images per conversion path, the library versions the bytes depend on, and
+    the images whose source lacked something its pixels did not need (``repaired``: source, path and
+    the repair, from the entry records)."""
     counts = {conversion: 0 for conversion in CONVERSIONS}
-    for path in converted_paths:
-        if path:
-            counts[conversion_of(path)] += 1
-    return {"counts": counts, "libraries": library_versions()}
+    repaired = []
+    for row in kept.itertuples() if "converted_path" in kept else ():
+        if row.converted_path:
+            counts[conversion_of(row.converted_path)] += 1
+            repair = _recorded_repair(Path(row.converted_path))
+            if repair:
+                repaired.append({"source": row.source, "source_path": row.source_path, "repair": repair})
+    return {"counts": counts, "libraries": library_versions(),
+            "repaired": sorted(repaired, key=lambda r: (r["source"], r["source_path"]))}
+
+
+def _recorded_repair(target: Path) -> str:
+    try:
+        record = json.loads(_record_path(target).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    return str(record.get("repair", "")) if isinstance(record, dict) else ""

@@ -13,6 +13,10 @@ class ManifestError(CxrDatasetError):
     """A manifest (or a file it names) is missing, malformed or inconsistent."""
 
 
+class NotARegularFile(CxrDatasetError):
+    """A handed-in path is not a regular file (a FIFO, device, socket or folder), or is larger than such a file may be."""
+
+
 class DownloadError(CxrDatasetError):
     """A file could not be fetched after the allowed retries."""
 

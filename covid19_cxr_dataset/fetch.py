@@ -16,7 +16,7 @@ from typing import Callable
 import pandas as pd
 
 from . import progress as progress_bars
-from .download import Downloader, file_sha256
+from .download import CHECK_DEADLINE, Downloader, file_sha256
 from .errors import CxrDatasetError, MissingUpstreamFiles
 from .manifest import Manifest
 from .missing import missing_files_error
@@ -103,15 +103,18 @@ def hash_and_verify(kept: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return kept, unverified
 
 
-def check_files(resolution: Resolution, options: Options, downloader: Downloader | None = None) -> tuple[int, list[dict]]:
-    """HEAD every file a build of ``resolution`` (what ``plan`` returned) would download; download
-    nothing. Returns (files checked, one missing-files row per unreachable file). Files from a
-    Kaggle archive or a local folder are not checked (they are not fetched one by one)."""
+def check_files(resolution: Resolution, options: Options, downloader: Downloader | None = None, *,
+                deadline: float = CHECK_DEADLINE) -> tuple[int, list[dict]]:
+    """HEAD every file a build of ``resolution`` (what ``plan`` returned) would download, all within
+    ``deadline`` seconds (``Downloader.check_reachable``: a server that refuses HEAD is asked for the
+    first byte); download nothing. Returns (files checked, one missing-files row per unreachable file).
+    Files from a Kaggle archive or a local folder are not checked (they are not fetched one by one)."""
     over_quota = resolution.excluded[resolution.excluded["reason"].eq("over-quota")]
     rows = pd.concat([resolution.kept, over_quota], ignore_index=True).fillna({"split": ""})
     rows = rows[rows["download_url"].ne("")]
     specs = _file_specs(resolution.manifest, rows)
-    answers = (downloader or options.downloader()).check_reachable(list(specs.values()), desc="check files (HEAD)")
+    answers = (downloader or options.downloader()).check_reachable(list(specs.values()), desc="check files (HEAD)",
+                                                                    deadline=deadline)
     unreachable = []
     for row in rows.itertuples():
         answer = answers[specs[row.record_id].cache_key]

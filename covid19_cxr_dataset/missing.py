@@ -17,12 +17,16 @@ from typing import TYPE_CHECKING, Iterable
 
 import pandas as pd
 
+from . import safe_load
 from .errors import CxrDatasetError, MissingUpstreamFiles
 from .manifest import Manifest
 from .naming import manifest_option, from_argument, next_local_version, shown_path
 
 if TYPE_CHECKING:
     from .options import Options
+
+MAX_MISSING_REPORT_BYTES = 64 * 2**20
+"""A missing-files report is a few hundred bytes a file; anything larger is not one (``read_missing_report``)."""
 
 MISSING_REPORT_SUFFIX = ".missing-files.csv"
 """``build --out X`` writes the list of files it could not get to ``X.missing-files.csv``."""
@@ -111,9 +115,12 @@ def write_missing_report(path: Path, rows: list[dict]) -> Path:
 
 
 def read_missing_report(path: Path) -> list[dict]:
+    """The rows of a missing-files report; refused unless it is a regular file of at most
+    ``MAX_MISSING_REPORT_BYTES`` (a FIFO would hang the reader, ``/dev/zero`` never end)."""
     path = Path(path)
     try:
-        with open(path, encoding="utf-8", newline="") as handle:
+        with safe_load.open_regular(path, max_bytes=MAX_MISSING_REPORT_BYTES, what="the missing-files report") as raw, \
+                io.TextIOWrapper(raw, encoding="utf-8", newline="") as handle:
             reader = csv.DictReader(handle)
             absent = {"source", "source_path", "status"} - set(reader.fieldnames or [])
             if absent:

@@ -82,6 +82,8 @@ REASONS = {
     "manual-exclusion": "excluded by an explicit manifest decision",
     "upstream-missing": "a pinned file that could not be downloaded (HTTP status in the decision's note); see new-variant",
     "undecodable": "the image cannot be decoded",
+    "image-corrupt": "the decoder reports damage (corrupt or missing entropy-coded data, premature end): the pixels are not the film",
+    "image-too-many-scans": "a JPEG with more scans than any encoder writes (each one a pass over the image): a decoding-time bomb",
     "dicom-multiframe": "multi-frame DICOM: a release holds single radiographs",
     "dicom-undecodable": "DICOM pixel data cannot be decoded (transfer syntax named in detail)",
     "image-too-large": "image exceeds the decompression-bomb limit",

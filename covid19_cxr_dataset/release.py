@@ -30,14 +30,14 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator
 
 from PIL import Image
 
-from . import CLASS_NAMES, progress
+from . import CLASS_NAMES, progress, safe_load
 from .download.hashes import file_sha256
 from .errors import CxrDatasetError, VerificationError
-from .records import SPLITS
+from .records import SPLITS, split_rank
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -65,9 +65,15 @@ def write_report(out_dir: Path, report: dict[str, Any]) -> Path:
     return path
 
 
+MAX_REPORT_BYTES = 256 * 2**20
+"""A build report lists every exclusion and flagged row: a few megabytes; anything far larger is not one."""
+
+
 def read_report(out_dir: Path) -> dict[str, Any]:
+    """The build report of ``out_dir``, refused unless it is a regular file of at most
+    ``MAX_REPORT_BYTES`` (``safe_load.NotARegularFile``: a FIFO in its place would hang the reader)."""
     path = Path(out_dir) / REPORT_NAME
-    return json.loads(path.read_text(encoding="utf-8"))
+    return json.loads(safe_load.read_regular(path, max_bytes=MAX_REPORT_BYTES, what="the build report").decode("utf-8"))
 
 
 def shard_paths(data_dir: Path, split: str | None = None, folders: list[str] | None = None) -> list[Path]:
@@ -101,6 +107,85 @@ def config_shard_paths(out_dir: Path, config: str | None = None, split: str | No
         raise CxrDatasetError(f"{out_dir}: no configuration {config!r}; build_report.json lists {sorted(configs)}")
     listed = [out_dir / p for p in configs[config]["shards"]]
     return sorted(p for p in listed if split is None or p.name.startswith(f"{split}-"))
+
+
+MIN_ROW_BYTES = 100
+"""The fewest bytes a row of a shard takes on disk: each holds a distinct image (no JPEG or PNG of a
+film is smaller) and the 64 hex digits of its source's sha256, which no compression shrinks. A shard
+whose footer states more rows than its size allows (``rows_fit``) is not read: millions of identical
+tiny rows compress to almost nothing on disk and would take gigabytes once decoded."""
+
+ROW_BATCH = 64
+"""Rows decoded at a time (images included) while a shard is read: memory stays bounded by a few
+images whatever the shard's row groups hold (``iter_rows``)."""
+
+
+def open_shard(path: Path) -> BinaryIO:
+    """A shard opened for reading, refused unless it is a regular file (``safe_load.open_regular``:
+    a FIFO named like a shard would hang its reader)."""
+    return safe_load.open_regular(path, what="the shard")
+
+
+def shard_rows(path: Path) -> int:
+    """The rows a shard's parquet footer states, read from the footer alone (nothing is decoded)."""
+    import pyarrow.parquet as pq
+
+    with open_shard(path) as handle:
+        return pq.ParquetFile(handle).metadata.num_rows
+
+
+def rows_fit(rows: int, size: int) -> bool:
+    """Whether ``rows`` rows can be genuine in a shard of ``size`` bytes (``MIN_ROW_BYTES``)."""
+    return rows * MIN_ROW_BYTES <= size
+
+
+def readable_shards(out_dir: Path, counts: Any) -> tuple[list[str], list[tuple[str, str, str, str, str]]]:
+    """(the shards whose rows may be read and decoded, the problems of the others as ``(file, check,
+    expected, actual, hint)``), decided from the parquet footers alone: a regular file named like a
+    shard, whose rows fit its size (``rows_fit``), in a split whose shards hold no more rows than the
+    build report's ``counts`` state. Anything else could hold millions of tiny rows: memory is bounded
+    by what is on disk and what the report states, never by what a footer claims."""
+    out_dir = Path(out_dir)
+    rows: dict[str, int] = {}
+    problems: list[tuple[str, str, str, str, str]] = []
+    for path in shard_paths(out_dir / DATA_DIR):
+        if safe_load.file_kind(path):
+            continue  # named by verify's file checks; never opened
+        relpath = path.relative_to(out_dir).as_posix()
+        try:
+            found = shard_rows(path)
+        except Exception as error:  # any pyarrow failure means the same thing here: unreadable
+            problems.append((relpath, "shard-unreadable", "a parquet file", f"{type(error).__name__}: {error}", ""))
+            continue
+        size = path.stat().st_size
+        if rows_fit(found, size):
+            rows[relpath] = found
+        else:
+            problems.append((relpath, "shard-rows", f"at most {size // MIN_ROW_BYTES:,} rows in its {size:,} bytes (each row "
+                             f"holds an image and a sha256, {MIN_ROW_BYTES} bytes at least)",
+                             f"{found:,} rows in its parquet footer", "not read: no build writes such a shard"))
+    for split in sorted({split_of(p) for p in rows}, key=lambda s: (split_rank(s), s)):
+        stated = counts.get(split) if isinstance(counts, dict) else None
+        try:
+            expected = sum(int(n) for n in stated.values())  # type: ignore[union-attr]
+        except (AttributeError, TypeError, ValueError):
+            continue  # no count to hold it to: the rows-to-bytes bound alone
+        mine = [p for p in rows if split_of(p) == split]
+        if sum(rows[p] for p in mine) > expected:
+            problems.append((f"{DATA_DIR}/ ({split})", "shard-rows", f"{expected:,} {split} rows (build_report.json counts)",
+                             f"{sum(rows[p] for p in mine):,} rows in the parquet footers of its {len(mine)} shard(s)", "not read"))
+            for p in mine:
+                del rows[p]
+    return sorted(rows), problems
+
+
+def iter_rows(path: Path, columns: list[str] | None = None, batch_size: int = ROW_BATCH) -> Iterator[list[dict[str, Any]]]:
+    """A shard's rows (dicts of ``columns``, None: all), ``batch_size`` at a time: one batch in memory."""
+    import pyarrow.parquet as pq
+
+    with open_shard(path) as handle:
+        for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_size, columns=columns):
+            yield batch.to_pylist()
 
 
 def shard_hashes(out_dir: Path) -> dict[str, dict[str, Any]]:
@@ -247,18 +332,21 @@ def stated_fingerprints(report: dict[str, Any]) -> dict[str, str]:
 
 # ---- rows ----------------------------------------------------------------------------------------
 
-def read_row_table(out_dir: Path) -> "pd.DataFrame":
+def read_row_table(out_dir: Path, shards: Iterable[str] | None = None) -> "pd.DataFrame":
     """Every row of a release without its image: shard, folder, split, source, source_path, label
-    (class name), license, flags (tuple), duplicate_of. What the card counts and verify checks."""
+    (class name), license, flags (tuple), duplicate_of. What the card counts and verify checks.
+    ``shards``: only these (paths relative to ``out_dir``; verify passes the ones it may read)."""
     import pandas as pd
     import pyarrow.parquet as pq
 
     out_dir = Path(out_dir)
     parts = []
     columns = ["source", "source_path", "label", "license", "flags", "duplicate_of", "patient_group"]
-    for path in shard_paths(out_dir / DATA_DIR):
-        schema = pq.read_schema(path)
-        table = pq.read_table(path, columns=[c for c in columns if c in schema.names]).to_pandas()
+    paths = shard_paths(out_dir / DATA_DIR) if shards is None else sorted(out_dir / s for s in shards)
+    for path in paths:
+        with open_shard(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            table = parquet.read(columns=[c for c in columns if c in parquet.schema_arrow.names]).to_pandas()
         relpath = path.relative_to(out_dir).as_posix()
         folder = path.parent.relative_to(out_dir / DATA_DIR).as_posix()
         parts.append(table.assign(shard=relpath, folder="" if folder == "." else folder, split=split_of(path)))
@@ -348,9 +436,7 @@ def combine(config: ReleaseConfig, data_dir: Path, digests: Iterable[str]) -> st
 def shard_digests(out_dir: Path, *, workers: int = 1, only: set[str] | None = None,
                   definition: int = FINGERPRINT_DEFINITION) -> dict[str, list[str]]:
     """{shard path relative to ``out_dir``: row digests}, each image decoded once whatever the number of
-    configurations that read it; one row group in memory at a time. ``only``: just these shards."""
-    import pyarrow.parquet as pq
-
+    configurations that read it; ``ROW_BATCH`` rows in memory at a time. ``only``: just these shards."""
     def digest(item: tuple[str, dict]) -> str:
         split, row = item
         if definition == 1:
@@ -365,9 +451,9 @@ def shard_digests(out_dir: Path, *, workers: int = 1, only: set[str] | None = No
     with ThreadPoolExecutor(max(1, workers)) as pool, \
             progress.bar(sum(_num_rows(p) for p in paths), desc=f"fingerprint (decode every image: {covers})", unit="img") as shown:
         for path in paths:  # Pillow releases the GIL while decoding
-            split, parquet, digests = split_of(path), pq.ParquetFile(path), []
-            for group in range(parquet.num_row_groups):
-                rows = [(split, row) for row in parquet.read_row_group(group, columns=columns).to_pylist()]
+            split, digests = split_of(path), []
+            for batch in iter_rows(path, columns):
+                rows = [(split, row) for row in batch]
                 digests += pool.map(digest, rows) if workers > 1 else map(digest, rows)
                 shown.update(len(rows))
             found[path.relative_to(out_dir).as_posix()] = digests
@@ -376,11 +462,9 @@ def shard_digests(out_dir: Path, *, workers: int = 1, only: set[str] | None = No
 
 def _num_rows(path: Path) -> int:
     """Rows of a parquet shard, from its footer (0 when unreadable: the reader reports that)."""
-    import pyarrow.parquet as pq
-
     try:
-        return pq.ParquetFile(path).metadata.num_rows
-    except Exception:  # noqa: BLE001 - a broken shard is reported where it is read
+        return shard_rows(path)
+    except Exception:  # noqa: BLE001 - a broken shard (or a FIFO) is reported where it is read
         return 0
 
 

@@ -123,7 +123,7 @@ def assemble(
         "manifest_sha256": manifest.sha256(),
         "sources": {s.name: s.pins() for s in manifest.sources},
         "convert": manifest.convert,
-        "conversions": convert_cache.conversion_summary(kept.get("converted_path", pd.Series(dtype=str))),
+        "conversions": convert_cache.conversion_summary(kept),
         "default_config": default,
         "counts": configs[default]["counts"],
         "expected_counts": configs[default]["expected_counts"],

@@ -3,6 +3,9 @@
 The build report is the reference. ``verify_release`` re-reads the folder and compares:
 
 - every shard the report lists (``report["shards"]``) exists with its sha256 and size;
+- a shard's rows are read only when its parquet footer allows it (``release.readable_shards``): no more
+  rows than its bytes can hold, no more rows in its split than the report counts, a regular file (not
+  a FIFO); any other shard is named and never decoded, so memory stays bounded whatever a footer says;
 - no other ``*.parquet`` file sits under ``data/`` (``load_dataset`` would read it as data);
 - every configuration's fingerprint, recomputed under the report's definition (``release``: every
   column of every row with its decoded pixels, and the configuration's name, default and data files;
@@ -48,13 +51,13 @@ from . import progress, safe_load
 from .card_sections import release_url
 from .anchors import Anchor
 from .citation import format_citations
-from .errors import CxrDatasetError, VerificationError
+from .errors import CxrDatasetError, NotARegularFile, VerificationError
 from .download.hashes import file_sha256
 from .generated import CROISSANT_NAME, NAMES as GENERATED_NAMES, generated_files
 from .manifest import Manifest
 from .release import (
-    CARD_NAME, DATA_DIR, FINGERPRINT_DEFINITION, FLAGGED_FOLDER, REPORT_NAME, combine, fingerprint_definition, read_report,
-    read_row_table, release_configs, shard_digests, shard_paths,
+    CARD_NAME, DATA_DIR, FINGERPRINT_DEFINITION, FLAGGED_FOLDER, REPORT_NAME, combine, fingerprint_definition, open_shard,
+    read_report, read_row_table, readable_shards, release_configs, shard_digests, shard_paths, split_of,
 )
 NEXT_STEP = (
     "Rebuild the release with `cxr-dataset build` or download it again; "
@@ -140,20 +143,23 @@ def verify_release(out_dir: Path | str, *, workers: int = 1, fingerprints: Itera
     result.dataset, result.version = str(report.get("dataset", "")), str(report.get("version", ""))
     if "shards" in report:
         _check_shard_files(out_dir, report["shards"], result, workers)
-    label_names = _recount(out_dir, result)
+    readable, refused = readable_shards(out_dir, report.get("counts"))
+    for problem in refused:
+        result.add(*problem)
+    label_names = _recount(out_dir, readable, result)
     if "counts" in report:
         _check_counts(report["counts"], result)
     configs = report.get("configs") if isinstance(report.get("configs"), dict) else {}
     if configs:
-        _check_configs(out_dir, configs, result)
+        _check_configs(out_dir, configs, readable, result)
     if "fingerprint" in report:
-        _check_fingerprint(out_dir, report, result, workers)
+        _check_fingerprint(out_dir, report, readable, result, workers)
         _check_anchors(report, given, result)
     header = _check_card(out_dir, result, label_names)
     if header is not None and configs:
         _check_card_configs(out_dir, header, configs, result)
     if report:  # README.md, croissant.json, unpinned-files.csv
-        _check_generated(out_dir, report, result, card=header is not None)
+        _check_generated(out_dir, report, readable, result, card=header is not None)
     return result
 
 
@@ -177,6 +183,9 @@ def _read_report(out_dir: Path, result: VerifyResult) -> dict[str, Any]:
     except FileNotFoundError:
         result.add(REPORT_NAME, "report", expected, "no such file")
         return {}
+    except NotARegularFile as error:
+        result.add(REPORT_NAME, "report", expected, str(error).removeprefix(f"{path}: "))
+        return {}
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         result.add(REPORT_NAME, "report", "valid JSON", f"unreadable JSON ({error})")
         return {}
@@ -194,6 +203,8 @@ def _read_report(out_dir: Path, result: VerifyResult) -> dict[str, Any]:
 # ---- shard files -----------------------------------------------------------------------------
 
 def _check_shard_files(out_dir: Path, listed: dict[str, Any], result: VerifyResult, workers: int) -> None:
+    """Every listed shard is a regular file with its size and sha256; nothing else named like a shard
+    sits under data/. Nothing here reads more than the bytes to hash."""
     present: list[tuple[str, Path, dict[str, Any]]] = []
     for relpath in sorted(listed):
         entry = listed[relpath] if isinstance(listed[relpath], dict) else {}
@@ -202,8 +213,9 @@ def _check_shard_files(out_dir: Path, listed: dict[str, Any], result: VerifyResu
             result.add(REPORT_NAME, "shard-path", f"shard paths under {DATA_DIR}/", repr(relpath))
             continue
         path = out_dir / relpath
-        if not path.is_file():
-            result.add(relpath, "shard-missing", expected, "no such file")
+        kind = safe_load.file_kind(path)
+        if kind:
+            result.add(relpath, "shard-missing", expected, kind, hint="" if kind == "no such file" else "not read")
         else:
             present.append((relpath, path, entry))
 
@@ -222,8 +234,10 @@ def _check_shard_files(out_dir: Path, listed: dict[str, Any], result: VerifyResu
     on_disk = sorted(str(p.relative_to(out_dir).as_posix()) for p in (out_dir / DATA_DIR).rglob("*.parquet"))
     for relpath in on_disk:
         if relpath not in listed:
+            kind = safe_load.file_kind(out_dir / relpath)
             result.add(relpath, "shard-extra", f"only the {len(listed)} shard(s) build_report.json lists",
-                       "a shard it does not list", hint="load_dataset would read it as data; remove it")
+                       f"a shard it does not list{f' ({kind})' if kind else ''}",
+                       hint="load_dataset would read it as data; remove it")
 
 
 def _inside_data_dir(relpath: str) -> bool:
@@ -233,22 +247,25 @@ def _inside_data_dir(relpath: str) -> bool:
 
 # ---- decoded content -------------------------------------------------------------------------
 
-def _recount(out_dir: Path, result: VerifyResult) -> list[str] | None:
-    """Count images per split and class from every shard's label column; returns the embedded label names."""
+def _recount(out_dir: Path, readable: list[str], result: VerifyResult) -> list[str] | None:
+    """Count images per split and class from the label column of every shard that may be read
+    (``release.readable_shards``); returns the embedded label names."""
     counts: dict[str, dict[str, int]] = {}
     embedded: list[str] | None = None
-    for path in shard_paths(out_dir / DATA_DIR):
-        relpath = path.relative_to(out_dir).as_posix()
-        split = path.name.split("-", 1)[0]
+    for relpath in readable:
+        path = out_dir / relpath
+        split = split_of(path)
         try:
-            parquet = pq.ParquetFile(path)
-            labels = parquet.read(columns=["label"]).column("label").to_pylist()
+            with open_shard(path) as handle:
+                parquet = pq.ParquetFile(handle)
+                metadata = parquet.schema_arrow.metadata or {}
+                labels = parquet.read(columns=["label"]).column("label").to_pylist()
         except Exception as error:  # any pyarrow failure means the same thing here: unreadable
             result.add(relpath, "shard-unreadable", "a parquet file with a label column", f"{type(error).__name__}: {error}")
             continue
         result.shards += 1
         result.rows += len(labels)
-        names = _embedded_label_names(parquet.schema_arrow.metadata or {})
+        names = _embedded_label_names(metadata)
         if names != list(CLASS_NAMES):
             result.add(relpath, "shard-labels", f"embedded features with label names {list(CLASS_NAMES)}",
                        names if names is not None else "no datasets features in the parquet metadata")
@@ -300,7 +317,7 @@ def _format_counts(counts: dict[str, Any] | None, classes: list[str] | None = No
     return ", ".join(f"{c} {int(counts.get(c, 0)):,}" for c in (classes or list(counts)))
 
 
-def _check_fingerprint(out_dir: Path, report: dict[str, Any], result: VerifyResult, workers: int) -> None:
+def _check_fingerprint(out_dir: Path, report: dict[str, Any], readable: list[str], result: VerifyResult, workers: int) -> None:
     """Every configuration's fingerprint, recomputed under the report's definition (each image decoded
     once), equals the one the report states; the top-level one is the default configuration's."""
     expected = str(report["fingerprint"])
@@ -313,7 +330,7 @@ def _check_fingerprint(out_dir: Path, report: dict[str, Any], result: VerifyResu
             f"with this package for definition {FINGERPRINT_DEFINITION} (every column and each configuration's definition)")
     try:
         configs = release_configs(out_dir, report)
-        digests = shard_digests(out_dir, workers=workers, definition=definition)
+        digests = shard_digests(out_dir, workers=workers, only=set(readable), definition=definition)
     except Exception as error:  # an undecodable image or a broken shard: report it, do not crash
         result.add(f"{DATA_DIR}/*.parquet", "fingerprint", f"fingerprint {expected}",
                    f"none: it could not be computed ({type(error).__name__}: {error})")
@@ -345,10 +362,10 @@ def _check_anchors(report: dict[str, Any], given: list[Anchor], result: VerifyRe
         result.add(*problem)
 
 
-def _check_configs(out_dir: Path, configs: dict[str, Any], result: VerifyResult) -> None:
+def _check_configs(out_dir: Path, configs: dict[str, Any], readable: list[str], result: VerifyResult) -> None:
     """Each configuration's shard list is exactly the shards in its folders; its counts and flags hold."""
     try:
-        rows = read_row_table(out_dir)
+        rows = read_row_table(out_dir, readable)
     except Exception as error:  # shard problems are reported by _recount
         result.add(f"{DATA_DIR}/*.parquet", "configs", "readable shards", f"{type(error).__name__}: {error}")
         return
@@ -384,6 +401,15 @@ def _check_configs(out_dir: Path, configs: dict[str, Any], result: VerifyResult)
 
 
 # ---- the card --------------------------------------------------------------------------------
+
+MAX_CARD_BYTES = 64 * 2**20
+"""A dataset card is tens of kilobytes; a larger README.md is not one this package wrote."""
+
+
+def _card_text(out_dir: Path) -> str:
+    """README.md, refused unless a regular file of at most ``MAX_CARD_BYTES`` (``NotARegularFile``)."""
+    return safe_load.read_regular(out_dir / CARD_NAME, max_bytes=MAX_CARD_BYTES, what="the dataset card").decode("utf-8")
+
 
 def card_header(text: str) -> dict[str, Any]:
     """The YAML header of a dataset card (between the leading ``---`` lines); ValueError if none."""
@@ -423,9 +449,12 @@ def _dataset_infos(header: dict[str, Any]) -> list[dict[str, Any]]:
 def _check_card(out_dir: Path, result: VerifyResult, embedded: list[str] | None) -> dict[str, Any] | None:
     path = out_dir / CARD_NAME
     try:
-        header = card_header(path.read_text(encoding="utf-8"))
+        header = card_header(_card_text(out_dir))
     except FileNotFoundError:
         result.add(CARD_NAME, "card", "the dataset card with a YAML header", "no such file")
+        return None
+    except NotARegularFile as error:
+        result.add(CARD_NAME, "card", "the dataset card with a YAML header", str(error).removeprefix(f"{path}: "))
         return None
     except (UnicodeDecodeError, ValueError, yaml.YAMLError) as error:
         result.add(CARD_NAME, "card", "a YAML header that parses", f"{type(error).__name__}: {error}")
@@ -486,13 +515,14 @@ def _check_card_configs(out_dir: Path, header: dict[str, Any], configs: dict[str
                        f"{sorted(stated_splits) or 'no splits'} (missing {missing})")
 
 
-def _check_generated(out_dir: Path, report: dict[str, Any], result: VerifyResult, *, card: bool) -> None:
+def _check_generated(out_dir: Path, report: dict[str, Any], readable: list[str], result: VerifyResult, *, card: bool) -> None:
     """Every generated file must be exactly what the build generates from build_report.json and the shards
-    (``generated.generated_files``): README.md (``card-generated``; only when ``card``, i.e. its header
-    could be read: ``_check_card`` reported it otherwise), croissant.json and unpinned-files.csv
-    (``generated``; a file the report gives no content, e.g. no unpinned file, must be absent)."""
+    (``generated.generated_files``, from the shards verify may read: ``readable``): README.md
+    (``card-generated``; only when ``card``, i.e. its header could be read: ``_check_card`` reported it
+    otherwise), croissant.json and unpinned-files.csv (``generated``; a file the report gives no content,
+    e.g. no unpinned file, must be absent)."""
     try:
-        expected = generated_files(report, read_row_table(out_dir))
+        expected = generated_files(report, read_row_table(out_dir, readable))
     except Exception as error:  # a report or shard broken enough to stop rendering: already reported
         found = f"none: they could not be generated ({type(error).__name__}: {error})"
         if card:
@@ -509,10 +539,13 @@ def _check_generated(out_dir: Path, report: dict[str, Any], result: VerifyResult
             if path.exists():
                 result.add(name, check, "no such file (build_report.json gives it no content)", "a file", hint=hint)
             continue
-        if not path.is_file():
-            result.add(name, check, "the file the build generates from build_report.json", "no such file", hint=hint)
+        try:
+            data = safe_load.read_regular(path, max_bytes=MAX_CARD_BYTES, what="a generated file")
+        except (OSError, NotARegularFile) as error:
+            found = "no such file" if isinstance(error, FileNotFoundError) else str(error).removeprefix(f"{path}: ")
+            result.add(name, check, "the file the build generates from build_report.json", found, hint=hint)
             continue
-        data, want_text = path.read_bytes(), expected[name].decode("utf-8")
+        want_text = expected[name].decode("utf-8")
         have_text = data.decode("utf-8", "replace")
         if data == expected[name] or (name == CARD_NAME and have_text.replace("\r\n", "\n") == want_text):
             continue

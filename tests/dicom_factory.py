@@ -196,3 +196,46 @@ def compress_with_gdcm(ds: Dataset, uid: str, *, near_lossless_error: int = 0) -
             raise RuntimeError("gdcm could not write the encoded file")
         with open(target, "rb") as stream:
             return stream.read()
+
+
+def with_frame_size(codestream: bytes, width: int, height: int) -> bytes:
+    """A JPEG codestream whose frame header (SOFn) states ``width`` x ``height`` instead of its own size;
+    the entropy-coded data are left as they are."""
+    import struct
+
+    offset = 2
+    while codestream[offset + 1] not in (0xC0, 0xC1, 0xC2, 0xC3, 0xC9, 0xCA, 0xCB, 0xF7):
+        offset += 2 + struct.unpack_from(">H", codestream, offset + 2)[0]
+    return codestream[: offset + 5] + struct.pack(">HH", height, width) + codestream[offset + 9 :]
+
+
+def deflated_with_hidden_element(ds: Dataset, hidden_bytes: int, *, chunk: int = 1 << 24) -> bytes:
+    """A Part 10 file of ``ds`` in Deflated Explicit VR Little Endian, its dataset followed by a private
+    element (7FE1,1000) OB of ``hidden_bytes`` zeros: a few KB per hundred MB on disk. The zeros are
+    streamed through the compressor, never held."""
+    import struct
+    import zlib
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    meta = copy.deepcopy(ds.file_meta)
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    head = DicomBytesIO()
+    head.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(head, meta, enforce_standard=True)
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    creator = b"HIDDEN  "
+    raw = body.getvalue() + struct.pack("<HH2sH", 0x7FE1, 0x0010, b"LO", len(creator)) + creator
+    raw += struct.pack("<HH2sHI", 0x7FE1, 0x1000, b"OB", 0, hidden_bytes)
+    deflater = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    out = [head.getvalue(), deflater.compress(raw)]
+    zeros, left = bytes(min(chunk, hidden_bytes)), hidden_bytes
+    while left:
+        out.append(deflater.compress(zeros[: min(chunk, left)]))
+        left -= min(chunk, left)
+    out.append(deflater.flush())
+    return b"".join(out)

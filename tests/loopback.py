@@ -36,6 +36,7 @@ of one path are consumed in the order they were added, one fault per request::
 
     server.fail(path, 503, times=2)                  # status (500/503/...) for the next 2 requests
     server.fail(path, 429, retry_after=1)            # with a Retry-After header (seconds)
+    server.fail(path, 405, times=None, method="HEAD")  # only requests of one method (fail and stall)
     server.cut(path, after=1000, times=1)            # send 1000 body bytes, then drop the connection
     server.stall(path, 5.0)                          # sleep 5 s before answering
     server.stall(path, 5.0, after=1000)              # ... or after 1000 body bytes
@@ -110,6 +111,7 @@ class Fault:
     body: bytes = b""
     location: str = ""
     shift: int = 0
+    method: str | None = None  # only requests of this method ("HEAD", "GET"); None: any
 
 
 @dataclass
@@ -214,15 +216,17 @@ class LoopbackServer:
         with self._lock:
             self._faults.setdefault(_norm(path), []).append(fault)
 
-    def fail(self, path: str, status: int, *, times: int | None = 1, retry_after: float | str | None = None) -> None:
+    def fail(self, path: str, status: int, *, times: int | None = 1, retry_after: float | str | None = None,
+             method: str | None = None) -> None:
         retry = None if retry_after is None else str(retry_after)
-        self._fault(path, Fault("status", times, status=status, retry_after=retry))
+        self._fault(path, Fault("status", times, status=status, retry_after=retry, method=method))
 
     def cut(self, path: str, after: int, *, times: int | None = 1) -> None:
         self._fault(path, Fault("cut", times, after=after))
 
-    def stall(self, path: str, seconds: float, *, after: int | None = None, times: int | None = 1) -> None:
-        self._fault(path, Fault("stall", times, seconds=seconds, after=after))
+    def stall(self, path: str, seconds: float, *, after: int | None = None, times: int | None = 1,
+              method: str | None = None) -> None:
+        self._fault(path, Fault("stall", times, seconds=seconds, after=after, method=method))
 
     def corrupt(self, path: str, body: bytes, *, times: int | None = None) -> None:
         self._fault(path, Fault("body", times, body=bytes(body)))
@@ -271,7 +275,7 @@ class LoopbackServer:
             key = raw_path if raw_path in self._files else _norm(raw_path)
             needed = [token for prefix, token in self._auth if key.startswith(prefix)]
             authorized = not needed or record.headers.get("authorization") in needed
-            fault = self._take_fault(key) if authorized else None
+            fault = self._take_fault(key, handler.command) if authorized else None
             served = self._files.get(key)
         try:
             if not authorized:
@@ -294,8 +298,10 @@ class LoopbackServer:
         except (ConnectionError, TimeoutError, socket.timeout):
             handler.close_connection = True
 
-    def _take_fault(self, key: str) -> Fault | None:
+    def _take_fault(self, key: str, method: str) -> Fault | None:
         for fault in self._faults.get(key, []):
+            if fault.method is not None and fault.method != method:
+                continue
             if fault.times is None:
                 return fault
             if fault.times > 0:

@@ -255,3 +255,19 @@ def tamper_image(out_dir: Path, split: str = "test", row: int = 0) -> Path:
             inverted = 255 - np.asarray(image.convert("L"))
         rows[row]["image"] = {"bytes": jpeg_bytes(inverted), "path": rows[row]["image"]["path"]}
     return rewrite_first_shard(out_dir, split, change)
+
+
+def add_tiny_rows_shard(out_dir: Path, rows: int, relpath: str = "data/train-00001-of-00002.parquet") -> Path:
+    """A shard of ``rows`` copies of the release's first train row (dictionary-encoded, zstd): a million
+    rows take a few hundred kilobytes on disk and gigabytes once decoded. Written in blocks, never held."""
+    first = pq.read_table(sorted((Path(out_dir) / "data").rglob("train-*.parquet"))[0])
+    chunk = min(rows, 100_000)
+    block = first.slice(0, 1).take(pa.array([0] * chunk))
+    path = Path(out_dir) / relpath
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with pq.ParquetWriter(path, first.schema, compression="zstd", use_dictionary=True) as writer:
+        left = rows
+        while left > 0:
+            writer.write_table(block.slice(0, min(chunk, left)), row_group_size=min(chunk, left))
+            left -= min(chunk, left)
+    return path

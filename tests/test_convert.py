@@ -735,14 +735,14 @@ def test_pixel_limit_can_be_lowered():
     assert convert_bytes(data, ConvertSettings(max_pixels=GRAY.size)).width == 48
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
-def test_truncated_image_is_undecodable_and_names_the_file(tmp_path, fmt):
+@pytest.mark.parametrize("fmt, reason", [("JPEG", "image-corrupt"), ("PNG", "undecodable")])
+def test_truncated_image_is_refused_and_names_the_file(tmp_path, fmt, reason):
     data = encoded(Image.fromarray(smooth_image(200, 300)), fmt)
     broken = tmp_path / f"broken.{fmt.lower()}"
     broken.write_bytes(data[: len(data) // 2])
     with pytest.raises(ConversionError) as raised:
         convert_file(broken)
-    assert raised.value.reason == "undecodable"
+    assert raised.value.reason == reason  # JPEG: libjpeg-turbo reports the premature end (convert.integrity)
     assert str(broken) in str(raised.value)
     assert not isinstance(raised.value.__cause__, ConversionError)
 
@@ -757,7 +757,7 @@ def test_garbage_is_undecodable(data):
 
 def test_every_reason_raised_is_a_known_code():
     for reason in ("undecodable", "image-too-large", "dicom-multiframe", "dicom-undecodable", "format-not-accepted",
-                   "image-multiframe", "image-too-small", "image-constant"):
+                   "image-multiframe", "image-too-small", "image-constant", "image-corrupt", "image-too-many-scans"):
         assert reason in records.REASONS
 
 
@@ -966,6 +966,12 @@ def _restart_marker_corrupted() -> bytes:
     return data[:at] + b"\xff\xd5" + data[at + 2 :]
 
 
+def _exif_rotated_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encoded(Image.fromarray(smooth_image(96, 120)), "JPEG", quality=90, exif=exif.tobytes())
+
+
 def _twelve_bit_jpeg() -> bytes:
     from pydicom.data import get_testdata_file
     from pydicom.encaps import generate_frames
@@ -1000,7 +1006,7 @@ def test_lossless_sof3_jpeg_is_decoded_exactly():
     np.testing.assert_array_equal(decoded(result.data), smooth_image(64, 80))
 
 
-@pytest.mark.parametrize("case", ["cmyk", "adobe-rgb", "corrupt-restart-marker", "exif-rotated", "max-side"])
+@pytest.mark.parametrize("case", ["cmyk", "adobe-rgb", "exif-rotated", "max-side"])
 def test_jpegs_that_cannot_be_transcoded_take_the_decode_path(case):
     settings = ConvertSettings()
     if case == "cmyk":
@@ -1010,8 +1016,6 @@ def test_jpegs_that_cannot_be_transcoded_take_the_decode_path(case):
         data = _adobe_rgb_jpeg()
         rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
         assert np.abs(normalized_array(data).astype(int) - luma(rgb).astype(int)).max() <= 1  # luma, not the R plane
-    elif case == "corrupt-restart-marker":
-        data = _restart_marker_corrupted()
     elif case == "exif-rotated":
         exif = Image.Exif()
         exif[0x0112] = 6
@@ -1027,12 +1031,16 @@ def test_jpegs_that_cannot_be_transcoded_take_the_decode_path(case):
         assert out.size == (48, 64)
 
 
-def test_jpeg_corrupt_beyond_decoding_is_undecodable_not_a_crash():
+def test_jpeg_corrupt_beyond_decoding_is_refused_not_a_crash():
     data = encoded(Image.fromarray(smooth_image(96, 128)), "JPEG", quality=90)
-    for broken in (data[: len(data) // 3], data[:200] + bytes(300)):
+    # markers broken before the first scan: undecodable; a warning of libjpeg-turbo while reading the scans
+    # (premature end, a restart marker out of order) is damage (convert.integrity)
+    cases = [("undecodable", data[:200] + bytes(300)), ("image-corrupt", data[: len(data) // 3]),
+             ("image-corrupt", _restart_marker_corrupted())]
+    for reason, broken in cases:
         with pytest.raises(ConversionError) as raised:
             convert_bytes(broken, name="broken.jpg")
-        assert raised.value.reason == "undecodable" and "broken.jpg" in str(raised.value)
+        assert raised.value.reason == reason and "broken.jpg" in str(raised.value)
 
 
 def test_lossless_path_can_be_switched_off():
@@ -1283,7 +1291,7 @@ def _build_world(world, fallback: str = "jpeg"):
 
     replace("images/c9.jpg", encoded(Image.fromarray(smooth_image(96, 120)), "GIF"))  # a GIF named .jpg
     replace("images/c1-b.jpg", _wide_png(65_600))  # wider than JPEG allows
-    replace("images/c1-a.jpg", _restart_marker_corrupted())  # decodable, but not transcodable
+    replace("images/c1-a.jpg", _exif_rotated_jpeg())  # decodable, but not transcodable
     text = (world.manifest_dir / "manifest.yaml").read_text()
     kept = 8 if fallback == "jpeg" else 9  # a PNG holds the 65,600 px wide film
     text = text.replace("train: {COVID-19: 10,", f"train: {{COVID-19: {kept},")
@@ -1312,7 +1320,7 @@ def test_build_records_each_images_conversion_and_excludes_what_it_cannot_conver
     assert reasons == {"images/c9.jpg": "format-not-accepted", "images/c1-b.jpg": "image-too-large"}
     rows = pq.read_table(sorted((tmp_path / "out" / "data").rglob("*.parquet"))).to_pylist()
     conversion = {(r["source"], r["source_path"]): r["conversion"] for r in rows}
-    assert conversion[("cohen", "images/c1-a.jpg")] == "normalized-jpeg"  # corrupt restart marker
+    assert conversion[("cohen", "images/c1-a.jpg")] == "normalized-jpeg"  # EXIF-rotated
     assert conversion[("cohen", "images/c2.png")] == "normalized-jpeg"
     assert {c for (source, _), c in conversion.items() if source == "kaggle"} == {"lossless-jpeg"}
     counts = report["conversions"]["counts"]

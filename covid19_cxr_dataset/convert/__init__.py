@@ -86,13 +86,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from PIL import Image
 
-from . import lossless_jpeg
+from . import integrity, lossless_jpeg
 from .settings import (
     ACCEPTED_FORMATS, CONVERSIONS, DEFAULT_QUALITY, FALLBACK_FORMATS, MAX_PIXELS, POLICY_VERSION, SUFFIXES, ConvertedImage,
     ConvertSettings, NormalizedImage, ProbeResult, _DECODER_DISTRIBUTIONS, target_size,
@@ -133,7 +134,11 @@ def normalize_bytes(
 ) -> NormalizedImage:
     """Decode an encoded image held in memory to the final 8-bit grayscale picture."""
     data = bytes(data)
-    return _normalize(data, _accepted_format(data, settings, name), settings, name)
+    fmt = _accepted_format(data, settings, name)
+    if fmt == "JPEG":
+        integrity.check_scan_count(data, name)
+    data, repair = integrity.checked_stream(data, fmt, settings, name)
+    return _normalize(data, fmt, settings, name, repair)
 
 
 def probe(path: Path) -> ProbeResult:
@@ -186,17 +191,24 @@ def library_versions() -> dict[str, str]:
 
 def _convert(data: bytes, settings: ConvertSettings, name: str) -> ConvertedImage:
     fmt = _accepted_format(data, settings, name)
-    if fmt == "JPEG" and settings.lossless_jpeg:
-        transcoded = _transcode_jpeg(data, settings, name)
+    if fmt == "JPEG":
+        integrity.check_scan_count(data, name)
+        # The transform reads every coefficient and refuses any warning: what it transcodes is intact.
+        transcoded = _transcode_jpeg(data, settings, name) if settings.lossless_jpeg else None
         if transcoded is not None:
             return transcoded
-    return _encode(_normalize(data, fmt, settings, name), settings, name)
+    data, repair = integrity.checked_stream(data, fmt, settings, name)
+    if repair and fmt == "JPEG" and settings.lossless_jpeg:
+        transcoded = _transcode_jpeg(data, settings, name)  # the repaired stream takes the path the whole file takes
+        if transcoded is not None:
+            return replace(transcoded, repair=repair)
+    return replace(_encode(_normalize(data, fmt, settings, name), settings, name), repair=repair)
 
 
-def _normalize(data: bytes, fmt: str, settings: ConvertSettings, name: str) -> NormalizedImage:
+def _normalize(data: bytes, fmt: str, settings: ConvertSettings, name: str, repair: str = "") -> NormalizedImage:
     if fmt == "DICOM":
         normalized = _normalize_dicom(io.BytesIO(data), settings, name)
     else:
         normalized = _normalize_pil(data, fmt, settings, name)
     _check_not_constant(normalized.image, name)
-    return normalized
+    return replace(normalized, repair=repair) if repair else normalized

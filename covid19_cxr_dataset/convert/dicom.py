@@ -1,17 +1,28 @@
 """DICOM inputs: reading, pixel decoding by the preferred plugin, and the modality LUT, VOI LUT or window
-to 8-bit gray (``dicom_to_l``)."""
+to 8-bit gray (``dicom_to_l``).
+
+The per-image memory limit holds before anything is inflated or decoded: a deflate-compressed dataset
+is refused when it would inflate past a quarter of ``max_decode_bytes`` (``_check_inflated_size``,
+counted block by block), and an encapsulated frame whose own header states another size than the
+DICOM's Rows x Columns is refused before its decoder allocates that size (``_check_frame_size``)."""
 
 from __future__ import annotations
 
+import struct
+import zlib
 from typing import BinaryIO
 
 import numpy as np
 import pydicom
 from PIL import Image
+from pydicom.encaps import generate_frames
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_windowing, get_decoder
 
 from ..errors import ConversionError
-from .settings import ConvertSettings, DICOM_PERCENTILES, DICOM_PLUGIN_PREFERENCE, NormalizedImage, RESAMPLE, _DICOM_MAGIC, _DICOM_MAGIC_OFFSET, _DICOM_READ_ERRORS, _check_size, target_size
+from .settings import (
+    DICOM_PERCENTILES, DICOM_PLUGIN_PREFERENCE, MAX_DECODE_BYTES, RESAMPLE, ConvertSettings, NormalizedImage, _DICOM_MAGIC,
+    _DICOM_MAGIC_OFFSET, _DICOM_READ_ERRORS, _check_size, target_size,
+)
 
 
 def dicom_to_l(pixels: np.ndarray, ds: pydicom.Dataset, photometric: str) -> np.ndarray:
@@ -124,7 +135,68 @@ def _is_dicom(stream: BinaryIO) -> bool:
     return head[_DICOM_MAGIC_OFFSET:] == _DICOM_MAGIC
 
 
-def _read_dicom(stream: BinaryIO, name: str, *, stop_before_pixels: bool = False) -> pydicom.Dataset:
+_DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: the whole dataset is one deflate stream
+
+
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"})  # 4-byte lengths
+
+
+def _meta_transfer_syntax(head: bytes) -> tuple[str, int]:
+    """(Transfer Syntax UID, offset of the dataset) from a Part 10 file's meta group (always explicit VR
+    little endian), walked element by element; ("", 0) when the group cannot be walked."""
+    offset, syntax = _DICOM_MAGIC_OFFSET + len(_DICOM_MAGIC), ""
+    try:
+        while offset + 8 <= len(head):
+            group, element = struct.unpack_from("<HH", head, offset)
+            if group != 0x0002:
+                return syntax, offset
+            vr = head[offset + 4 : offset + 6]
+            if vr in _LONG_VRS:
+                (length,), start = struct.unpack_from("<I", head, offset + 8), offset + 12
+            else:
+                (length,), start = struct.unpack_from("<H", head, offset + 6), offset + 8
+            if element == 0x0010:
+                syntax = head[start : start + length].rstrip(b"\0 ").decode("ascii", "replace")
+            offset = start + length
+    except struct.error:
+        pass
+    return syntax, offset if syntax else 0
+
+
+def _check_inflated_size(stream: BinaryIO, name: str, limit: int) -> None:
+    """Refuse a deflate-compressed DICOM whose dataset inflates to more than ``limit`` bytes, counted by
+    inflating it a block at a time (nothing kept): pydicom inflates the whole dataset into memory at
+    once, so a megabyte of deflate could otherwise hide gigabytes in a private element."""
+    syntax, start = _meta_transfer_syntax(stream.read(1 << 16))
+    stream.seek(0)
+    if syntax != _DEFLATED:
+        return
+    stream.seek(start)
+    inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+    try:
+        while chunk := stream.read(1 << 16):
+            while chunk:
+                total += len(inflater.decompress(chunk, 1 << 20))
+                if total > limit:
+                    raise ConversionError(
+                        f"{name}: deflate-compressed DICOM whose dataset inflates to more than {limit / 2**20:,.0f} MiB (the "
+                        "reader holds all of it, several times over; a quarter of the per-image memory limit): a "
+                        "decompression bomb, or pixel data far over the limit: exclude the file or raise "
+                        "ConvertSettings.max_decode_bytes",
+                        reason="image-too-large",
+                    )
+                chunk = inflater.unconsumed_tail
+            if inflater.eof:
+                break
+    except zlib.error:
+        pass  # pydicom reports the damage
+    finally:
+        stream.seek(0)
+
+
+def _read_dicom(stream: BinaryIO, name: str, *, stop_before_pixels: bool = False,
+                max_inflated: int = MAX_DECODE_BYTES // 4) -> pydicom.Dataset:
+    _check_inflated_size(stream, name, max_inflated)
     try:
         ds = pydicom.dcmread(stream, stop_before_pixels=stop_before_pixels)
         ds.get("Rows")  # elements are parsed lazily: touch one so header damage shows here
@@ -202,8 +274,64 @@ def _decode_dicom_pixels(ds: pydicom.Dataset, name: str) -> tuple[np.ndarray, st
 _DICOM_EXTRA_BYTES = 40  # float64 modality values, window output and percentile copies per pixel
 
 
+def _frame_header_size(frame: bytes) -> tuple[int, int] | None:
+    """(width, height) an encapsulated frame's own codestream header states: a JPEG, JPEG-LS or lossless
+    JPEG frame header (SOFn), a JPEG 2000 / HTJ2K SIZ marker; None for other codings (RLE: its decoder
+    writes Rows x Columns whatever it holds). ValueError when a JPEG-family header cannot be walked."""
+    if frame[:2] == b"\xff\xd8":
+        offset = 2
+        while offset + 4 <= len(frame):
+            if frame[offset] != 0xFF:
+                raise ValueError(f"expected a marker at byte {offset}")
+            marker = frame[offset + 1]
+            if marker == 0xFF:
+                offset += 1
+                continue
+            if marker in (0x01, *range(0xD0, 0xD8)):
+                offset += 2
+                continue
+            if marker in (0xD9, 0xDA):
+                break
+            (length,) = struct.unpack_from(">H", frame, offset + 2)
+            if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:  # SOFn, SOF55 (JPEG-LS)
+                height, width = struct.unpack_from(">HH", frame, offset + 5)
+                return width, height
+            offset += 2 + length
+        raise ValueError("no frame header (SOF) before the first scan")
+    siz = frame.find(b"\xff\x4f\xff\x51", 0, 1 << 16)  # JPEG 2000 codestream: SOC, then SIZ
+    if siz >= 0:
+        x, y, x0, y0 = struct.unpack_from(">IIII", frame, siz + 8)
+        return x - x0, y - y0
+    return None
+
+
+def _check_frame_size(ds: pydicom.Dataset, columns: int, rows: int, name: str) -> None:
+    """Refuse an encapsulated frame whose own header states another size than Rows x Columns, before it
+    is decoded: the memory limit was checked against the DICOM header, and a decoder allocates what
+    the frame states (a 64x64 header over a 16000x16000 JPEG frame would take gigabytes)."""
+    uid = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if not uid or not getattr(uid, "is_encapsulated", False):
+        return
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        size = _frame_header_size(frame)
+    except (StopIteration, ValueError, struct.error, TypeError) as exc:
+        raise ConversionError(
+            f"{name}: the encapsulated frame of transfer syntax {_transfer_syntax_label(uid)} has no readable header "
+            f"({type(exc).__name__}: {exc}); the file is truncated or corrupt: download it again",
+            reason="dicom-undecodable",
+        ) from exc
+    if size is not None and size != (columns, rows):
+        raise ConversionError(
+            f"{name}: the DICOM header says {columns}x{rows} (Columns x Rows), but its encapsulated frame "
+            f"({_transfer_syntax_label(uid)}) says {size[0]}x{size[1]}; not decoded (the memory limit holds for the "
+            "size the header states): the file is corrupt or crafted: exclude it",
+            reason="dicom-undecodable",
+        )
+
+
 def _normalize_dicom(stream: BinaryIO, settings: ConvertSettings, name: str) -> NormalizedImage:
-    ds = _read_dicom(stream, name)
+    ds = _read_dicom(stream, name, max_inflated=settings.max_decode_bytes // 4)
     photometric = _photometric(ds)
     frames = _dicom_frames(ds)
     if frames > 1:
@@ -226,6 +354,7 @@ def _normalize_dicom(stream: BinaryIO, settings: ConvertSettings, name: str) -> 
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     stored = max(1, int(ds.get("BitsAllocated", 16) or 16) // 8) * samples
     _check_size(columns, rows, settings, name, decode_bytes=columns * rows * (stored + _DICOM_EXTRA_BYTES))
+    _check_frame_size(ds, columns, rows, name)
     pixels, decoded_photometric = _decode_dicom_pixels(ds, name)
     try:
         gray = dicom_to_l(pixels, ds, decoded_photometric)

@@ -29,8 +29,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import CxrDatasetError
-from .settings import ConvertSettings, ConvertedImage, _PIL_DECODE_ERRORS, _check_size, target_size
-from .detect import _exif_orientation
+from .settings import ConvertSettings, ConvertedImage, _ORIENTATION_TAG, _PIL_DECODE_ERRORS, _check_size, target_size
 from .encode import _check_not_constant
 
 
@@ -72,6 +71,8 @@ class JpegHeader:
     jfif: bool
     adobe_transform: int | None  # APP14 "Adobe" transform flag, None without the marker
     has_exif: bool
+    exif: bytes = b""  # the APP1 "Exif" segments' bodies, joined as Pillow joins them
+    xmp: bytes = b""  # the last APP1 XMP packet (after its namespace), as Pillow keeps it
 
     @property
     def color_space(self) -> str:
@@ -104,6 +105,7 @@ def read_header(data: bytes) -> JpegHeader:
     if data[:2] != b"\xff\xd8":
         raise ValueError("no SOI marker")
     offset, jfif, adobe, exif, frame = 2, False, None, False, None
+    exif_body, xmp = b"", b""
     while True:
         while offset < len(data) and data[offset] == 0xFF and offset + 1 < len(data) and data[offset + 1] == 0xFF:
             offset += 1  # fill bytes
@@ -124,7 +126,9 @@ def read_header(data: bytes) -> JpegHeader:
         if marker == 0xE0 and body[:5] == b"JFIF\x00":
             jfif = True
         elif marker == 0xE1 and body[:6] == b"Exif\x00\x00":
-            exif = True
+            exif, exif_body = True, exif_body + body[6:] if exif_body else body  # as Pillow joins them
+        elif marker == 0xE1 and body.startswith(_XMP_NAMESPACE):
+            xmp = body[len(_XMP_NAMESPACE):]  # the last one, as Pillow keeps it
         elif marker == 0xEE and body[:5] == b"Adobe" and len(body) >= 12:
             adobe = body[11]
         elif marker in _SOF_MARKERS:
@@ -144,8 +148,105 @@ def read_header(data: bytes) -> JpegHeader:
             if frame is None:
                 raise ValueError("scan before the frame header")
             process, precision, width, height, ids, sampling = frame
-            return JpegHeader(process, precision, width, height, ids, sampling, jfif, adobe, exif)
+            return JpegHeader(process, precision, width, height, ids, sampling, jfif, adobe, exif, exif_body, xmp)
         offset += length
+
+
+_XMP_NAMESPACE = b"http://ns.adobe.com/xap/1.0/\x00"
+
+
+def header_orientation(header: JpegHeader) -> int:
+    """The EXIF (else XMP) orientation of a JPEG from its header segments, read as Pillow's
+    ``getexif`` reads it: for the streams Pillow cannot open (12-bit), and those it opens but not
+    decodes (arithmetic, lossless), so that every path applies the tag alike (policy 7)."""
+    if header.exif:
+        exif = Image.Exif()
+        try:
+            exif.load(header.exif)
+            value = exif.get(_ORIENTATION_TAG)
+        except _PIL_DECODE_ERRORS:
+            value = None  # unreadable metadata: the pixels are still the picture as stored
+        if value is not None:
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                return 1
+    found = re.search(rb'tiff:Orientation(="|>)([0-9])', header.xmp) if header.xmp else None
+    return int(found[2]) if found else 1
+
+
+# ---- the scans: how many, and whether they cover every coefficient ---------------------------------
+
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # a marker, not stuffed data, a restart or a fill byte
+
+
+@dataclass(frozen=True)
+class Scan:
+    components: tuple[int, ...]
+    spectral: tuple[int, int]  # Ss, Se
+    approximation: tuple[int, int]  # Ah, Al
+
+
+def scans(data: bytes, limit: int) -> list[Scan]:
+    """The scan headers (SOS) of a JPEG stream, in order; stops after ``limit + 1`` of them. Walks
+    the markers, skipping each segment and the entropy-coded data (no pixel is decoded); a malformed
+    stream ends the list where the damage starts (the decoder reports it)."""
+    found: list[Scan] = []
+    offset = 2
+    try:
+        while offset + 4 <= len(data):
+            if data[offset] != 0xFF or data[offset + 1] in (0x00, *range(0xD0, 0xD8)):
+                match = _NEXT_MARKER.search(data, offset)
+                if match is None:
+                    break
+                offset = match.start()
+            while data[offset + 1] == 0xFF:
+                offset += 1  # fill bytes
+            marker = data[offset + 1]
+            if marker == 0xD9:
+                break
+            if marker in _STANDALONE:
+                offset += 2
+                continue
+            (length,) = struct.unpack_from(">H", data, offset + 2)
+            if marker == 0xDA:
+                body = data[offset + 4 : offset + 2 + length]
+                count = body[0]
+                ss, se, a = body[1 + 2 * count : 4 + 2 * count]
+                found.append(Scan(tuple(body[1 + 2 * i] for i in range(count)), (ss, se), (a >> 4, a & 15)))
+                if len(found) > limit:
+                    break
+            offset += 2 + max(length, 2)
+    except (IndexError, ValueError, struct.error):
+        pass  # the damage is the decoder's to report
+    return found
+
+
+def scans_complete(header: JpegHeader, found: list[Scan]) -> bool:
+    """Whether the scans give every coefficient of every component its final value: a sequential
+    stream scans each component once; a progressive one refines each coefficient to its last bit
+    (Al = 0). A stream cut between two scans decodes without a warning once an end marker is
+    appended, to a blurrier picture: this tells it from one that lacks only its end marker."""
+    if header.process in ("progressive", "arithmetic-progressive"):
+        return all(
+            any(c in scan.components and scan.spectral[0] <= k <= scan.spectral[1] and scan.approximation[1] == 0 for scan in found)
+            for c in header.component_ids for k in range(64)
+        )
+    return all(any(c in scan.components for scan in found) for c in header.component_ids)
+
+
+def stream_damage(data: bytes) -> str:
+    """What libjpeg-turbo reports while reading every coefficient of ``data`` (warnings included:
+    corrupt entropy data, premature end, extraneous bytes), or "" when it reads cleanly. Nothing is
+    decoded to pixels and nothing written (``transform(nooutput=True)``). Only for 8- and 12-bit DCT
+    streams (lossless and hierarchical JPEGs are pylibjpeg-libjpeg's, which raises on damage)."""
+    if not _HAVE_TRANSFORM:
+        return ""
+    try:
+        _turbojpeg.transform(data, nooutput=True)
+    except (RuntimeError, ValueError) as exc:
+        return str(exc) or type(exc).__name__
+    return ""
 
 
 def lossless_obstacle(header: JpegHeader) -> str:
@@ -249,12 +350,8 @@ def _transcode_jpeg(data: bytes, settings: ConvertSettings, name: str) -> Conver
     _check_size(width, height, settings, name, decode_bytes=header.coefficient_bytes + 2 * len(data), jpeg_output=False)
     if target_size(width, height, settings.max_side) != (width, height):
         return None
-    if header.has_exif:
-        try:
-            if _exif_orientation(Image.open(io.BytesIO(data))) not in (0, 1):
-                return None  # the decode path rotates it
-        except _PIL_DECODE_ERRORS:
-            return None  # the decode path reports the damage
+    if header_orientation(header) not in (0, 1):
+        return None  # the decode path rotates it
     try:
         output = transcode_luminance(data, optimize=settings.optimize_huffman)
         check = read_header(output)

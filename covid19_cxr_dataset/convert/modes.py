@@ -181,5 +181,8 @@ def _normalize_with_libjpeg(data: bytes, header: lossless_jpeg.JpegHeader, setti
     target = target_size(gray.width, gray.height, settings.max_side)
     if gray.size != target:
         gray = gray.resize(target, RESAMPLE)
+    transpose = _EXIF_TRANSPOSE.get(lossless_jpeg.header_orientation(header))  # as every other path (policy 7)
+    if transpose is not None:
+        gray = gray.transpose(transpose)
     mode = {"GRAY": "I;16" if header.precision > 8 else "L"}.get(header.color_space, header.color_space)
     return NormalizedImage(gray, "JPEG", mode)

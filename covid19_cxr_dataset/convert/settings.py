@@ -40,7 +40,7 @@ bits, so the choice is pinned rather than left to whichever plugins happen to be
 pylibjpeg comes first because it is a declared dependency of the package."""
 
 
-POLICY_VERSION = 2
+POLICY_VERSION = 3
 
 """Bump whenever this module's output for some input changes (cache keys use it)."""
 
@@ -48,6 +48,13 @@ POLICY_VERSION = 2
 MAX_DECODE_BYTES = 640 * 2**20
 
 """Per-image decode working-memory limit (``decode_bytes``); a worker then stays under 1 GiB."""
+
+
+MAX_JPEG_SCANS = 500
+
+"""A JPEG with more scans is refused (``image-too-many-scans``): each scan is a pass over the whole image,
+and encoders write a few dozen at most (libjpeg's progressive scripts: 6 for gray, 10 for colour).
+libjpeg-turbo's own documentation suggests the same bound for its scan limit."""
 
 
 MIN_SIDE = 16
@@ -195,6 +202,7 @@ class ConvertedImage:
     input_format: str  # "JPEG", "PNG", "DICOM", ...
     input_mode: str  # PIL mode or DICOM photometric interpretation
     conversion: str = "normalized-jpeg"  # a key of CONVERSIONS
+    repair: str = ""  # what was missing from a stream whose pixels are complete (convert.integrity), "" if nothing
 
     @property
     def jpeg(self) -> bytes:
@@ -213,6 +221,7 @@ class NormalizedImage:
     image: Image.Image
     input_format: str
     input_mode: str
+    repair: str = ""  # as ConvertedImage.repair
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ thread pool behind one progress bar.
 Modules (each one job; the details live in their docstrings):
 
 * :mod:`.spec`: :class:`FileSpec`, what to fetch (checked when made).
-* :mod:`.core`: :class:`Downloader`, the orchestration (``fetch``, ``fetch_all``, ``check_reachable``).
+* :mod:`.core`: :class:`Downloader`, the orchestration (``fetch``, ``fetch_all``, ``check_reachable``:
+  HEAD, or a ranged GET where a server refuses HEAD, all files within one deadline, ``CHECK_DEADLINE``).
 * :mod:`.cache`: cache layout, per-entry locks, sidecars, checking a cached file, moving a verified
   ``.part`` into place (:func:`default_cache_dir`, :data:`CACHE_ENV`, :data:`MAX_NAME_BYTES`).
 * :mod:`.transport`: the requests session, retries, redirect and credential rules; the only module
@@ -73,7 +74,7 @@ of that logger to quieten or open up all of them.
 from __future__ import annotations
 
 from .cache import CACHE_ENV, MAX_NAME_BYTES, default_cache_dir
-from .core import Downloader
+from .core import CHECK_DEADLINE, Downloader
 from .hashes import HASH_CHUNK, FileHashes, file_sha256, git_blob_sha1, hash_file
 from .kaggle import (
     KAGGLE_BASE_URL,
@@ -93,6 +94,7 @@ from .urls import check_base_url, redact_url
 
 __all__ = [
     "CACHE_ENV",
+    "CHECK_DEADLINE",
     "DEFAULT_MAX_UNPINNED_BYTES",
     "Downloader",
     "FileHashes",

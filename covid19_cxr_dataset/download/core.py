@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import queue
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -34,10 +36,13 @@ from .cache import Cache
 from .hashes import FileHashes, hash_file, mismatch
 from .resume import DEFAULT_MAX_UNPINNED_BYTES, transfer
 from .spec import FileSpec
-from .transport import Transport, _HTTPStatusError, file_level
+from .transport import DeadlineExceeded, Transport, _HTTPStatusError, file_level
 from .urls import redact_url
 
 log = logging.getLogger(__name__)
+
+CHECK_DEADLINE = 120.0
+"""Seconds ``Downloader.check_reachable`` (``plan --check-files``) may take for all its files together."""
 
 
 class Downloader:
@@ -177,15 +182,23 @@ class Downloader:
             raise _missing_error(absent, len(unique), self.cache_dir, self._transport.scrub)
         return {spec.cache_key: results[spec.cache_key] for spec in specs}
 
-    def check_reachable(self, specs: list[FileSpec], desc: str = "checking files") -> dict[str, dict]:
+    def check_reachable(self, specs: list[FileSpec], desc: str = "checking files", *,
+                        deadline: float = CHECK_DEADLINE) -> dict[str, dict]:
         """HEAD every spec's URL (same session, retries, redirect rules and credentials as a download);
         download nothing. Returns ``{cache_key: {"url", "status", "size", "reachable", "detail"}}``:
         ``status`` is the final HTTP status, ``size`` the announced Content-Length (or None), and
-        ``reachable`` is True for a 200 whose announced size (when both are known) matches the pin.
+        ``reachable`` is True for a 200 whose announced size (when both are known) matches the pin. A
+        server that refuses HEAD (405/501) is asked for each file's first byte instead
+        (``Transport.head``).
+
+        ``deadline``: seconds for all the files together; no request, retry or wait goes past it, and
+        the answer comes when it passes whatever the server does (the threads still waiting are left
+        to end on their own; they cannot keep the process alive).
 
         Raises:
-            errors.DownloadError: offline, or the server does not answer at all (no point asking it
-                about the other files); 5xx/429 answers after the retries likewise.
+            errors.DownloadError: offline, the deadline passed before every file was answered (saying
+                how many were), or the server does not answer at all (no point asking it about the
+                other files); 5xx/429 answers after the retries likewise.
         """
         if self.offline:
             raise errors.DownloadError(
@@ -194,12 +207,7 @@ class Downloader:
         unique = {spec.cache_key: spec for spec in specs}
         if not unique:
             return {}
-        with tqdm(total=len(unique), desc=desc, unit="file", disable=not self.progress) as bar:
-            with concurrent.futures.ThreadPoolExecutor(max_workers=min(self.workers, len(unique))) as pool:
-                answers = {}
-                for key, answer in zip(unique, pool.map(self._transport.head, unique.values())):
-                    answers[key] = answer
-                    bar.update()
+        answers = _head_all(self._transport, unique, min(self.workers, len(unique)), deadline, desc, self.progress)
         return {spec.cache_key: answers[spec.cache_key] for spec in specs}
 
     # ---- one file --------------------------------------------------------------------------------
@@ -228,7 +236,57 @@ class Downloader:
         return target
 
 
-# ---- the steps of fetch_all and fetch ---------------------------------------------------------------
+# ---- the steps of fetch_all, fetch and check_reachable -----------------------------------------------
+
+
+def _head_all(transport: Transport, unique: dict[str, FileSpec], workers: int, seconds: float, desc: str,
+              progress: bool) -> dict[str, dict]:
+    """``Transport.head`` of every spec on ``workers`` daemon threads, all within ``seconds``: at the
+    deadline the answer is an error naming how many files were answered, even while a thread still
+    waits on a silent server (a daemon thread cannot hold the process)."""
+    deadline = time.monotonic() + seconds
+    pending: queue.SimpleQueue = queue.SimpleQueue()
+    for item in unique.items():
+        pending.put(item)
+    done: queue.SimpleQueue = queue.SimpleQueue()
+    stop = threading.Event()
+
+    def work() -> None:
+        while not stop.is_set():
+            try:
+                key, spec = pending.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                done.put((key, transport.head(spec, deadline=deadline), None))
+            except BaseException as exc:  # handed to the caller's thread, which raises it
+                done.put((key, None, exc))
+
+    for _ in range(workers):
+        threading.Thread(target=work, name="check-files", daemon=True).start()
+    answers: dict[str, dict] = {}
+    with tqdm(total=len(unique), desc=desc, unit="file", disable=not progress) as bar:
+        try:
+            while len(answers) < len(unique):
+                try:
+                    key, answer, failure = done.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    failure = DeadlineExceeded("")
+                if isinstance(failure, DeadlineExceeded):
+                    origin = redact_url(next(iter(unique.values())).url).split("/", 3)[:3]
+                    raise errors.DownloadError(transport.scrub(
+                        f"{'/'.join(origin)}: answered {len(answers):,} of {len(unique):,} file checks within the deadline of "
+                        f"{seconds:g} s (HEAD requests, retries included); the others are not reported missing, since no "
+                        "answer says nothing about a file. Check the network or the mirror and run again, or give it "
+                        "longer (plan --check-deadline SECONDS)"
+                    )) from None
+                if failure is not None:
+                    raise failure
+                answers[key] = answer
+                bar.update()
+        finally:
+            stop.set()
+    return answers
 
 
 def _fetch_concurrently(

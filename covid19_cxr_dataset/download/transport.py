@@ -34,11 +34,14 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
 from typing import TYPE_CHECKING, Iterable, Mapping
 from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
 
 from .. import __version__, errors
@@ -87,6 +90,10 @@ class _Cancelled(Exception):
     """Raised inside a worker when ``fetch_all`` gave up after another file failed."""
 
 
+class DeadlineExceeded(errors.DownloadError):
+    """A request could not be answered before the deadline its caller set (``Transport.open(deadline=...)``)."""
+
+
 def file_level(exc: errors.DownloadError) -> bool:
     """True when a failure concerns one file (the server answered: not there, forbidden, other bytes),
     False when it concerns the server (5xx/429 after the retries): then asking for more files is futile."""
@@ -98,14 +105,37 @@ def file_level(exc: errors.DownloadError) -> bool:
 # ---- requests plumbing -----------------------------------------------------------------------------
 
 
+_DEADLINE = threading.local()
+"""The deadline (``time.monotonic()``) of the request this thread is sending, if its caller set one:
+urllib3 runs the retries inside ``session.request``, so ``_Retry`` reads it here."""
+
+
+def _remaining() -> float | None:
+    deadline = getattr(_DEADLINE, "value", None)
+    return None if deadline is None else deadline - time.monotonic()
+
+
 class _Retry(Retry):
-    """urllib3 Retry whose ``Retry-After`` wait is capped, so a hostile server cannot park a build."""
+    """urllib3 Retry whose ``Retry-After`` wait is capped, so a hostile server cannot park a build, and
+    which retries nothing past the deadline of the request (``_DEADLINE``) nor waits beyond it."""
 
     RETRY_AFTER_CAP = 300.0
 
     def get_retry_after(self, response):  # type: ignore[override]
         value = super().get_retry_after(response)
-        return None if value is None else min(value, self.RETRY_AFTER_CAP)
+        remaining = _remaining()
+        return None if value is None else min(value, self.RETRY_AFTER_CAP, *(() if remaining is None else (max(0.0, remaining),)))
+
+    def get_backoff_time(self) -> float:
+        remaining = _remaining()
+        value = super().get_backoff_time()
+        return value if remaining is None else min(value, max(0.0, remaining))
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):  # type: ignore[override]
+        remaining = _remaining()
+        if remaining is not None and remaining <= 0:
+            raise MaxRetryError(_pool, url or "", error or ResponseError("the deadline passed"))  # type: ignore[arg-type]
+        return super().increment(method, url, response, error, _pool, _stacktrace)
 
 
 class _NoNetrcAuth(requests.auth.AuthBase):
@@ -116,6 +146,16 @@ class _NoNetrcAuth(requests.auth.AuthBase):
 
 
 _NO_AUTH = _NoNetrcAuth()
+
+
+def _announced_size(response: requests.Response) -> int | None:
+    """The file's size a response announces: the total of ``Content-Range`` (``bytes 0-0/1234``, ``bytes
+    */1234``) for a partial answer, else ``Content-Length``; None when it says none."""
+    if response.status_code in (206, 416):
+        total = response.headers.get("Content-Range", "").rpartition("/")[2].strip()
+        return int(total) if total.isdigit() else None
+    length = response.headers.get("Content-Length", "")
+    return int(length) if length.isdigit() else None
 
 
 # ---- the transport ---------------------------------------------------------------------------------
@@ -210,18 +250,34 @@ class Transport:
             or (host, port) in self._allowed_hosts
         )
 
-    def open(self, url: str, offset: int, method: str = "GET") -> requests.Response:
-        """GET (or HEAD) ``url`` (from byte ``offset``), following allowed redirects; a 200/206/416 response.
+    def open(self, url: str, offset: int, method: str = "GET", *, byte_range: str = "",
+             deadline: float | None = None) -> requests.Response:
+        """GET (or HEAD) ``url`` (from byte ``offset``, or the ``byte_range`` given, e.g. ``"bytes=0-0"``),
+        following allowed redirects; a 200/206/416 response. ``deadline`` (``time.monotonic()``): no
+        request, retry or wait goes past it; each request's timeout is what is left of it.
 
         Raises:
             _HTTPStatusError: another final status (after the retries for 429/5xx).
+            DeadlineExceeded: the deadline passed before an answer.
             errors.DownloadError: no answer after the retries, an invalid URL or redirect target, a
                 refused redirect, or more than :data:`MAX_REDIRECTS` redirects.
         """
         assert self._session is not None, "offline downloaders never open connections"
+        _DEADLINE.value = deadline
+        try:
+            return self._open(url, offset, method, byte_range, deadline)
+        finally:
+            _DEADLINE.value = None
+
+    def _open(self, url: str, offset: int, method: str, byte_range: str, deadline: float | None) -> requests.Response:
         current = url
         for _ in range(MAX_REDIRECTS + 1):
-            headers = {"Range": f"bytes={offset}-"} if offset else {}
+            headers = {"Range": byte_range} if byte_range else {"Range": f"bytes={offset}-"} if offset else {}
+            timeout = self.timeout
+            if deadline is not None:
+                timeout = min(timeout, deadline - time.monotonic())
+                if timeout <= 0:
+                    raise DeadlineExceeded(self.scrub(f"{redact_url(url)}: no answer before the deadline"))
             auth = None
             if self.credentials_origin is not None and _origin(current) == self.credentials_origin:
                 headers.update(self._credential_headers)
@@ -230,7 +286,7 @@ class Transport:
             try:
                 response = self._session.request(
                     method, current, headers=headers, auth=auth or _NO_AUTH, stream=True,
-                    timeout=(self.timeout, self.timeout), allow_redirects=False,
+                    timeout=(timeout, timeout), allow_redirects=False,
                 )
             except (requests.exceptions.InvalidURL, ValueError) as exc:
                 if _parses(current):  # requests parses a redirect's Location even when not following it
@@ -241,6 +297,8 @@ class Transport:
                     advice = "Check the mirror or manifest that produced it."
                 raise errors.DownloadError(self.scrub(f"{redact_url(current)} {problem}; refusing it. {advice}")) from None
             except requests.RequestException as exc:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise DeadlineExceeded(self.scrub(f"{redact_url(url)}: no answer before the deadline ({_describe(exc)})")) from None
                 raise errors.DownloadError(self.scrub(
                     f"{redact_url(url)}: no answer after {self.retries} retries ({_describe(exc)}). Check the "
                     "network, proxy or mirror and run again; completed files stay in the cache."
@@ -282,25 +340,35 @@ class Transport:
             "or the server misconfigured."
         ))
 
-    def head(self, spec: FileSpec) -> dict:
+    def head(self, spec: FileSpec, *, deadline: float | None = None) -> dict:
         """HEAD ``spec.url``: ``{"url", "status", "size", "reachable", "detail"}`` (see ``check_reachable``).
 
-        A file-level refusal (4xx other than 429) is an answer (``reachable`` False); any other
-        failure is raised, as by :meth:`open`.
+        A server that does not do HEAD (405 Method Not Allowed, 501 Not Implemented) is asked for the
+        file's first byte instead (GET with ``Range: bytes=0-0``; the body is not read): a 206 (or a
+        200 from a server that ignores ranges) says the file is there, and its size. A file-level
+        refusal (4xx other than 429) is an answer (``reachable`` False); any other failure is raised,
+        as by :meth:`open`, ``DeadlineExceeded`` included.
         """
+        method = "HEAD"
         try:
-            response = self.open(spec.url, 0, method="HEAD")
+            try:
+                response = self.open(spec.url, 0, method="HEAD", deadline=deadline)
+            except _HTTPStatusError as exc:
+                if exc.status not in (405, 501):
+                    raise
+                method = "ranged GET (the server refuses HEAD)"
+                response = self.open(spec.url, 0, method="GET", byte_range="bytes=0-0", deadline=deadline)
         except _HTTPStatusError as exc:
             if not file_level(exc):
                 raise
             return {"url": redact_url(spec.url), "status": exc.status, "size": None, "reachable": False, "detail": str(exc)}
-        with response:
-            length = response.headers.get("Content-Length", "")
-            size = int(length) if length.isdigit() else None
-            status = response.status_code
+        with response:  # closed unread: a ranged GET's one byte (or a whole body a server sends anyway) is not wanted
+            status, size = response.status_code, _announced_size(response)
+        if method != "HEAD" and status in (206, 416):
+            status = 200  # the server holds the file (416: an empty one); what HEAD's 200 says
         detail = ""
         if status != 200:
-            detail = f"HTTP {status} to a HEAD request; expected 200"
+            detail = f"HTTP {status} to a {method} request; expected 200"
         elif spec.size >= 0 and size is not None and size != spec.size:
             detail = f"the server announces {size} bytes; the pin says {spec.size}"
         return {"url": redact_url(spec.url), "status": status, "size": size, "reachable": not detail, "detail": detail}

@@ -6,64 +6,20 @@ What a command prints beyond a line or two comes from the library (``plan.summar
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 
 import click
 
 from . import __version__
+from .cli_support import (
+    check_baseline_inputs, check_files as check_files_report, default_missing_report, fail_cleanly, manifest_from, output_file,
+    pin_status,
+)
 from .errors import CxrDatasetError
-
-
-def _fail_cleanly(command):
-    """Turn the project's own errors into one readable line and exit code 1 (no traceback)."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except CxrDatasetError as error:
-            click.echo(f"error: {error}", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("interrupted: nothing was written to the output folder; the download cache keeps verified files", err=True)
-            sys.exit(130)
-
-    return wrapper
-
-
-def _manifest(version: str | None, manifest_path: Path | None, name: str):
-    from . import manifest
-
-    if manifest_path is not None:
-        if version is not None:
-            raise click.UsageError("pass either --version (a bundled release) or --manifest (a folder), not both")
-        return manifest.load(manifest_path)
-    if version is None:
-        releases = manifest.available()
-        if not releases:
-            raise CxrDatasetError("no manifests found; pass --manifest PATH")
-        versions = [v for n, v, _ in releases if n == name]
-        if not versions:
-            known = ", ".join(sorted({n for n, _, _ in releases}))
-            raise CxrDatasetError(
-                f"no release named {name!r} under {manifest.manifests_root()}; known names: {known}. "
-                "Pass one of them with --name, or a manifest folder with --manifest PATH (`cxr-dataset manifests` lists them)"
-            )
-        version = versions[-1]
-    try:
-        return manifest.load(manifest.find(version, name))
-    except CxrDatasetError as error:
-        if "+" not in version:
-            raise
-        raise CxrDatasetError(f"{error} {version} is a local version: a variant lives in its own folder; pass "
-                              "--manifest DIR (the folder `cxr-dataset new-variant` wrote).") from None
 
 
 def _options(cache_dir, mirror, offline, workers, quiet, kaggle_archive=None, overwrite=False):
@@ -119,7 +75,7 @@ def main(verbose):
 
 
 @main.command()
-@_fail_cleanly
+@fail_cleanly
 def manifests():
     """List the releases this package can build, with their configurations.
 
@@ -135,18 +91,16 @@ def manifests():
         except CxrDatasetError as error:
             click.echo(f"{name} {version}\tdoes not load: {error}")
             continue
-        click.echo(f"{name} {version}\t{loaded.title}\t{_pin_status(loaded)}")
+        if (loaded.name, loaded.version) != (name, version):
+            click.echo(f"{name} {version}\tskipped: {loaded.path} describes {loaded.name} {loaded.version}; a folder under "
+                       f"{manifest.manifests_root()} is <name>/<version> of the release it holds. Move it out and pass it "
+                       "with --manifest DIR")
+            continue
+        click.echo(f"{name} {version}\t{loaded.title}\t{pin_status(loaded)}")
         for config in loaded.configs:
             total = {split: sum(per_class.values()) for split, per_class in config.expected_counts.items()}
             click.echo(f"  {config.name}{' (default)' if config.default else ''}\t"
                        + ", ".join(f"{s} {n:,}" for s, n in total.items()))
-
-
-def _pin_status(loaded) -> str:
-    unpinned = sum(source.unpinned_files(loaded) for source in loaded.sources)
-    if unpinned:
-        return f"builds as pinned (GitHub by commit and blob id); {unpinned:,} Kaggle file(s) without a recorded sha256"
-    return "builds as pinned (every file by checksum)"
 
 
 @main.command()
@@ -155,7 +109,7 @@ def _pin_status(loaded) -> str:
 @click.option("--kaggle-archive", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The Kaggle chest-xray-pneumonia zip, downloaded by hand (otherwise the Kaggle API with KAGGLE_USERNAME/KAGGLE_KEY or ~/.kaggle/kaggle.json).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists (only after the new build succeeded).")
-@_fail_cleanly
+@fail_cleanly
 def build(version, manifest_path, name, cache_dir, mirror, offline, workers, quiet, out, kaggle_archive, overwrite):
     """Build a release into a Hugging Face dataset folder (parquet shards + card + build report).
 
@@ -166,25 +120,14 @@ def build(version, manifest_path, name, cache_dir, mirror, offline, workers, qui
     from .build import build as run_build
     from .report import summary as report_summary
 
-    manifest = _manifest(version, manifest_path, name)
+    manifest = manifest_from(version, manifest_path, name)
     options = _options(cache_dir, mirror, offline, workers, quiet, kaggle_archive, overwrite)
     result = run_build(manifest, out, options)
-    # The release is in place: a Ctrl-C from here on undoes nothing, so it must not fail the command.
-    with contextlib.suppress(KeyboardInterrupt), _sigint_ignored():
+    # The release is in place: a Ctrl-C from here on undoes nothing, so it must not fail the command (the
+    # program's handlers ignore signals from now on: interrupts.work_complete; this covers library use).
+    with contextlib.suppress(KeyboardInterrupt):
         click.echo(report_summary(result))
         click.echo(f"wrote {out}  (load it with datasets.load_dataset({str(out)!r}))")
-
-
-@contextlib.contextmanager
-def _sigint_ignored():
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 @main.command()
@@ -196,7 +139,7 @@ def _sigint_ignored():
 @click.option("--missing-report", type=click.Path(dir_okay=False, path_type=Path),
               help="With --check-files: where to write the unreachable files. [default: ./<name>-<version>.missing-files.csv, "
                    "written only when some are]")
-@_fail_cleanly
+@fail_cleanly
 def plan(version, manifest_path, name, cache_dir, mirror, offline, workers, quiet, json_path, check_files, missing_report):
     """Resolve a release from metadata and pinned lists alone (no image downloads).
 
@@ -205,43 +148,27 @@ def plan(version, manifest_path, name, cache_dir, mirror, offline, workers, quie
     files the server (or --mirror) holds, and writes the list of the others for
     `cxr-dataset new-variant --exclude-missing`. Exit code 2: the counts differ, or files are unreachable.
     """
+    from .naming import shown_path
     from .plan import plan as run_plan, plan_document, summary_lines
+    from .staging import write_output_file
 
-    manifest = _manifest(version, manifest_path, name)
+    manifest = manifest_from(version, manifest_path, name)
     options = _options(cache_dir, mirror, offline, workers, quiet)
+    # The files it will write are checked before the work (never inside a manifest folder or the cache).
+    json_path = output_file(json_path, "--json", manifest, options) if json_path else None
+    report_path = output_file(missing_report or default_missing_report(manifest), "--missing-report", manifest, options) \
+        if check_files else None
     resolution = run_plan(manifest, options)
     lines, all_problems = summary_lines(resolution)
     for line in lines:
         click.echo(line)
     if json_path:
         plan_json = plan_document(resolution)
-        json_path.write_text(json.dumps(plan_json, indent=1) + "\n", encoding="utf-8")
-        click.echo(f"wrote {json_path} ({len(plan_json['files']):,} files)")
-    unreachable = _check_files(manifest, resolution, options, missing_report) if check_files else []
+        write_output_file(json_path, json.dumps(plan_json, indent=1) + "\n", option="--json")
+        click.echo(f"wrote {shown_path(json_path)} ({len(plan_json['files']):,} files)")
+    unreachable = check_files_report(manifest, resolution, options, report_path) if check_files else []
     if all_problems or unreachable:
         sys.exit(2)
-
-
-def _check_files(manifest, resolution, options, missing_report: Path | None) -> list[dict]:
-    """plan --check-files: HEAD every file, print what is unreachable, write the missing-files report."""
-    from . import missing
-    from .fetch import check_files
-    from .naming import shown_path
-
-    checked, unreachable = check_files(resolution, options)
-    where = options.mirror or "raw.githubusercontent.com"
-    click.echo(f"  files: {checked - len(unreachable):,} of {checked:,} reachable on {where} (HEAD requests; nothing downloaded;"
-               " Kaggle files come from the archive and are not checked)")
-    if not unreachable:
-        return []
-    click.echo("  unreachable per source and split (split: where the file would go):")
-    for line in missing.missing_table(unreachable):
-        click.echo("  " + line)
-    target = missing_report or Path(f"{manifest.name}-{manifest.version}.missing-files.csv")
-    missing.write_missing_report(target, unreachable)
-    click.echo(f"  wrote {shown_path(target)} ({len(unreachable):,} files: source, path, split, label, HTTP status, URL)")
-    click.echo(missing.missing_files_advice(manifest, target, mirror=options.mirror, cache_dir=options.cache_dir))
-    return unreachable
 
 
 @main.command("new-variant")
@@ -261,7 +188,7 @@ def _check_files(manifest, resolution, options, missing_report: Path | None) -> 
 @click.option("--mirror", metavar="URL", help="Base URL replacing https://raw.githubusercontent.com (for the metadata tables).")
 @click.option("--offline", is_flag=True, help="Use only the cache.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-@_fail_cleanly
+@fail_cleanly
 def new_variant(folder, base, exclude_missing, accept_hashes, new_version, name, cache_dir, mirror, offline, quiet):
     """Start a local variant of a release in DIR (a new manifest folder you can build and cite).
 
@@ -341,7 +268,7 @@ def new_variant(folder, base, exclude_missing, accept_hashes, new_version, name,
 @click.option("--jit-compile", is_flag=True,
               help="Compile the train step with XLA (faster on a GPU). Turns TensorFlow's op determinism off "
                    "(XLA has no deterministic MaxPool gradient): reruns may differ slightly.")
-@_fail_cleanly
+@fail_cleanly
 def baseline(data_dir, out, recipe, epochs, batch_size, image_size, seed, seeds, config, probes_flag, probe_names,
              probe_epochs, mixed_precision, no_verify, quiet, pipeline, jit_compile):
     """Certify a release: train and evaluate the paper's DCNN on it, compare with the paper.
@@ -353,15 +280,21 @@ def baseline(data_dir, out, recipe, epochs, batch_size, image_size, seed, seeds,
     Exit code 0 when the verdict is pass, review, no-reference or quick-check (--epochs,
     --batch-size or --image-size: a run that certifies nothing); 3 when it is fail.
     """
+    from .errors import FingerprintMismatch
+
+    check_baseline_inputs(data_dir, out, config)  # before TensorFlow loads and training starts
     from .baseline import DEFAULT_SEED, run_baseline
 
     probes = list(probe_names) if probe_names else probes_flag
-    certificate = run_baseline(
-        data_dir, out, recipe=recipe, epochs=epochs, batch_size=batch_size, image_size=image_size,
-        seed=DEFAULT_SEED if seed is None else seed, seeds=seeds, config=config, probes=probes,
-        probe_epochs=probe_epochs, mixed_precision=mixed_precision, verify_fingerprint=not no_verify,
-        progress=not quiet, pipeline=pipeline, jit_compile=jit_compile, deterministic=not jit_compile,
-    )
+    try:
+        certificate = run_baseline(
+            data_dir, out, recipe=recipe, epochs=epochs, batch_size=batch_size, image_size=image_size,
+            seed=DEFAULT_SEED if seed is None else seed, seeds=seeds, config=config, probes=probes,
+            probe_epochs=probe_epochs, mixed_precision=mixed_precision, verify_fingerprint=not no_verify,
+            progress=not quiet, pipeline=pipeline, jit_compile=jit_compile, deterministic=not jit_compile,
+        )
+    except FingerprintMismatch as error:
+        raise error.skipped_by("--no-verify") from None
     accuracy = certificate.get("metrics", {}).get("accuracy")
     verdict = certificate.get("verdict")
     click.echo(f"accuracy {accuracy:.4f}" if isinstance(accuracy, float) else "accuracy: see certificate.json")
@@ -408,7 +341,7 @@ _FINGERPRINT_OPTION = click.option(
 @click.option("--release", "release_dir", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A built release folder: verify it, then cite it with the fingerprints recomputed from its shards.")
 @click.option("--workers", type=click.IntRange(1, 256), help="With --release: parallel workers for verifying. [default: all cores]")
-@_fail_cleanly
+@fail_cleanly
 def cite(version, manifest_path, name, fmt, config, release_dir, workers):
     """Print how to cite a release: the release itself, then every work it is built from.
 
@@ -420,17 +353,17 @@ def cite(version, manifest_path, name, fmt, config, release_dir, workers):
     if release_dir is not None:
         from .verify import cite_release
 
-        manifest = _manifest(version, manifest_path, name) if version or manifest_path else None
+        manifest = manifest_from(version, manifest_path, name) if version or manifest_path else None
         click.echo(cite_release(release_dir, fmt, config, manifest=manifest, workers=workers or os.cpu_count() or 1), nl=False)
         return
-    click.echo(format_citations(_manifest(version, manifest_path, name), fmt, config), nl=False)
+    click.echo(format_citations(manifest_from(version, manifest_path, name), fmt, config), nl=False)
 
 
 @main.command("verify")
 @click.argument("release_dir", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--workers", type=click.IntRange(1, 256), help="Parallel workers for hashing and decoding. [default: all cores]")
 @_FINGERPRINT_OPTION
-@_fail_cleanly
+@fail_cleanly
 def verify_command(release_dir, workers, fingerprints):
     """Check a release folder against its build_report.json, and against fingerprints from outside it.
 
@@ -454,7 +387,7 @@ def verify_command(release_dir, workers, fingerprints):
 @click.option("--revision", metavar="BRANCH",
               help="Branch to upload to. [default: release-<version>]; `main` also makes it what the Hub shows by default.")
 @click.option("--workers", type=click.IntRange(1, 256), help="Parallel workers for verification. [default: all cores]")
-@_fail_cleanly
+@fail_cleanly
 def publish_command(release_dir, repo_id, dry_run, private, revision, workers):
     """Upload a verified release to the Hugging Face Hub and tag it v<version>.
 
@@ -477,7 +410,7 @@ def publish_command(release_dir, repo_id, dry_run, private, revision, workers):
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Write every image's result to this CSV.")
 @click.option("--all", "show_all", is_flag=True, help="Print every image, not only the proposed ones.")
 @click.option("--workers", type=click.IntRange(1, 256), help="Parallel workers. [default: all cores]")
-@_fail_cleanly
+@fail_cleanly
 def audit(paths, csv_path, show_all, workers):
     """Propose images with drawn lesion marks (arrows, circles, boxes, lesion text) for review.
 
@@ -516,7 +449,7 @@ def lock():
               help="The repository's tree at the pinned commit: path<TAB>git_blob_sha1<TAB>size (git ls-tree -r -l).")
 @click.option("--metadata", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="The source's metadata table at the pinned commit.")
-@_fail_cleanly
+@fail_cleanly
 def lock_github(manifest_path, source_name, tree, metadata):
     """Write a GitHub source's lock file: the metadata table and every image it names, by git blob id."""
     from . import locks, manifest
@@ -535,7 +468,7 @@ def lock_github(manifest_path, source_name, tree, metadata):
               help="Take the split from this built release folder (for releases whose build finds what a plan cannot, "
                    "such as pixel duplicates) instead of planning it from metadata.")
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 if the recorded split file differs from what the rules give.")
-@_fail_cleanly
+@fail_cleanly
 def lock_splits(version, manifest_path, name, cache_dir, mirror, offline, workers, quiet, from_build, check):
     """Record a release's split as data: splits.csv (source, source_path, label, split, patient_group, configs).
 
@@ -545,7 +478,7 @@ def lock_splits(version, manifest_path, name, cache_dir, mirror, offline, worker
     """
     from . import locks, plan as plan_module, split
 
-    loaded = _manifest(version, manifest_path, name)
+    loaded = manifest_from(version, manifest_path, name)
     if from_build is not None:
         table = plan_module.assignment_from_build(from_build)
     else:
@@ -577,7 +510,7 @@ def lock_splits(version, manifest_path, name, cache_dir, mirror, offline, worker
 @click.option("--replace-pins", is_flag=True,
               help="Overwrite sha256 already pinned that this archive contradicts (each change is printed). Without "
                    "it such a contradiction is an error and nothing is written.")
-@_fail_cleanly
+@fail_cleanly
 def lock_kaggle(manifest_path, kaggle_archive, replace_pins):
     """Record the sha256 of every listed Kaggle file from the archive, so later builds verify them.
 
@@ -596,4 +529,7 @@ def lock_kaggle(manifest_path, kaggle_archive, replace_pins):
 
 
 if __name__ == "__main__":  # python -m covid19_cxr_dataset.cli
+    from . import interrupts
+
+    interrupts.install()
     main()

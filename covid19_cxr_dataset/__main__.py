@@ -15,7 +15,10 @@ def main() -> None:
 
         sys.stderr.write(f"{interrupts.describe(stopped)} while starting: nothing was done\n")
         raise SystemExit(interrupts.exit_code(stopped)) from None
-    commands()
+    try:
+        commands()
+    finally:
+        interrupts.exiting()
 
 
 if __name__ == "__main__":

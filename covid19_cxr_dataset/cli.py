@@ -532,4 +532,7 @@ if __name__ == "__main__":  # python -m covid19_cxr_dataset.cli
     from . import interrupts
 
     interrupts.install()
-    main()
+    try:
+        main()
+    finally:
+        interrupts.exiting()

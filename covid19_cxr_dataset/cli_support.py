@@ -28,10 +28,12 @@ def fail_cleanly(command):
             return command(*args, **kwargs)
         except CxrDatasetError as error:
             click.echo(f"error: {error}", err=True)
+            interrupts.exiting()
             sys.exit(1)
         except KeyboardInterrupt as stopped:
             click.echo(f"{interrupts.describe(stopped)}: nothing was written to the output folder; the download cache "
                        "keeps verified files", err=True)
+            interrupts.exiting()  # the cleanup is done: a second Ctrl-C must not turn exit 130 into -2
             sys.exit(interrupts.exit_code(stopped))
 
     return wrapper

@@ -9,7 +9,8 @@ stopped, and the command exits with 128 + the signal's number (``exit_code``).
 While that cleanup runs, a second signal is ignored (``GRACE_SECONDS``), so a double Ctrl-C cannot
 cut the cleanup short and leave a half-removed folder; after the grace period one more signal stops
 the program as the first did. Once the work is complete (``work_complete``: a release renamed into
-place), every later signal is ignored: the command finishes and exits 0.
+place), every later signal is ignored: the command finishes and exits 0. When a command ends, Ctrl-C is
+left to the kernel to ignore (``exiting``), as Python restores default handlers while it shuts down.
 
 ``worker_pool`` is the one way the package starts worker processes: they ignore Ctrl-C (the terminal
 sends it to the whole process group; the parent decides), die with the parent (Linux), and are
@@ -45,6 +46,7 @@ class Terminated(KeyboardInterrupt):
 
 class _State:
     installed = False
+    owner = 0  # the process that installed the handlers (a forked child inherits them until it resets them)
     complete = False  # the work is done: signals are ignored from now on
     first: float | None = None  # time.monotonic() of the first signal
 
@@ -55,10 +57,14 @@ def install() -> None:
         return
     for signum in _HANDLED:
         signal.signal(signum, _handler)
-    _State.installed = True
+    _State.installed, _State.owner = True, os.getpid()
 
 
 def _handler(signum: int, frame) -> None:
+    if os.getpid() != _State.owner:  # a worker just forked, before its initializer ran: Ctrl-C is the parent's
+        if signum == signal.SIGINT:
+            return
+        os._exit(128 + signum)
     now = time.monotonic()
     if _State.complete:
         _note("the work is complete; finishing")
@@ -81,6 +87,16 @@ def work_complete() -> None:
     """The command's output is in place: from now on the program's handlers ignore every signal (so the
     command exits 0 whatever arrives). Without the handlers (library use), this changes nothing."""
     _State.complete = True
+    if _State.installed:
+        exiting()
+
+
+def exiting() -> None:
+    """Nothing is left to interrupt: Ctrl-C is ignored by the kernel from now on (SIG_IGN). Python hands a
+    signal back to its default action while the interpreter shuts down, and a Ctrl-C then would end the
+    process with -2 instead of the exit code the command chose."""
+    if _State.installed and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def exit_code(stopped: BaseException) -> int:

@@ -16,11 +16,10 @@ from typing import TYPE_CHECKING, Iterable
 
 import pandas as pd
 
-from .download import MAX_NAME_BYTES
 from .errors import CxrDatasetError, MissingUpstreamFiles
 from .manifest import Manifest
 from .naming import manifest_option, from_argument, next_local_version, shown_path
-from .staging import short_name, write_output_file
+from .staging import NAME_LIMIT_BYTES, short_name, write_output_file
 
 if TYPE_CHECKING:
     from .options import Options
@@ -86,7 +85,7 @@ def missing_files_error(
 def missing_report_path(out: Path) -> Path:
     """``<out>.missing-files.csv`` beside ``out`` (``out``'s name shortened when the whole would pass the
     file system's 255 bytes: ``staging.short_name``)."""
-    limit = MAX_NAME_BYTES - len(MISSING_REPORT_SUFFIX.encode())
+    limit = NAME_LIMIT_BYTES - len(MISSING_REPORT_SUFFIX.encode())
     return out.with_name(short_name(out.name, limit) + MISSING_REPORT_SUFFIX)
 
 

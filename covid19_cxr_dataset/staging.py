@@ -36,7 +36,6 @@ from typing import Iterator
 
 from filelock import FileLock, Timeout
 
-from .download import MAX_NAME_BYTES
 from . import interrupts
 from .errors import CxrDatasetError
 from .release import REPORT_NAME, read_report
@@ -45,6 +44,9 @@ log = logging.getLogger(__name__)
 
 STAGING_MARKER = ".cxr-dataset-staging"
 """File in every staging folder until the card is written: what makes a ``.partial-*`` folder ours."""
+
+NAME_LIMIT_BYTES = 255
+"""The longest file or folder name most file systems accept (ext4, XFS, APFS, NTFS in characters)."""
 
 SHORT_NAME_BYTES = 180
 """The longest name kept as it is in the names made from it (``short_name``): room for ``.`` and a
@@ -109,9 +111,9 @@ def check_output_folder(out: Path, *, suggestion: str, protected: list[tuple[str
                     "another --out"
                 )
             break
-    if len(out.name.encode()) > MAX_NAME_BYTES:
+    if len(out.name.encode()) > NAME_LIMIT_BYTES:
         raise CxrDatasetError(
-            f"--out {given}: the folder name is {len(out.name.encode())} bytes long; file systems allow {MAX_NAME_BYTES}. "
+            f"--out {given}: the folder name is {len(out.name.encode())} bytes long; file systems allow {NAME_LIMIT_BYTES}. "
             "Choose a shorter --out"
         )
     resolved = out.resolve()
@@ -309,9 +311,9 @@ def check_output_file(path: Path, *, option: str, protected: list[tuple[str, Pat
                 raise CxrDatasetError(f"{option} {given}: {ancestor} is a file, not a folder, so nothing can be written "
                                       f"under it; choose another {option}")
             break
-    if len(path.name.encode()) > MAX_NAME_BYTES:
+    if len(path.name.encode()) > NAME_LIMIT_BYTES:
         raise CxrDatasetError(f"{option} {given}: the file name is {len(path.name.encode())} bytes; file systems allow "
-                              f"{MAX_NAME_BYTES}. Choose a shorter name")
+                              f"{NAME_LIMIT_BYTES}. Choose a shorter name")
     try:
         parent.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=parent, prefix=".cxr-dataset-probe-", delete=True)

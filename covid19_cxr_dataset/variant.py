@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from . import manifest as manifest_module
+from . import interrupts, manifest as manifest_module
 from . import CLASS_NAMES
 from .counts import expected_by_config
 from .errors import CxrDatasetError
@@ -101,6 +101,7 @@ def new_variant(
             if folder.exists():
                 folder.rmdir()
             os.replace(staging, folder)
+            interrupts.work_complete()  # the variant is in place: the program ignores Ctrl-C from now on
         except OSError as error:
             raise CxrDatasetError(f"{folder}: cannot put the variant there ({error.strerror or error}); nothing was "
                                   "written. Choose a new, empty folder") from None

@@ -409,9 +409,9 @@ def card_label_names(header: dict[str, Any]) -> list[list[str]]:
                 dtype = feature.get("dtype") if isinstance(feature.get("dtype"), dict) else {}
                 class_label = dtype.get("class_label") if isinstance(dtype.get("class_label"), dict) else {}
                 names = class_label.get("names") or {}
-                if isinstance(names, dict) and all(str(k).isdigit() for k in names):
+                if isinstance(names, dict) and names and all(str(k).isdigit() for k in names):
                     found.append([str(names[k]) for k in sorted(names, key=lambda k: int(k))])
-                elif isinstance(names, list):
+                elif isinstance(names, list) and names:
                     found.append([str(n) for n in names])
                 else:
                     found.append([f"<{report_shape.found(names)}: not a list of names or {{index: name}}>"])
@@ -482,11 +482,16 @@ def _check_card_configs(out_dir: Path, header: dict[str, Any], configs: dict[str
         shards = [p for p in config.get("shards", []) if isinstance(p, str)]
         splits = sorted({PurePosixPath(p).name.split("-", 1)[0] for p in shards}, key=_split_order)
         listed = entry.get("data_files") if isinstance(entry.get("data_files"), list) else []
+        for e in listed:
+            if not (isinstance(e, dict) and isinstance(e.get("split"), str)):
+                result.add(CARD_NAME, "card-data-files", f"configuration {name!r}: data_files entries naming a split (a "
+                           "string) and its path", report_shape.found(e), hint="the card is generated: rebuild instead of editing it")
         files = {e.get("split"): e.get("path") for e in listed if isinstance(e, dict) and isinstance(e.get("split"), str)}
         for split in sorted(set(files) | set(splits), key=lambda s: _split_order(str(s))):
             want = sorted(p for p in shards if PurePosixPath(p).name.startswith(f"{split}-"))
             patterns = files.get(split)
-            patterns = [patterns] if isinstance(patterns, str) else patterns if isinstance(patterns, list) else [patterns]
+            patterns = [] if patterns is None else [patterns] if isinstance(patterns, str) else \
+                patterns if isinstance(patterns, list) else [patterns]
             refused = [why for why in map(report_shape.data_file_problem, patterns) if why]
             if refused:  # never globbed: a card must not make verify list files outside the release
                 result.add(CARD_NAME, "card-data-files", f"configuration {name!r}, split {split!r}: data_files paths that are "

@@ -8,9 +8,9 @@ The real release 1.0.0 holds train 5,614 (COVID-19 398 / Normal 1,341 / Pneumoni
 of ``--size`` pixels a side whose class is faintly visible (a brighter patch whose size depends on
 the class), generated in parallel worker processes. The shards are written with the project's own
 writer, in the layout this script has always written (shards directly in ``data/``: a release from
-before configurations, which ``baseline`` reads as configuration ``paper``); the build report and card come
-from tests/release_factory.write_report_and_card, which writes them as ``build`` does (``report.assemble``,
-the shortcut-evidence section, ``card.render_card``), so ``cxr-dataset baseline`` verifies and trains
+before configurations, which ``baseline`` reads as configuration ``paper``); the build report, card and
+croissant.json come from tests/release_factory.write_report_and_card, which writes them as ``build`` does
+(``report.assemble``, the shortcut-evidence section, ``generated.write_generated``), so ``cxr-dataset baseline`` verifies and trains
 on it like on a built release.
 """
 

@@ -35,8 +35,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
+from . import progress as progress_bars
 from .download import file_sha256
 from .errors import ArchiveError
 from .staging import make_hidden_folder, replace_folder, short_name
@@ -85,7 +84,8 @@ def extract_zip(
         # readable by the other users the umask lets in.
         staging = make_hidden_folder(dest_dir.parent, f".{short_name(dest_dir.name)}.", ".partial")
         try:
-            written = {name: _extract_entry(archive, zip_path, info, name, staging) for info, name in plan}
+            written = {name: _extract_entry(archive, zip_path, info, name, staging) for info, name in progress_bars.track(
+                plan, desc=f"extract {zip_path.name} into the cache (once per archive)", unit="file")}
             _write_record(staging, written)
             replace_folder(staging, dest_dir)
         except BaseException:
@@ -177,8 +177,8 @@ def check_extracted(tree: Path, zip_path: Path, *, progress: bool = False) -> di
     if record is None:
         raise ArchiveError(f"{tree} has no readable {EXTRACTION_RECORD}; remove the folder so that the archive is extracted again")
     checked, damaged = {}, []
-    for name, (size, sha256) in tqdm(sorted(record.items()), desc="check extracted archive files", unit="file",
-                                     disable=not progress, leave=False):
+    for name, (size, sha256) in progress_bars.track(sorted(record.items()), unit="file", enabled=progress, leave=False,
+                                                    desc="check extracted archive files (sha256 against the extraction record)"):
         path = tree.joinpath(*name.split("/"))
         try:
             intact = path.is_file() and path.stat().st_size == size and file_sha256(path) == sha256

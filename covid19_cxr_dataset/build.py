@@ -22,9 +22,8 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
 
-from . import archive, card, convert, convert_cache, evidence, fetch, filters, release, report, shards, split, staging
+from . import archive, card, convert, convert_cache, evidence, fetch, filters, generated, progress, release, report, shards, split, staging
 from .counts import check_counts, exclusion_summary
 from .download import Downloader, file_sha256
 from .errors import CountMismatch, CxrDatasetError
@@ -50,7 +49,7 @@ def build(manifest: Manifest, out: Path, options: Options) -> dict:
     downloader = options.downloader()  # checks --mirror
     build_report = None
     try:
-        with staging.output_lock(out):
+        with staging.output_lock(out), progress.enabled(options.progress):  # every bar of the build follows -q
             _check_output_folder(manifest, out, options)  # again, now that no other build can change it
             build_report = _build_locked(manifest, out, options, downloader)
     except KeyboardInterrupt:
@@ -87,7 +86,7 @@ def _build_locked(manifest: Manifest, out: Path, options: Options, downloader: D
                                        absent=absent_from_release(selection))
         # The shortcut evidence needs the fingerprints: it joins the card's inputs once the report has them.
         build_report["card"]["extra_sections"].append(evidence.card_extra_section(build_report, manifest.folder / evidence.CERTIFICATES_FOLDER))
-        (stage.folder / release.CARD_NAME).write_text(card.render_card(build_report, release.read_row_table(stage.folder)), encoding="utf-8")
+        generated.write_generated(stage.folder, build_report)  # README.md, croissant.json, unpinned-files.csv
         release.write_report(stage.folder, build_report)
         stage.commit()
     return build_report
@@ -110,6 +109,7 @@ def _convert_and_publish(resolution: Resolution, data_dir: Path, options: Option
     settings = convert.ConvertSettings(**manifest.convert)
     kept, excluded = resolution.kept, resolution.excluded
     failed = excluded.iloc[0:0]
+    why = ""  # why the shards are written again, for the progress bar
     while True:
         selection = finish_selection(Resolution(
             manifest, resolution.candidates, kept[~kept["record_id"].isin(failed["record_id"])],
@@ -118,14 +118,21 @@ def _convert_and_publish(resolution: Resolution, data_dir: Path, options: Option
         # Too few images is final now; too many may still shrink as images fail to convert.
         _check_selection(manifest, selection, failed, out, shortfall_only=True)
         shutil.rmtree(data_dir, ignore_errors=True)
-        written, new_failures, _ = convert_and_write_shards(selection.kept, data_dir, options, settings, manifest.configs)
+        written, new_failures, _ = convert_and_write_shards(selection.kept, data_dir, options, settings, manifest.configs,
+                                                            desc="convert and write shards" + why)
         if not new_failures.empty:
             new_failures["detail"] = new_failures["detail"].map(lambda text: portable_paths(text, options.cache, manifest.folder))
             failed = pd.concat([failed, new_failures], ignore_index=True)
+            why = f" again ({len(new_failures):,} failed to convert)"
+            log.info("%d image(s) failed to convert: the selection and split are made again and the shards rewritten "
+                     "(converted images come from the cache)", len(new_failures))
             continue
         kept, pixel_copies, found = _pixel_duplicates(manifest, kept, written)
         if found:
             excluded = pd.concat([excluded, pixel_copies], ignore_index=True)
+            why = " again (identical pixels found)"
+            log.info("%d image(s) have the same decoded pixels as another: the selection and split are made again and "
+                     "the shards rewritten (converted images come from the cache)", len(pixel_copies) or 1)
             continue
         _check_selection(manifest, selection, failed, out)
         return Resolution(manifest, selection.candidates, written, selection.excluded, selection.decisions)
@@ -133,6 +140,7 @@ def _convert_and_publish(resolution: Resolution, data_dir: Path, options: Option
 
 def convert_and_write_shards(
     kept: pd.DataFrame, data_dir: Path, options: Options, settings: convert.ConvertSettings, configs: list | None = None,
+    *, desc: str = "convert and write shards",
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[tuple[str, str], tuple[int, int]]]:
     """Convert and shards stages together: each image goes into its shard as soon as its conversion
     arrives, so this process writes parquet while the workers convert.
@@ -151,7 +159,7 @@ def convert_and_write_shards(
             writers[(folder, name)] = shards.SplitShardWriter(data_dir / folder, name, max_shard_bytes=options.max_shard_bytes)
     records = kept.to_dict("records")
     results = []
-    bar = tqdm(total=len(records), desc="convert and write", unit="img", disable=not options.progress)
+    bar = progress.bar(len(records), desc=desc, unit="img", enabled=options.progress)
     # closing: a stop (Ctrl-C, SIGTERM, an error) ends the workers at once instead of waiting for every queued image
     with contextlib.closing(convert_cache.conversions(kept, options.cache, settings, options.workers)) as converted:
         for record, result in zip(records, converted):
@@ -190,7 +198,8 @@ def _pixel_duplicates(manifest: Manifest, kept: pd.DataFrame, written: pd.DataFr
     Returns ``kept`` with the new flags/``duplicate_of`` (or without the copies), the copies it
     excluded, and whether anything changed (then the selection is made again).
     """
-    pixels = {rid: file_sha256(Path(p)) for rid, p in zip(written["record_id"], written["converted_path"])}
+    pixels = {rid: file_sha256(Path(p)) for rid, p in progress.track(
+        list(zip(written["record_id"], written["converted_path"])), desc="hash converted images (identical pixels?)", unit="img")}
     table = kept.assign(pixels_sha256=kept["record_id"].map(pixels).fillna(""))
     before = dict(zip(table["record_id"], zip(table["flags"], table["duplicate_of"])))
     marked, copies = filters.exact_duplicates_after_conversion(manifest, table)
@@ -207,7 +216,7 @@ def _check_selection(manifest: Manifest, selection: Resolution, failed: pd.DataF
     if problems:
         unreadable = "".join(f"\n  {r.record_id} ({r.local_path}): {r.reason}: {r.detail}" for r in failed.itertuples())
         raise CountMismatch(
-            f"{manifest.path}: the build does not give the expected counts: {'; '.join(problems)}. "
+            f"{manifest.where}: the build does not give the expected counts: {'; '.join(problems)}. "
             f"Exclusions by reason: {exclusion_summary(selection.excluded)}."
             + (f" Images that could not be converted:{unreadable}" if len(failed) else "")
             + f"\nNothing was written to {out}."
@@ -215,7 +224,7 @@ def _check_selection(manifest: Manifest, selection: Resolution, failed: pd.DataF
     crossing = split.patients_in_both(selection.kept)
     if crossing:
         raise CxrDatasetError(
-            f"{manifest.path}: {len(crossing)} patient group(s) would sit in both splits, e.g. {crossing[:3]}; "
+            f"{manifest.where}: {len(crossing)} patient group(s) would sit in both splits, e.g. {crossing[:3]}; "
             "an 'upstream' split rule keeps a source's own split, so fix the patient ids or the rules. Nothing was written."
         )
 
@@ -226,7 +235,7 @@ def _fail_early_if_short(manifest: Manifest, resolution: Resolution, out: Path) 
     short = check_counts(manifest, finish_selection(resolution).kept, shortfall_only=True)
     if short:
         raise CountMismatch(
-            f"{manifest.path}: this release cannot reach its expected counts; metadata and decisions alone give "
+            f"{manifest.where}: this release cannot reach its expected counts; metadata and decisions alone give "
             f"{'; '.join(short)}. Nothing was downloaded beyond the metadata and nothing was written to {out}. "
             "`cxr-dataset plan` shows the exclusions by reason."
         )

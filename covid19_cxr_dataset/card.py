@@ -12,6 +12,11 @@ Extra sections are ``{"title", "markdown"}`` items in ``report["card"]["extra_se
 after "Known risks": the manifest's own (``extra_sections(manifest)``, stored by ``card_inputs``),
 then the shortcut evidence, which the build adds once the fingerprints are known
 (``evidence.card_extra_section``).
+
+The parts that say where the release lives and how to use it (Hub YAML keys, "Use it with PyTorch /
+TensorFlow / JAX", personal information, point of contact, the unpinned-file count) are
+``card_sections``; the column words are ``columns``. croissant.json is made from the same inputs
+(``croissant``, ``generated``).
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ import yaml
 from datasets import DatasetInfo
 from datasets.splits import SplitDict, SplitInfo
 
-from . import CLASS_NAMES
+from . import CLASS_NAMES, card_sections  # card_sections: where it lives, how to use it (issue 25)
 from .citation import citations
 from .counts import count_differences, expected_counts
+from .columns import columns_sentence
 from .manifest import Manifest
 from .naming import is_local, portable_manifest_option, public_version, published_release
 from .records import FLAGS, REASONS, split_rank
@@ -110,13 +116,16 @@ def card_inputs(manifest: Manifest, *, sections: list[dict[str, str]] | None = N
     sections = extra_sections(manifest) if sections is None else sections
     sources = []
     for source in manifest.sources:
-        sources.append({"name": source.name, "description": source.description, "pin": source.card_pin(), "license": source.license})
+        sources.append({"name": source.name, "description": source.description, "pin": source.card_pin(), "license": source.license,
+                        "homepage": source.homepage})
     return {
         "name": manifest.name,
         "title": manifest.title,
         "description": manifest.description.strip(),
         "release_notes": manifest.release_notes.strip(),
         "known_risks": manifest.known_risks.strip(),
+        "personal_information": manifest.personal_information.strip(),  # the card's "Personal and sensitive information"
+        "intended_use": manifest.intended_use.strip(),  # croissant.json's rai:dataUseCases
         "license": manifest.card_license,
         "seed": manifest.split.seed,
         "sources": sources,
@@ -161,6 +170,7 @@ def card_header(report: dict, rows: pd.DataFrame) -> str:
         license_id=card.get("license", "other"), pretty_name=card.get("title", report.get("dataset", "")), version=str(report.get("version", "")),
         configs=[{"name": c["name"], "default": bool(c.get("default")), "folders": folders_by_split(c.get("shards", []), c.get("folders")),
                   "split_sizes": split_sizes(report, rows, c)} for c in configs],
+        metadata=card_sections.hub_metadata(report),  # task_ids, annotations_creators, source_datasets
     )
 
 
@@ -206,6 +216,7 @@ def card_body(report: dict, rows: pd.DataFrame, extra_sections: list[dict[str, s
     default = configs[0]
     subsets = configs[1:]
     paper_rows = config_rows(rows, default)
+    target, revision = card_sections.load_target(report)  # the Hub repository once published, else this folder
     lines = [
         f"# {card.get('title', name)}",
         "",
@@ -217,10 +228,12 @@ def card_body(report: dict, rows: pd.DataFrame, extra_sections: list[dict[str, s
         "",
         "```python",
         "import datasets",
-        f'dataset = datasets.load_dataset("path/to/this/folder")  # DatasetDict with train and test: {default["name"]!r}',
+        f'dataset = datasets.load_dataset({target}{revision})  # DatasetDict with train and test: {default["name"]!r}',
     ]
-    lines += [f'{c["name"]} = datasets.load_dataset("path/to/this/folder", "{c["name"]}")' for c in subsets]
-    lines += ["```", "", "## Configurations", ""]
+    lines += [f'{c["name"]} = datasets.load_dataset({target}, "{c["name"]}"{revision})' for c in subsets]
+    lines += ["```", ""]
+    lines += card_sections.usage_lines(report, default["name"])
+    lines += ["## Configurations", ""]
     if subsets:
         lines += [
             f"This folder holds {len(configs)} configurations over one split, and no image twice: "
@@ -256,14 +269,7 @@ def card_body(report: dict, rows: pd.DataFrame, extra_sections: list[dict[str, s
         + (f" `{default['name']}` reads the `{subsets[0]['name']}` shards before the `flagged` ones, so shuffle before "
            "training on it." if subsets else ""),
         "",
-        "Columns: `image` (8-bit grayscale; JPEG sources as JPEG with their luminance kept bit for bit, the others as "
-        "the manifest's fallback format), `label` (ClassLabel: " + ", ".join(f"{i} = {c}" for i, c in enumerate(CLASS_NAMES)) + "), "
-        "`source`, `source_path` (path in the source at the pinned version), `patient_id` (normalized across sources), "
-        "`patient_group` (every patient id linked to the same person; never on both sides of the split: group by it for your own folds), "
-        "`view`, `finding` (the source's own text), `license` (as the source states it), `sha256` (of the source file), "
-        "`flags` (what the curation found on a kept image, empty when clean), `duplicate_of` (`source:source_path` of the "
-        "kept copy when this image is a duplicate, else empty), "
-        "`conversion` (`lossless-jpeg`, `normalized-jpeg` or `normalized-png`: the path the image took).",
+        columns_sentence(),
         *_conversion_lines(report.get("conversions")),
         "",
         "## Sources",
@@ -289,27 +295,12 @@ def card_body(report: dict, rows: pd.DataFrame, extra_sections: list[dict[str, s
         "Every exclusion and every flagged image is listed in `build_report.json` with its reason.",
         "",
     ]
-    unverified = report.get("unverified_files", [])
-    if unverified:
-        by_source: dict[str, int] = {}
-        for record_id in unverified:
-            by_source[record_id.split(":", 1)[0]] = by_source.get(record_id.split(":", 1)[0], 0) + 1
-        lines += [
-            "## Files without a pinned checksum",
-            "",
-            f"{len(unverified):,} file(s) were used without a recorded sha256 or git blob id ("
-            + ", ".join(f"{s}: {n:,}" for s, n in sorted(by_source.items()))
-            + "); their bytes are what the archive held at build time. `build_report.json` (`unverified_files`) names each; so does this list:",
-            "",
-            "<details><summary>unpinned files</summary>",
-            "",
-        ]
-        lines += [f"- `{record_id}`" for record_id in unverified]
-        lines += ["", "</details>", ""]
+    lines += card_sections.unpinned_lines(report)  # the list itself is unpinned-files.csv (issue 25: card size)
     if card.get("known_risks"):
         lines += ["## Known risks", "", card["known_risks"], ""]
     for section in card.get("extra_sections", []) if extra_sections is None else extra_sections:
         lines += [f"## {section['title']}", "", section["markdown"].strip(), ""]
+    lines += card_sections.personal_information_lines(report)
     lines += [
         "## Licenses",
         "",
@@ -332,11 +323,13 @@ def card_body(report: dict, rows: pd.DataFrame, extra_sections: list[dict[str, s
         lines += [f"- fingerprint ({covers}): `{report.get('fingerprint', '')}`"]
     lines += ["- verify this folder with `cxr-dataset verify <folder>`" + (
         "" if fingerprint_definition(report) == 1 else
-        "; against a fingerprint cited elsewhere (a paper, the Hub) with `cxr-dataset verify <folder> --fingerprint <hex>`"), "",
-              "## Citation", "", "Please cite this release and the works it is built from "
+        "; against a fingerprint cited elsewhere (a paper, the Hub) with `cxr-dataset verify <folder> --fingerprint <hex>`"), ""]
+    lines += card_sections.contact_lines(report)
+    lines += ["## Citation", "", "Please cite this release and the works it is built from "
               "(`cxr-dataset cite " + card.get("variant", {}).get("manifest_option", f"--version {version}")
+              + (f" --repo-id {card_sections.hub_repo(report)}" if card_sections.hub_repo(report) else "")
               + "` prints them in BibTeX, APA or CFF):", "", "```bibtex"]
-    lines += [bibtex + "\n" for bibtex in card.get("citations", [])]
+    lines += [bibtex + "\n" for bibtex in card_sections.citations(report)]  # the release's entry names where it lives
     lines += ["```", ""]
     return "\n".join(lines)
 
@@ -354,9 +347,12 @@ def dataset_info_yaml(split_sizes: dict[str, tuple[int, int]], config_name: str 
 
 def card_yaml(
     *, split_sizes: dict[str, tuple[int, int]] | None = None, license_id: str, pretty_name: str, version: str,
-    configs: list[dict[str, Any]] | None = None,
+    configs: list[dict[str, Any]] | None = None, metadata: dict[str, Any] | None = None,
 ) -> str:
     """The YAML header of README.md: the contract with ``datasets.load_dataset``.
+
+    ``metadata``: more keys the Hub reads (``task_ids``, ``annotations_creators``, ``source_datasets``),
+    written after ``task_categories``.
 
     ``configs``: one dict per configuration, the default first: ``name``, ``default``, ``folders``
     {split: the shard folders under ``data/`` holding rows of that split, "" for shards directly in
@@ -377,6 +373,7 @@ def card_yaml(
         "license": license_id,
         **({"license_name": "per-image-source-licenses", "license_link": "README.md#licenses"} if license_id == "other" else {}),
         "task_categories": ["image-classification"],
+        **(metadata or {}),
         "tags": ["medical", "chest-x-ray", "covid-19", f"release-{version}"],
         "size_categories": [_size_category(total)],
         "configs": [

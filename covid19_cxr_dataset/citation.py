@@ -73,10 +73,12 @@ def _fingerprint_text(cited: dict[str, str], several: bool) -> str:
     return f"{values} (check a copy with: cxr-dataset verify DIR --fingerprint HEX)"
 
 
-def citations(manifest: Manifest, config: str | None = None, *, fingerprints: dict[str, str] | None = None) -> list[Citation]:
-    """The release's own citation, then every work the manifest cites (its own, then each source's), no repeats.
-    ``fingerprints``: what the release's entry carries (``cited_fingerprints``; ``{}``: none)."""
-    out = [release_citation(manifest, config, fingerprints=fingerprints)]
+def citations(manifest: Manifest, config: str | None = None, url: str = "", *,
+              fingerprints: dict[str, str] | None = None) -> list[Citation]:
+    """The release's own citation (``url``: where it lives, if known), then every work the manifest cites
+    (its own, then each source's), no repeats. ``fingerprints``: what the release's entry carries
+    (``cited_fingerprints``; ``{}``: none)."""
+    out = [release_citation(manifest, config, url, fingerprints=fingerprints)]
     seen = {out[0].key}
     listed = [(c, "reference", "") for c in manifest.citations]
     listed += [(c, "source", s.name) for s in manifest.sources for c in s.citations]
@@ -90,9 +92,12 @@ def citations(manifest: Manifest, config: str | None = None, *, fingerprints: di
     return out
 
 
-def release_citation(manifest: Manifest, config: str | None = None, *, fingerprints: dict[str, str] | None = None) -> Citation:
-    """How to cite version X of this dataset: title, version, the package that builds it, year, URL,
-    and the fingerprint of each configuration when known (``cited_fingerprints``), so a reader can
+def release_citation(manifest: Manifest, config: str | None = None, url: str = "", *,
+                     fingerprints: dict[str, str] | None = None) -> Citation:
+    """How to cite version X of this dataset: title, version, the package that builds it, year,
+    ``url``, where the release lives (its Hub repository) when known: none is invented for a local build
+    (issue 25: a package index page where no package is published is not where a release lives), and
+    the fingerprint of each configuration when known (``cited_fingerprints``), so a reader can
     check a copy (``cxr-dataset verify DIR --fingerprint HEX``).
 
     A release with several configurations names them (or, with ``config``, the one used)."""
@@ -113,30 +118,41 @@ def release_citation(manifest: Manifest, config: str | None = None, *, fingerpri
         f"  author={{{{{AUTHORS}}}}},",
         f"  year={{{RELEASE_YEAR}}},",
         f"  version={{{version}}},",
-        f"  howpublished={{\\url{{{PROJECT_URL}}}}},",
+        *([f"  howpublished={{\\url{{{url}}}}},"] if url else []),
         f"  note={{{_bibtex_escape(note)}}}",
         "}",
     ])
     text = (f"{AUTHORS}. ({RELEASE_YEAR}). {title} (Version {version}{which.replace(', c', '; c', 1) if config else ''}) [Data set]. "
             f"Built with the {PACKAGE_NAME} Python package, version {__version__}." + (f" {marks[0].upper()}{marks[1:]}." if marks else "")
-            + f" {PROJECT_URL}")
-    fields = {"title": title, "author": AUTHORS, "year": str(RELEASE_YEAR), "version": version,
-              "url": PROJECT_URL, "note": note}
+            + (f" {url}" if url else ""))
+    fields = {"title": title, "author": AUTHORS, "year": str(RELEASE_YEAR), "version": version, "note": note,
+              **({"url": url} if url else {})}
     return Citation(key, text, bibtex, "release", "", key, "misc", fields)
 
 
-def format_citations(manifest: Manifest, fmt: str = "bibtex", config: str | None = None, *,
+def with_url(bibtex: str, url: str) -> str:
+    """A release entry (``release_citation``'s BibTeX) that says where the release lives: its
+    ``howpublished`` line replaced by ``\\url{url}`` (before ``note``), or removed when ``url`` is ""."""
+    lines = [line for line in bibtex.strip().splitlines() if not line.strip().startswith("howpublished=")]
+    if url:
+        at = next((i for i, line in enumerate(lines) if line.strip().startswith("note=")), len(lines) - 1)
+        lines.insert(at, f"  howpublished={{\\url{{{url}}}}},")
+    return "\n".join(lines)
+
+
+def format_citations(manifest: Manifest, fmt: str = "bibtex", config: str | None = None, url: str = "", *,
                      fingerprints: dict[str, str] | None = None) -> str:
     """All citations of a release as one text: ``bibtex``, ``apa`` or ``cff`` (a CITATION.cff for the release).
 
-    ``config`` names the configuration used (the release entry then says which). ``fingerprints``:
-    {configuration: fingerprint} of a verified folder; default: the ones the manifest records. A ``config``
-    neither the manifest nor ``fingerprints`` knows is refused (ManifestError), however many it has."""
+    ``config`` names the configuration used (the release entry then says which); ``url`` where the
+    release lives (e.g. its Hugging Face repository), when known. ``fingerprints``: {configuration:
+    fingerprint} of a verified folder; default: the ones the manifest records. A ``config`` neither the
+    manifest nor ``fingerprints`` knows is refused (ManifestError), however many it has."""
     known = [c.name for c in manifest.configs] + [name for name in fingerprints or {} if name not in {c.name for c in manifest.configs}]
     if config is not None and config not in known:
         raise ManifestError(f"{manifest.path}: --config {config}: no configuration named {config!r} in {manifest.name} "
                             f"{manifest.version}; it has {', '.join(known)}. Pass one of them, or leave --config out")
-    entries = citations(manifest, config, fingerprints=fingerprints)
+    entries = citations(manifest, config, url, fingerprints=fingerprints)
     cited = cited_fingerprints(manifest, config, fingerprints)
     if fmt == "bibtex":
         release, works = entries[0], entries[1:]
@@ -148,17 +164,17 @@ def format_citations(manifest: Manifest, fmt: str = "bibtex", config: str | None
     if fmt == "apa":
         return "\n\n".join(c.text for c in entries) + "\n"
     if fmt == "cff":
-        return dump_cff(release_cff(manifest, entries, fingerprints=cited))
+        return dump_cff(release_cff(manifest, entries, url, fingerprints=cited))
     raise CxrDatasetError(f"unknown citation format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
 # ---- CFF -------------------------------------------------------------------------------------
 
-def release_cff(manifest: Manifest, entries: list[Citation] | None = None, *,
+def release_cff(manifest: Manifest, entries: list[Citation] | None = None, url: str = "", *,
                 fingerprints: dict[str, str] | None = None) -> dict[str, Any]:
-    """CITATION.cff content for one release of the dataset (``type: dataset``); each fingerprint
-    (``cited_fingerprints``) is one of its ``identifiers``."""
-    entries = entries or citations(manifest, fingerprints=fingerprints)
+    """CITATION.cff content for one release of the dataset (``type: dataset``); ``url``: where it lives,
+    if known; each fingerprint (``cited_fingerprints``) is one of its ``identifiers``."""
+    entries = entries or citations(manifest, url=url, fingerprints=fingerprints)
     cited = cited_fingerprints(manifest, None, fingerprints)
     data: dict[str, Any] = {
         "cff-version": CFF_VERSION,
@@ -168,7 +184,7 @@ def release_cff(manifest: Manifest, entries: list[Citation] | None = None, *,
         "title": manifest.title,
         "version": manifest.version,
         "authors": [{"name": AUTHORS}],
-        "url": PROJECT_URL,
+        **({"url": url} if url else {}),
         "keywords": ["COVID-19", "chest X-ray", "radiography", "image classification", "dataset"],
     }
     if cited:

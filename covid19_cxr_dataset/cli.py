@@ -7,53 +7,25 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import sys
 from pathlib import Path
 
 import click
 
-from . import __version__
-from .cli_support import (
-    check_baseline_inputs, check_files as check_files_report, default_missing_report, fail_cleanly, manifest_from, output_file,
-    pin_status,
+from . import __version__, cli_verbosity, progress
+from .cli_options import (
+    FINGERPRINT_OPTION, check_baseline_inputs, check_files as check_files_report, command_options, default_missing_report,
+    fail_cleanly, load_manifest, output_file, pin_status, release_options,
 )
 from .errors import CxrDatasetError
 
 
-def _options(cache_dir, mirror, offline, workers, quiet, kaggle_archive=None, overwrite=False):
-    from .options import Options
-
-    return Options(
-        cache_dir=cache_dir, mirror=mirror, offline=offline, workers=workers or (os.cpu_count() or 1),
-        progress=not quiet, kaggle_archive=kaggle_archive, overwrite=overwrite,
-    )
-
-
-def _release_options(command):
-    """The options every command that reads a manifest and its sources shares."""
-    decorators = [
-        click.option("--version", "version", metavar="VERSION", help="Release to use (see `cxr-dataset manifests`); default: the newest."),
-        click.option("--manifest", "manifest_path", type=click.Path(exists=True, path_type=Path),
-                     help="A manifest folder (or its manifest.yaml) instead of a bundled release: for your own variants."),
-        click.option("--name", default="covid19-cxr", show_default=True, help="Dataset name under builder_manifests/."),
-        click.option("--cache-dir", type=click.Path(path_type=Path), envvar="COVID19_CXR_CACHE",
-                     help="Download cache. [default: $COVID19_CXR_CACHE or ~/.cache/covid19-cxr-dataset]"),
-        click.option("--mirror", metavar="URL", help="Base URL replacing https://raw.githubusercontent.com (institutional mirror; same <owner>/<repo>/<commit>/<path> layout)."),
-        click.option("--offline", is_flag=True, help="Use only the cache; fail listing every file that is missing."),
-        click.option("--workers", type=click.IntRange(1, 256), help="Parallel workers for download and conversion. [default: all cores]"),
-        click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
-    ]
-    for decorator in reversed(decorators):
-        command = decorator(command)
-    return command
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=cli_verbosity.Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="cxr-dataset")
-@click.option("--verbose", "-v", is_flag=True, help="Log every file downloaded and verified.")
-def main(verbose):
+@click.option("--verbose", "-v", is_flag=True, help=cli_verbosity.VERBOSE_HELP)
+@click.option("--quiet", "-q", is_flag=True, help=cli_verbosity.QUIET_HELP)
+def main(verbose, quiet):
     """Rebuild, check and cite the COVID-19 chest X-ray dataset of Zhong (arXiv 2007.09695).
 
     \b
@@ -63,15 +35,7 @@ def main(verbose):
       cxr-dataset build --version 1.0.0 --out ./covid19-cxr-1.0.0 --kaggle-archive archive.zip
       python -c "import datasets; print(datasets.load_dataset('./covid19-cxr-1.0.0'))"
     """
-    # Only this package's messages: other libraries' INFO chatter (datasets, TF) stays quiet.
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    package_log = logging.getLogger("covid19_cxr_dataset")
-    package_log.addHandler(handler)
-    package_log.setLevel(logging.INFO)
-    logging.getLogger("covid19_cxr_dataset.download").setLevel(logging.DEBUG if verbose else logging.WARNING)
-    if verbose:
-        package_log.setLevel(logging.DEBUG)
+    cli_verbosity.configure_logging(verbose=verbose, quiet=quiet)  # each command also takes -v/-q after its name
 
 
 @main.command()
@@ -104,7 +68,7 @@ def manifests():
 
 
 @main.command()
-@_release_options
+@release_options
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder (created only when the build succeeds).")
 @click.option("--kaggle-archive", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The Kaggle chest-xray-pneumonia zip, downloaded by hand (otherwise the Kaggle API with KAGGLE_USERNAME/KAGGLE_KEY or ~/.kaggle/kaggle.json).")
@@ -120,8 +84,8 @@ def build(version, manifest_path, name, cache_dir, mirror, offline, workers, qui
     from .build import build as run_build
     from .report import summary as report_summary
 
-    manifest = manifest_from(version, manifest_path, name)
-    options = _options(cache_dir, mirror, offline, workers, quiet, kaggle_archive, overwrite)
+    manifest = load_manifest(version, manifest_path, name)
+    options = command_options(cache_dir, mirror, offline, workers, quiet, kaggle_archive, overwrite)
     result = run_build(manifest, out, options)
     # The release is in place: a Ctrl-C from here on undoes nothing, so it must not fail the command (the
     # program's handlers ignore signals from now on: interrupts.work_complete; this covers library use).
@@ -131,7 +95,7 @@ def build(version, manifest_path, name, cache_dir, mirror, offline, workers, qui
 
 
 @main.command()
-@_release_options
+@release_options
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write every candidate file with its source, path, label and split or exclusion reason.")
 @click.option("--check-files", is_flag=True,
@@ -152,8 +116,8 @@ def plan(version, manifest_path, name, cache_dir, mirror, offline, workers, quie
     from .plan import plan as run_plan, plan_document, summary_lines
     from .staging import write_output_file
 
-    manifest = manifest_from(version, manifest_path, name)
-    options = _options(cache_dir, mirror, offline, workers, quiet)
+    manifest = load_manifest(version, manifest_path, name)
+    options = command_options(cache_dir, mirror, offline, workers, quiet)
     # The files it will write are checked before the work (never inside a manifest folder or the cache).
     json_path = output_file(json_path, "--json", manifest, options) if json_path else None
     report_path = output_file(missing_report or default_missing_report(manifest), "--missing-report", manifest, options) \
@@ -208,7 +172,7 @@ def new_variant(folder, base, exclude_missing, accept_hashes, new_version, name,
     from .naming import manifest_option, published_release, shown_path
 
     source = variant.resolve_from(base, name)
-    options = _options(cache_dir, mirror, offline, None, quiet)
+    options = command_options(cache_dir, mirror, offline, None, quiet)
     made, resolution = variant.new_variant(source, folder, exclude_missing=exclude_missing, options=options, version=new_version,
                                            accept_hashes=accept_hashes)
     click.echo(f"wrote {folder}: {made.name} {made.version}, derived from {source.version}")
@@ -254,11 +218,13 @@ def new_variant(folder, base, exclude_missing, accept_hashes, new_version, name,
 @click.option("--config", "config", metavar="NAME",
               help="Release configuration to certify (paper, curated). [default: the release's default]")
 @click.option("--probes", "probes_flag", is_flag=True,
-              help="Also run the shortcut probes (border-only, source, metadata) and report them.")
-@click.option("--probe", "probe_names", multiple=True, type=click.Choice(["border", "lung", "source", "metadata", "all"]),
-              help="Run only these probes (repeatable; implies --probes; 'lung' blanks a centred ellipse).")
+              help="Also train the DCNN shortcut probes (border, lung; on a GPU the source hold-out too). The fast "
+                   "linear probes run on every certificate.")
+@click.option("--probe", "probe_names", multiple=True, type=click.Choice(["border", "lung", "holdout", "all"]),
+              help="Train only these DCNN probes (repeatable; implies --probes; 'lung' blanks a centred ellipse, "
+                   "'holdout' trains once per COVID-19 source with that source's COVID-19 films left out).")
 @click.option("--probe-epochs", type=click.IntRange(1),
-              help="Epochs of the image probes. [default: the recipe's on a GPU, at most 3 on a CPU]")
+              help="Epochs of the DCNN probes. [default: the recipe's on a GPU, at most 3 on a CPU]")
 @click.option("--mixed-precision", is_flag=True, help="float16 compute on a GPU (numbers may differ slightly).")
 @click.option("--no-verify", is_flag=True, help="Skip recomputing the release fingerprint before training.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-epoch progress.")
@@ -276,7 +242,8 @@ def baseline(data_dir, out, recipe, epochs, batch_size, image_size, seed, seeds,
     \b
     Needs TensorFlow: pip install 'covid19-cxr-dataset[baseline]'. Uses the GPU when TensorFlow
     sees one. Writes certificate.json, certificate.md, predictions.csv and PNG plots to --out.
-    --probes adds the shortcut probes (what a model learns from the border, source and metadata).
+    Every run adds the fast shortcut probes (linear models on the border, the film without its lungs,
+    the corners, metadata, the source, a source hold-out); --probes adds their DCNN versions.
     Exit code 0 when the verdict is pass, review, no-reference or quick-check (--epochs,
     --batch-size or --image-size: a run that certifies nothing); 3 when it is fail.
     """
@@ -284,6 +251,7 @@ def baseline(data_dir, out, recipe, epochs, batch_size, image_size, seed, seeds,
 
     check_baseline_inputs(data_dir, out, config)  # before TensorFlow loads and training starts
     from .baseline import DEFAULT_SEED, run_baseline
+    from .baseline.class_evidence import probe_line
 
     probes = list(probe_names) if probe_names else probes_flag
     try:
@@ -291,7 +259,8 @@ def baseline(data_dir, out, recipe, epochs, batch_size, image_size, seed, seeds,
             data_dir, out, recipe=recipe, epochs=epochs, batch_size=batch_size, image_size=image_size,
             seed=DEFAULT_SEED if seed is None else seed, seeds=seeds, config=config, probes=probes,
             probe_epochs=probe_epochs, mixed_precision=mixed_precision, verify_fingerprint=not no_verify,
-            progress=not quiet, pipeline=pipeline, jit_compile=jit_compile, deterministic=not jit_compile,
+            progress=not quiet and progress.is_enabled(), pipeline=pipeline, jit_compile=jit_compile,
+            deterministic=not jit_compile,
         )
     except FingerprintMismatch as error:
         raise error.skipped_by("--no-verify") from None
@@ -303,31 +272,10 @@ def baseline(data_dir, out, recipe, epochs, batch_size, image_size, seed, seeds,
     else:
         click.echo(f"verdict: {verdict} (against the paper's figures; see certificate.md)")
     for name, probe in certificate.get("probes", {}).items():
-        if probe.get("status") == "ran":
-            flag = "  SHORTCUT" if probe["flagged"] else ""
-            click.echo(f"probe {name}: accuracy {probe['accuracy']:.4f} vs majority-class rate "
-                       f"{probe['majority_rate']:.4f}{flag}")
-        else:
-            click.echo(f"probe {name}: not run ({probe.get('reason')})")
+        click.echo(probe_line(name, probe))
     click.echo(f"wrote {out}")
     if verdict == "fail":
         sys.exit(3)  # a release whose certificate fails must not pass a release pipeline
-
-
-def _anchors(ctx, param, values):
-    """``--fingerprint [CONFIG=]HEX`` values, checked before any work (a malformed one is a usage error)."""
-    from .anchors import parse
-
-    try:
-        return [parse(value) for value in values]
-    except CxrDatasetError as error:
-        raise click.BadParameter(str(error).removeprefix("--fingerprint "), ctx=ctx, param=param) from None
-
-
-_FINGERPRINT_OPTION = click.option(
-    "--fingerprint", "fingerprints", multiple=True, metavar="[CONFIG=]HEX", callback=_anchors,
-    help="A fingerprint from outside the folder (a paper, a citation, the Hub tag message) that it must match: "
-         "CONFIG=HEX for one configuration, HEX for any of them; at least 16 hex digits. Repeatable.")
 
 
 @main.command()
@@ -340,39 +288,46 @@ _FINGERPRINT_OPTION = click.option(
 @click.option("--config", "config", metavar="NAME", help="The configuration you used (e.g. paper, curated); the release entry names it.")
 @click.option("--release", "release_dir", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A built release folder: verify it, then cite it with the fingerprints recomputed from its shards.")
+@click.option("--repo-id", metavar="ORG/NAME",
+              help="The Hugging Face dataset repository the release lives in: the release entry links it. "
+                   "[default with --release: the one publish recorded in the folder]")
 @click.option("--workers", type=click.IntRange(1, 256), help="With --release: parallel workers for verifying. [default: all cores]")
 @fail_cleanly
-def cite(version, manifest_path, name, fmt, config, release_dir, workers):
+def cite(version, manifest_path, name, fmt, config, release_dir, repo_id, workers):
     """Print how to cite a release: the release itself, then every work it is built from.
 
     The release's entry carries each configuration's fingerprint (BibTeX note, CFF identifiers) when
-    the release records them, or, with --release DIR, those of that folder once it verifies.
+    the release records them, or, with --release DIR, those of that folder once it verifies; and where
+    the release lives (--repo-id, or the repository publish recorded in the folder), when known.
     """
+    from .card_sections import hub_url
     from .citation import format_citations
 
+    url = hub_url(repo_id) if repo_id else None
     if release_dir is not None:
         from .verify import cite_release
 
-        manifest = manifest_from(version, manifest_path, name) if version or manifest_path else None
-        click.echo(cite_release(release_dir, fmt, config, manifest=manifest, workers=workers or os.cpu_count() or 1), nl=False)
+        manifest = load_manifest(version, manifest_path, name) if version or manifest_path else None
+        click.echo(cite_release(release_dir, fmt, config, manifest=manifest, workers=workers or os.cpu_count() or 1, url=url), nl=False)
         return
-    click.echo(format_citations(manifest_from(version, manifest_path, name), fmt, config), nl=False)
+    click.echo(format_citations(load_manifest(version, manifest_path, name), fmt, config, url or ""), nl=False)
 
 
 @main.command("verify")
 @click.argument("release_dir", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--workers", type=click.IntRange(1, 256), help="Parallel workers for hashing and decoding. [default: all cores]")
-@_FINGERPRINT_OPTION
+@FINGERPRINT_OPTION
 @fail_cleanly
 def verify_command(release_dir, workers, fingerprints):
     """Check a release folder against its build_report.json, and against fingerprints from outside it.
 
     Checks every shard's sha256 and size, that no other shard is there, each configuration's
     fingerprint (every column of every row, and the configuration's name, default and data files),
-    the counts per split and class, and that the card is the one the build generates. The fingerprints
-    are also checked against --fingerprint values and against those this package records for the
-    release. Exit code 0: the release is intact; 1: it is not (every problem is named with its file,
-    expected and found value); 2: a malformed option.
+    the counts per split and class, and that README.md, croissant.json and unpinned-files.csv are
+    exactly what the build generates from the report. The fingerprints are also checked against
+    --fingerprint values and against those this package records for the release. Exit code 0: the
+    release is intact; 1: it is not (every problem is named with its file, expected and found value);
+    2: a malformed option.
     """
     from .verify import require_verified
 
@@ -383,18 +338,20 @@ def verify_command(release_dir, workers, fingerprints):
 @click.argument("release_dir", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--repo-id", required=True, metavar="ORG/NAME", help="Hugging Face dataset repository (created if missing).")
 @click.option("--dry-run", is_flag=True, help="Verify, then list every file that would be uploaded (size, sha256); upload nothing.")
-@click.option("--private", is_flag=True, help="Create the repository as private (an existing one keeps its visibility).")
-@click.option("--revision", metavar="BRANCH",
-              help="Branch to upload to. [default: release-<version>]; `main` also makes it what the Hub shows by default.")
+@click.option("--private/--public", default=None,
+              help="Visibility of a new repository (an existing one keeps its own). [default: private for a variant, else public]")
+@click.option("--revision", metavar="BRANCH", help="Branch to commit to. [default: main, what the Hub shows and reads]")
 @click.option("--workers", type=click.IntRange(1, 256), help="Parallel workers for verification. [default: all cores]")
 @fail_cleanly
 def publish_command(release_dir, repo_id, dry_run, private, revision, workers):
-    """Upload a verified release to the Hugging Face Hub and tag it v<version>.
+    """Upload a verified release to the Hugging Face Hub: commit it to main and tag it v<version>.
 
     \b
-    Verifies the folder first and refuses a release that fails. Uploads README.md, build_report.json
-    and the shards to branch release-<version>, checks the commit, then tags it v<version>, so
-    datasets.load_dataset("ORG/NAME", revision="v<version>") loads exactly this release.
+    Verifies the folder first and refuses a release that fails. Records ORG/NAME in the folder as where
+    the release lives (the card's citation and examples), commits README.md, croissant.json,
+    build_report.json and the shards to main, checks the commit, then tags it v<version>, so
+    datasets.load_dataset("ORG/NAME", revision="v<version>") loads exactly this release. --dry-run
+    shows all of that, with warnings (a local variant; license-restricted images), and changes nothing.
     Token: $HF_TOKEN or `hf auth login` (no command-line option, so it stays out of shell history).
     Needs: pip install 'covid19-cxr-dataset[publish]' (not for --dry-run).
     """
@@ -463,7 +420,7 @@ def lock_github(manifest_path, source_name, tree, metadata):
 
 
 @lock.command("splits")
-@_release_options
+@release_options
 @click.option("--from-build", "from_build", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Take the split from this built release folder (for releases whose build finds what a plan cannot, "
                    "such as pixel duplicates) instead of planning it from metadata.")
@@ -478,11 +435,11 @@ def lock_splits(version, manifest_path, name, cache_dir, mirror, offline, worker
     """
     from . import locks, plan as plan_module, split
 
-    loaded = manifest_from(version, manifest_path, name)
+    loaded = load_manifest(version, manifest_path, name)
     if from_build is not None:
         table = plan_module.assignment_from_build(from_build)
     else:
-        resolution = plan_module.plan(loaded, _options(cache_dir, mirror, offline, workers, quiet), use_assignment=False)
+        resolution = plan_module.plan(loaded, command_options(cache_dir, mirror, offline, workers, quiet), use_assignment=False)
         problems = [p for c in loaded.configs for p in plan_module.check_counts(loaded, resolution.kept, config=c.name)]
         if problems:
             raise CxrDatasetError(f"{loaded.path}: the plan does not give the expected counts ({'; '.join(problems)}); "

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
-from tqdm.auto import tqdm
 
+from . import progress as progress_bars
 from .download import Downloader, file_sha256
 from .errors import CxrDatasetError, MissingUpstreamFiles
 from .manifest import Manifest
@@ -75,7 +75,8 @@ def fetch_images(
 def _sha256_of(rows: pd.DataFrame, *, progress: bool = False) -> list[str]:
     """The sha256 of each row's file: the hash already taken (downloader, extracted archive) or a new one."""
     todo = int(rows["sha256"].eq("").sum())
-    with tqdm(total=todo, desc="hash source files", unit="file", disable=not progress or todo < 100, leave=False) as bar:
+    with progress_bars.bar(todo, desc="hash source files (sha256 of files not hashed as they arrived)", unit="file",
+                           enabled=progress and todo >= 100, leave=False) as bar:
         def one(path: str, known: str) -> str:
             if known:
                 return known
@@ -88,7 +89,7 @@ def hash_and_verify(kept: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """sha256 of every source file (hashing only those not hashed yet); a pinned sha256 that differs
     is an error naming the file. ``fetch_images`` already held every file to its pin."""
     kept = kept.copy()
-    kept["sha256"] = _sha256_of(kept)
+    kept["sha256"] = _sha256_of(kept, progress=True)
     pinned = kept["sha256_expected"].ne("")
     wrong = kept[pinned & kept["sha256_expected"].ne(kept["sha256"])]
     if len(wrong):

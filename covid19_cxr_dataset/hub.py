@@ -3,18 +3,22 @@
     plan = publish_release("covid19-cxr-1.0.0", "ORG/covid19-cxr", dry_run=True)
     print(plan.summary())   # every file that would be uploaded, with size and sha256
 
-Layout on the Hub (a dataset repository ``ORG/NAME``):
+Layout on the Hub (a dataset repository ``ORG/NAME``), as the Hub expects it:
 
-- each version is uploaded to its own branch ``release-<version>`` (``revision=`` overrides it;
-  ``revision="main"`` also makes it what the Hub's viewer and a plain ``load_dataset`` show), holding
-  exactly the release's files: remote files that are not part of it are deleted in the same upload;
+- each version is committed to ``main`` (``revision=`` names another branch), which is what the Hub's
+  dataset viewer, its generated Croissant and a plain ``load_dataset`` read, holding exactly the
+  release's files: remote files that are not part of it are deleted in the same commit;
 - that commit is tagged ``v<version>`` (tag message: dataset, version, fingerprint), so
-  ``datasets.load_dataset("ORG/NAME", revision="v1.0.0")`` loads exactly the verified files.
-  A version is published once: an existing tag is refused (bump the version, docs/VERSIONING.md).
-  The branch is not named ``v<version>`` because a branch and a tag of one name are ambiguous revisions.
+  ``datasets.load_dataset("ORG/NAME", revision="v1.0.0")`` loads exactly the verified files after
+  later versions moved ``main`` on. A version is published once: an existing tag is refused (bump
+  the version, docs/VERSIONING.md).
 
-Nothing is uploaded unless ``verify.require_verified`` passes. Only README.md, build_report.json and
-the shards the report lists are uploaded; any other file in the folder is listed as skipped.
+Nothing is uploaded unless ``verify.require_verified`` passes. Uploaded: build_report.json, the files
+generated from it (README.md, croissant.json, unpinned-files.csv: ``generated.py``) and the shards the
+report lists; any other file in the folder is listed as skipped. Before the upload, the repository is
+recorded in the folder as where the release lives (``hub_release``: build_report.json's
+``card.hub_repo``, and the generated files made again from it), so the uploaded folder verifies as it
+is. The plan warns about a local variant (private by default) and about license-restricted images.
 Before tagging, the uploaded commit's file list and sizes (and LFS sha256) are checked against the plan.
 
 Credentials: the ``token`` argument, else ``$HF_TOKEN``, else huggingface_hub's stored login
@@ -26,6 +30,7 @@ only then; ``api=`` takes any object with HfApi's methods (tests pass a fake; no
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -33,10 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from . import hub_release
 from .errors import CredentialsError, CxrDatasetError, PublishError
+from .generated import NAMES as GENERATED_NAMES
 from .records import split_rank
-from .download.hashes import file_sha256
-from .release import CARD_NAME, REPORT_NAME, read_report
+from .release import CARD_NAME, REPORT_NAME, read_report, read_row_table
 from .verify import require_verified
 
 log = logging.getLogger(__name__)
@@ -49,8 +55,7 @@ _HF_TOKEN_TEXT = re.compile(r"hf_[A-Za-z0-9]{8,}")
 
 
 
-def branch_name(version: str) -> str:
-    return f"release-{version}"
+DEFAULT_BRANCH = "main"  # what the Hub's viewer, its Croissant and a plain load_dataset read
 
 
 def tag_name(version: str) -> str:
@@ -79,6 +84,10 @@ class PublishPlan:
     dry_run: bool
     files: list[PlannedFile] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # files in the folder that are not part of the release
+    warnings: list[str] = field(default_factory=list)  # a local variant, license-restricted images (hub_release.warnings)
+    private_by_default: bool = False  # a variant: private unless asked otherwise
+    recorded: dict[str, bytes] = field(default_factory=dict, repr=False)  # files rewritten to record the repository
+    rewrite: list[str] = field(default_factory=list)  # which of them differ from the folder's now
     commit: str = ""  # the tagged commit, after a real run
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {default, fingerprint, shards, examples}
 
@@ -92,12 +101,20 @@ class PublishPlan:
 
     def summary(self) -> str:
         width = max(len(f.path) for f in self.files)
+        visibility = ("private" if self.private else "public") + (" (the default for a variant)" if self.private_by_default
+                                                                  and self.private else "")
         lines = [
             f"{'would publish' if self.dry_run else 'published'} {self.dataset} {self.version} from {self.out_dir} "
-            f"to {self.url} ({'private' if self.private else 'public'} dataset repository)",
-            f"  branch {self.branch}, tag {self.tag}; verified: fingerprint {self.fingerprint}",
-            f"  {len(self.files)} file(s), {self.total_bytes:,} bytes:",
+            f"to {self.url} ({visibility} dataset repository; an existing one keeps its visibility)",
+            f"  {'would commit' if self.dry_run else 'committed'} to branch {self.branch} and tag that commit {self.tag}; "
+            f"verified: fingerprint {self.fingerprint}",
         ]
+        lines += [f"  WARNING: {warning}" for warning in self.warnings]
+        if self.rewrite:
+            lines.append(f"  {'would record' if self.dry_run else 'recorded'} {self.repo_id} as where the release lives "
+                         f"(citation, examples, point of contact): {', '.join(self.rewrite)} {'would be' if self.dry_run else 'were'} "
+                         "written again in the folder")
+        lines.append(f"  {len(self.files)} file(s), {self.total_bytes:,} bytes:")
         lines += [f"    {f.path:<{width}}  {f.bytes:>13,}  sha256 {f.sha256}" for f in self.files]
         for name, config in self.configs.items():
             lines.append(f"  configuration {name}{' (default)' if config['default'] else ''}: "
@@ -126,12 +143,13 @@ def publish_release(
     *,
     token: str | None = None,
     dry_run: bool = False,
-    private: bool = False,
+    private: bool | None = None,
     revision: str | None = None,
     workers: int = 1,
     api: Any = None,
 ) -> PublishPlan:
-    """Verify ``out_dir``, then upload it to ``repo_id`` and tag it ``v<version>`` (or only plan, ``dry_run``)."""
+    """Verify ``out_dir``, then commit it to ``main`` of ``repo_id`` and tag it ``v<version>`` (or only plan,
+    ``dry_run``). ``private``: None makes a new repository private for a variant, public for a release."""
     out_dir = Path(out_dir)
     if not _REPO_ID.match(repo_id or ""):
         raise PublishError(f"repository id {repo_id!r} is not of the form ORG/NAME; pass e.g. --repo-id my-org/covid19-cxr")
@@ -152,16 +170,20 @@ def publish_release(
     return plan
 
 
-def make_plan(out_dir: Path, repo_id: str, *, private: bool = False, dry_run: bool = True,
+def make_plan(out_dir: Path, repo_id: str, *, private: bool | None = None, dry_run: bool = True,
               revision: str | None = None, fingerprint: str = "") -> PublishPlan:
-    """The files a verified release uploads (README.md, build_report.json, the report's shards) and where."""
+    """The files a verified release uploads (build_report.json and its generated files, as they are once
+    ``repo_id`` is recorded in them, then the report's shards), where, and what to warn about."""
     report = read_report(out_dir)
     version = str(report["version"])
-    branch = revision or branch_name(version)
+    branch = revision or DEFAULT_BRANCH
     if branch == tag_name(version):
-        raise PublishError(f"revision {branch!r} is the version's tag name; upload to another branch "
-                           f"(default {branch_name(version)!r}) and let publish create the tag")
-    files = [PlannedFile(name, (out_dir / name).stat().st_size, file_sha256(out_dir / name)) for name in (CARD_NAME, REPORT_NAME)]
+        raise PublishError(f"revision {branch!r} is the version's tag name; upload to a branch "
+                           f"(default {DEFAULT_BRANCH!r}) and let publish create the tag")
+    rows = read_row_table(out_dir)
+    recorded = hub_release.files_for_repo(report, rows, repo_id)
+    order = [CARD_NAME, REPORT_NAME] + [name for name in GENERATED_NAMES if name != CARD_NAME and name in recorded]
+    files = [PlannedFile(name, len(recorded[name]), hashlib.sha256(recorded[name]).hexdigest()) for name in order]
     files += [PlannedFile(path, int(entry["bytes"]), str(entry["sha256"])) for path, entry in sorted(report["shards"].items())]
     planned = {f.path for f in files}
     skipped = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*")
@@ -172,9 +194,13 @@ def make_plan(out_dir: Path, repo_id: str, *, private: bool = False, dry_run: bo
                             sorted(c.get("counts", {}).items(), key=lambda item: split_rank(item[0]))}}
         for name, c in (report.get("configs") or {}).items()
     }
+    by_default = private is None and hub_release.default_private(report)
     return PublishPlan(out_dir=out_dir, repo_id=repo_id, dataset=str(report.get("dataset", "")), version=version,
                        fingerprint=fingerprint or str(report["fingerprint"]), branch=branch, tag=tag_name(version),
-                       private=private, dry_run=dry_run, files=files, skipped=skipped, configs=configs)
+                       private=hub_release.default_private(report) if private is None else private, dry_run=dry_run,
+                       files=files, skipped=skipped, configs=configs, warnings=hub_release.warnings(report, rows),
+                       private_by_default=by_default, recorded=recorded,
+                       rewrite=hub_release.changed_files(out_dir, recorded))
 
 
 def resolve_token(token: str | None) -> str | None:
@@ -227,7 +253,20 @@ def _upload(api: Any, plan: PublishPlan, token: str | None) -> None:
             f"{HUB_URL}/datasets/{repo}: tag {plan.tag} already exists; a published version is immutable. "
             "Bump the version in a new manifest (docs/VERSIONING.md), build, verify and publish that"
         )
-    if plan.branch != "main":
+    newer = hub_release.newer_tags(plan.version, [ref.name for ref in getattr(refs, "tags", [])])
+    if plan.branch == DEFAULT_BRANCH and newer:
+        raise PublishError(
+            f"{HUB_URL}/datasets/{repo}: {newer[-1]} is newer than {plan.version}; committing {plan.version} to "
+            f"{DEFAULT_BRANCH} would replace it there. Publish this release to its own branch with --revision "
+            f"(e.g. --revision v{plan.version.split('.')[0]}.x); nothing was uploaded"
+        )
+    if plan.rewrite:  # the folder records where it lives before it is uploaded (hub_release), so it verifies as uploaded
+        try:
+            hub_release.write_files(plan.out_dir, plan.recorded, plan.rewrite)
+        except OSError as error:
+            raise PublishError(f"{plan.out_dir}: cannot record {repo} in {', '.join(plan.rewrite)} ({error.strerror or error}); "
+                               "publish needs write access to the release folder. Nothing was uploaded") from None
+    if plan.branch != DEFAULT_BRANCH:
         step(f"create branch {plan.branch}", lambda: api.create_branch(repo, branch=plan.branch, repo_type=kind, exist_ok=True))
     commit = step(
         f"upload {len(plan.files)} file(s) ({plan.total_bytes:,} bytes) to {plan.branch}",

@@ -65,6 +65,8 @@ MANIFEST_SCHEMA: dict[str, Any] = {
         "card_license": {"type": "string"},
         "release_notes": {"type": "string"},
         "known_risks": {"type": "string"},
+        "personal_information": {"type": "string"},  # what the sources did and did not de-identify (card, croissant.json)
+        "intended_use": {"type": "string"},  # what the release is for (croissant.json's rai:dataUseCases)
         "citations": {"type": "array", "items": sources.base.CITATION_SCHEMA},
         "sources": {"type": "array"},  # replaced by sources.sources_schema() in manifest_schema()
         "filters": {
@@ -260,6 +262,16 @@ class Manifest:
         return self.folder / MANIFEST_FILE
 
     @property
+    def where(self) -> str:
+        """How messages name this manifest: ``release 1.0.0 (bundled)`` for a release this package ships
+        (its path is inside site-packages and means nothing to a user), else its manifest.yaml path."""
+        try:  # the test of naming.is_bundled (which sits above this module)
+            bundled = (manifests_root() / self.name / self.version).resolve() == self.folder.resolve()
+        except OSError:
+            bundled = False
+        return f"release {self.version} (bundled)" if bundled else str(self.path)
+
+    @property
     def sources(self) -> list[sources.Source]:
         """The typed sources (one ``sources.Source`` subclass per kind), in manifest order."""
         return [sources.from_section(section) for section in self.data["sources"]]
@@ -271,6 +283,8 @@ class Manifest:
     description = _optional_text("description")
     release_notes = _optional_text("release_notes")
     known_risks = _optional_text("known_risks")
+    personal_information = _optional_text("personal_information")
+    intended_use = _optional_text("intended_use")
     card_license = _optional_text("card_license", "other")
 
     @property
@@ -322,13 +336,13 @@ class Manifest:
         for config in self.configs:
             if config.name == name:
                 return config
-        raise ManifestError(f"{self.path}: no configuration named {name!r}; configurations are {[c.name for c in self.configs]}")
+        raise ManifestError(f"{self.where}: no configuration named {name!r}; configurations are {[c.name for c in self.configs]}")
 
     def source(self, name: str) -> sources.Source:
         for source in self.sources:
             if source.name == name:
                 return source
-        raise ManifestError(f"{self.path}: no source named {name!r}; sources are {[s.name for s in self.sources]}")
+        raise ManifestError(f"{self.where}: no source named {name!r}; sources are {[s.name for s in self.sources]}")
 
     def file(self, relative: str) -> Path:
         """A file the manifest names, relative to its folder; must exist."""

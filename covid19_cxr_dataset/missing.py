@@ -69,7 +69,7 @@ def missing_files_error(
         f"{n_mismatched:,} of {len(kept):,} file(s) in hand differ from their pinned sha256" if n_mismatched else "",
     ) if part)
     message = "\n".join([
-        f"{manifest.path}: {summary}{where}.",
+        f"{manifest.where}: {summary}{where}.",
         f"Every file was checked before this stopped. Of the other {len(checked):,}: {int(pinned.sum()):,} are in the cache "
         f"{options.cache} and match their pin (git blob id or sha256); {int((~pinned).sum()):,} have no pin to check them against.",
         "Per source and split (split: where the file would have gone):",
@@ -209,6 +209,8 @@ def missing_files_advice(
     variant_dir = shown_path(base / f"{manifest.name}-{version}-manifest")
     variant_out = shown_path(base / f"{manifest.name}-{version}")
     kaggle = f" --kaggle-archive {shlex.quote(shown_path(kaggle_archive))}" if kaggle_archive else ""
+    if out is None and not kaggle_archive:  # plan --check-files: the variant's build needs the archive option too
+        kaggle = "".join(f" {s.build_option_example()}" for s in manifest.sources if s.build_option_example())
     again = (f"cxr-dataset build {manifest_option(manifest)} --out {shlex.quote(shown_path(out))}{kaggle}{common}"
              if out is not None else f"cxr-dataset plan {manifest_option(manifest)} --check-files{common}")
     report = shlex.quote(shown_path(report_path))

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from PIL import Image
 
-from . import CLASS_NAMES
+from . import CLASS_NAMES, progress
 from .download.hashes import file_sha256
 from .errors import CxrDatasetError, FingerprintMismatch, VerificationError
 from .records import SPLITS
@@ -54,9 +54,14 @@ LEGACY_CONFIG = "paper"
 
 # ---- files ----------------------------------------------------------------------------------------
 
+def report_bytes(report: dict[str, Any]) -> bytes:
+    """build_report.json's bytes for ``report`` (what ``write_report`` writes; ``publish`` plans with it)."""
+    return (json.dumps(report, indent=2, sort_keys=False, ensure_ascii=False) + "\n").encode("utf-8")
+
+
 def write_report(out_dir: Path, report: dict[str, Any]) -> Path:
     path = Path(out_dir) / REPORT_NAME
-    path.write_text(json.dumps(report, indent=2, sort_keys=False, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.write_bytes(report_bytes(report))
     return path
 
 
@@ -117,7 +122,7 @@ def shard_hashes(out_dir: Path) -> dict[str, dict[str, Any]]:
     out_dir = Path(out_dir)
     return {
         str(path.relative_to(out_dir)): {"sha256": file_sha256(path), "bytes": path.stat().st_size}
-        for path in shard_paths(out_dir / DATA_DIR)
+        for path in progress.track(shard_paths(out_dir / DATA_DIR), desc="hash shards (sha256 for the build report)", unit="shard")
     }
 
 
@@ -324,6 +329,11 @@ def read_row_table(out_dir: Path) -> "pd.DataFrame":
     return frame
 
 
+def rows_of(rows: "pd.DataFrame", config: ReleaseConfig) -> "pd.DataFrame":
+    """The rows of ``read_row_table`` that ``config`` reads (its shards; legacy: every row)."""
+    return rows if config.shards is None else rows[rows["shard"].isin(config.shards)]
+
+
 # ---- the fingerprint -----------------------------------------------------------------------------
 
 def _decoded(image_bytes: bytes, *, gray: bool) -> tuple[str, int, int, bytes]:
@@ -407,17 +417,28 @@ def shard_digests(out_dir: Path, *, workers: int = 1, only: set[str] | None = No
     out_dir = Path(out_dir)
     found: dict[str, list[str]] = {}
     columns = ["image", "label", "source", "source_path"] if definition == 1 else None
-    with ThreadPoolExecutor(max(1, workers)) as pool:  # Pillow releases the GIL while decoding
-        for path in shard_paths(out_dir / DATA_DIR):
-            relpath = path.relative_to(out_dir).as_posix()
-            if only is not None and relpath not in only:
-                continue
+    paths = [p for p in shard_paths(out_dir / DATA_DIR) if only is None or p.relative_to(out_dir).as_posix() in only]
+    covers = "pixels and labels" if definition == 1 else "pixels and every column"
+    with ThreadPoolExecutor(max(1, workers)) as pool, \
+            progress.bar(sum(_num_rows(p) for p in paths), desc=f"fingerprint (decode every image: {covers})", unit="img") as shown:
+        for path in paths:  # Pillow releases the GIL while decoding
             split, parquet, digests = split_of(path), pq.ParquetFile(path), []
             for group in range(parquet.num_row_groups):
                 rows = [(split, row) for row in parquet.read_row_group(group, columns=columns).to_pylist()]
                 digests += pool.map(digest, rows) if workers > 1 else map(digest, rows)
-            found[relpath] = digests
+                shown.update(len(rows))
+            found[path.relative_to(out_dir).as_posix()] = digests
     return found
+
+
+def _num_rows(path: Path) -> int:
+    """Rows of a parquet shard, from its footer (0 when unreadable: the reader reports that)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except Exception:  # noqa: BLE001 - a broken shard is reported where it is read
+        return 0
 
 
 def config_fingerprints(out_dir: Path, configs: Iterable[ReleaseConfig], *, workers: int = 1) -> dict[str, str]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from . import __version__, convert_cache, split
+from . import __version__, convert_cache, progress, split
 from .counts import check_counts, count_table, exclusion_summary, flag_summary, source_label_table
 from .filters import in_config
 from .release import ReleaseConfig, config_fingerprints, shard_hashes
@@ -64,7 +64,8 @@ def cross_split_near_duplicates(kept: pd.DataFrame, *, workers: int = 1, thresho
     paths = dict(zip(ours["record_id"], ours["converted_path"]))
     side = dict(zip(ours["record_id"], ours["split"]))
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        signatures = dict(zip(paths, pool.map(near_duplicates.image_signature, paths.values())))
+        signatures = dict(zip(paths, progress.track(pool.map(near_duplicates.image_signature, paths.values()), total=len(paths),
+                                                    desc="near duplicates across the split (image signatures)", unit="img")))
     kwargs = {} if threshold is None else {"threshold": threshold}
     test_keys = [key for key in paths if side[key] == "test"]
     pairs = near_duplicates.find_pairs(signatures, keys_a=test_keys, **kwargs)

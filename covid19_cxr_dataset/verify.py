@@ -17,7 +17,8 @@ The build report is the reference. ``verify_release`` re-reads the folder and co
   split, to exactly that configuration's shards of that split (``card-data-files``), and its
   ``dataset_info`` states every split's size;
 - README.md is exactly what ``card.render_card`` generates from the report and the shards, byte
-  for byte (``card-generated``): the card is generated, so any edit is a difference.
+  for byte (``card-generated``): the card is generated, so any edit is a difference; so are
+  ``croissant.json`` and ``unpinned-files.csv`` (``generated``: ``generated.generated_files``).
 
 The shard hashes catch any change of bytes. The fingerprint and the counts come from decoded content,
 so an edited column, a switched default or a re-encoded image is caught even where someone also rewrote
@@ -43,12 +44,13 @@ import yaml
 
 from . import CLASS_NAMES
 from . import anchors as anchors_module
-from . import report_shape, safe_load
+from . import progress, report_shape, safe_load
+from .card_sections import release_url
 from .anchors import Anchor
-from .card import render_card
 from .citation import format_citations
 from .errors import CxrDatasetError, VerificationError
 from .download.hashes import file_sha256
+from .generated import CROISSANT_NAME, NAMES as GENERATED_NAMES, generated_files
 from .manifest import Manifest
 from .release import (
     CARD_NAME, DATA_DIR, FINGERPRINT_DEFINITION, FLAGGED_FOLDER, REPORT_NAME, combine, fingerprint_definition, read_report,
@@ -112,7 +114,8 @@ class VerifyResult:
             )
             return (
                 f"{self.out_dir}: {name} verified: {self.shards} shard(s), {self.rows:,} images ({per_split}); "
-                f"fingerprint {self.fingerprint} matches build_report.json; the card is the one the build generates" + configs
+                f"fingerprint {self.fingerprint} matches build_report.json; the card and the other generated files "
+                "(croissant.json, unpinned-files.csv) are the ones the build generates" + configs
                 + "".join(f"\n  {line}" for line in self.anchored) + "".join(f"\n  note: {note}" for note in self.notes)
             )
         lines = [f"{self.out_dir}: {name} FAILED verification: {len(self.problems)} problem(s)"]
@@ -150,8 +153,8 @@ def verify_release(out_dir: Path | str, *, workers: int = 1, fingerprints: Itera
     header = _check_card(out_dir, result, label_names)
     if header is not None and configs:
         _check_card_configs(out_dir, header, configs, result)
-    if header is not None and report and sound:
-        _check_card_generated(out_dir, report, result)
+    if report and sound:  # README.md, croissant.json, unpinned-files.csv (not from a report that failed its shape check)
+        _check_generated(out_dir, report, result, card=header is not None)
     return result
 
 
@@ -213,7 +216,8 @@ def _check_shard_files(out_dir: Path, listed: dict[str, Any], result: VerifyResu
         return relpath, entry, path.stat().st_size, file_sha256(path)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:  # hashlib releases the GIL on large blocks
-        for relpath, entry, size, sha256 in pool.map(digest, present):
+        for relpath, entry, size, sha256 in progress.track(pool.map(digest, present), total=len(present), unit="shard",
+                                                           desc="hash shards (against build_report.json)"):
             if size != entry.get("bytes"):
                 result.add(relpath, "shard-bytes", f"{entry.get('bytes')} bytes", f"{size} bytes")
             if sha256 != entry.get("sha256"):
@@ -511,32 +515,52 @@ def _check_card_configs(out_dir: Path, header: dict[str, Any], configs: dict[str
                        f"{sorted(stated_splits) or 'no splits'} (missing {missing})")
 
 
-def _check_card_generated(out_dir: Path, report: dict[str, Any], result: VerifyResult) -> None:
-    """README.md must be exactly the card the build generates from build_report.json and the shards."""
+def _check_generated(out_dir: Path, report: dict[str, Any], result: VerifyResult, *, card: bool) -> None:
+    """Every generated file must be exactly what the build generates from build_report.json and the shards
+    (``generated.generated_files``): README.md (``card-generated``; only when ``card``, i.e. its header
+    could be read: ``_check_card`` reported it otherwise), croissant.json and unpinned-files.csv
+    (``generated``; a file the report gives no content, e.g. no unpinned file, must be absent)."""
     try:
-        expected = render_card(report, read_row_table(out_dir))
+        expected = generated_files(report, read_row_table(out_dir))
     except Exception as error:  # a report or shard broken enough to stop rendering: already reported
-        result.add(CARD_NAME, "card-generated", "the card generated from build_report.json and the shards",
-                   f"none: it could not be generated ({type(error).__name__}: {error})")
+        found = f"none: they could not be generated ({type(error).__name__}: {error})"
+        if card:
+            result.add(CARD_NAME, "card-generated", "the card generated from build_report.json and the shards", found)
+        result.add(CROISSANT_NAME, "generated", "the files generated from build_report.json and the shards", found)
         return
-    actual = (out_dir / CARD_NAME).read_text(encoding="utf-8")
-    if actual == expected:
-        return
-    want, have = expected.splitlines(), actual.splitlines()
-    line = next((i for i, (a, b) in enumerate(zip(want, have)) if a != b), min(len(want), len(have)))
-    result.add(CARD_NAME, "card-generated",
-               f"the card generated from build_report.json and the shards; line {line + 1}: {want[line] if line < len(want) else '<end of file>'!r}",
-               f"{have[line] if line < len(have) else '<end of file>'!r}", hint="the card is generated: rebuild instead of editing it")
+    for name in GENERATED_NAMES:
+        if name == CARD_NAME and not card:
+            continue
+        check, hint = (("card-generated", "the card is generated: rebuild instead of editing it") if name == CARD_NAME
+                       else ("generated", "it is generated: rebuild instead of editing it"))
+        path = out_dir / name
+        if name not in expected:
+            if path.exists():
+                result.add(name, check, "no such file (build_report.json gives it no content)", "a file", hint=hint)
+            continue
+        if not path.is_file():
+            result.add(name, check, "the file the build generates from build_report.json", "no such file", hint=hint)
+            continue
+        data, want_text = path.read_bytes(), expected[name].decode("utf-8")
+        have_text = data.decode("utf-8", "replace")
+        if data == expected[name] or (name == CARD_NAME and have_text.replace("\r\n", "\n") == want_text):
+            continue
+        want, have = want_text.splitlines(), have_text.splitlines()
+        line = next((i for i, (a, b) in enumerate(zip(want, have)) if a != b), min(len(want), len(have)))
+        result.add(name, check, f"the {'card' if name == CARD_NAME else 'file'} generated from build_report.json and the "
+                   f"shards; line {line + 1}: {want[line] if line < len(want) else '<end of file>'!r}",
+                   f"{have[line] if line < len(have) else '<end of file>'!r}", hint=hint)
 
 
 # ---- citing a verified folder ------------------------------------------------------------------
 
 def cite_release(out_dir: Path | str, fmt: str = "bibtex", config: str | None = None, *, manifest: Manifest | None = None,
-                 workers: int = 1, fingerprints: Iterable[Anchor | str] = ()) -> str:
+                 workers: int = 1, fingerprints: Iterable[Anchor | str] = (), url: str | None = None) -> str:
     """The citations of the release in ``out_dir``, carrying the fingerprints recomputed from its shards,
     after verifying it (``require_verified``: a folder that fails is not cited). ``manifest``: the
     manifest it was built from (default: the one this package bundles for the name and version its
-    report states; a local variant must be named, as its folder)."""
+    report states; a local variant must be named, as its folder). ``url``: where the release lives
+    (default: the Hub repository ``publish`` recorded in the folder, if any)."""
     out_dir = Path(out_dir)
     try:
         report = read_report(out_dir)
@@ -556,4 +580,5 @@ def cite_release(out_dir: Path | str, fmt: str = "bibtex", config: str | None = 
     result = require_verified(out_dir, workers=workers, fingerprints=fingerprints)
     if config is not None and config not in result.fingerprints:
         raise CxrDatasetError(f"{out_dir}: no configuration {config!r}; it has {', '.join(result.fingerprints)}")
-    return format_citations(manifest, fmt, config, fingerprints=result.fingerprints)
+    where = release_url(report) if url is None else url
+    return format_citations(manifest, fmt, config, where, fingerprints=result.fingerprints)

@@ -6,7 +6,9 @@ blocks at the paper's input size and a rerun-determinism check.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import os
 import subprocess
@@ -321,7 +323,10 @@ def tiny_run(tmp_path_factory):
     release = make_release(root / "release", per_class={"train": 30, "test": 10}, size=(40, 40))
     recipe = write_recipe(root / "tiny.yaml", tiny_recipe_values())
     lines: list[str] = []
-    certificate = run_baseline(release, root / "out", recipe=recipe, seed=3, progress=lines.append)
+    bars = io.StringIO()
+    with contextlib.redirect_stderr(bars):  # the progress bars (tqdm writes to stderr)
+        certificate = run_baseline(release, root / "out", recipe=recipe, seed=3, progress=lines.append)
+    lines.append(bars.getvalue())
     return certificate, root / "out", lines
 
 
@@ -329,6 +334,9 @@ def test_tiny_run_learns_the_visible_class(tiny_run):
     certificate, _, lines = tiny_run
     assert certificate["metrics"]["accuracy"] > 0.8
     assert sum(line.startswith("epoch ") for line in lines) == 6
+    # no silent minute: the fingerprint, the decoding and every epoch's batches show a bar
+    for bar in ("fingerprint (decode every image", "decode the train images", "epoch 1/6: train", "epoch 6/6: train"):
+        assert bar in lines[-1], bar
 
 
 def test_certificate_has_every_field_with_sane_values(tiny_run):

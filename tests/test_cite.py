@@ -99,9 +99,14 @@ def test_bibtex(release_manifest):
     assert len(entries) == len(citation.citations(release_manifest))
     release = entries[0]
     assert release.startswith("@misc{covid19-cxr-1.0.0,")
-    for expected in ("version={1.0.0}", "year={2026}", release_manifest.data["title"], citation.PROJECT_URL,
+    for expected in ("version={1.0.0}", "year={2026}", release_manifest.data["title"],
                      f"covid19-cxr-dataset Python package, version {__version__}"):
         assert expected in release
+    # no URL is invented for a release that lives nowhere public yet (a package index page is not where it lives)
+    assert "howpublished" not in release and "pypi.org" not in release
+    hub = bibtex_entries(citation.format_citations(release_manifest, "bibtex", url="https://huggingface.co/datasets/org/cxr"))[0]
+    assert "howpublished={\\url{https://huggingface.co/datasets/org/cxr}}" in hub
+    assert citation.with_url(hub, "") == release.strip()
     for entry in entries:  # each entry parses: balanced braces, fields, title and author
         entry_type, key, fields = citation.parse_bibtex(entry)
         assert key and fields["title"] and fields["author"] and fields["year"].isdigit()

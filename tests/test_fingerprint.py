@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from covid19_cxr_dataset import manifest as manifest_module, release
 from covid19_cxr_dataset.build import Options, build
-from covid19_cxr_dataset.card import render_card
+from covid19_cxr_dataset.generated import write_generated
 from covid19_cxr_dataset.cli import main
 from covid19_cxr_dataset.errors import ManifestError, VerificationError
 from covid19_cxr_dataset.verify import card_header, verify_release
@@ -87,7 +87,8 @@ def edit_rows(folder: Path, shard_folder: str, split: str, change, *, row: int =
 
 def cover_up(folder: Path, change_report=None, *, recompute: bool = False) -> dict:
     """Rewrite build_report.json's shard hashes (and whatever ``change_report`` edits), optionally the
-    fingerprints as the package computes them, and regenerate README.md with the package's renderer."""
+    fingerprints as the package computes them, and regenerate README.md, croissant.json and
+    unpinned-files.csv with the package's renderers."""
     data = release.read_report(folder)
     data["shards"] = release.shard_hashes(folder)
     if change_report:
@@ -98,7 +99,7 @@ def cover_up(folder: Path, change_report=None, *, recompute: bool = False) -> di
             data["configs"][name]["fingerprint"] = value
         data["fingerprint"] = fingerprints[release.available_configs(data)[0]]
     release.write_report(folder, data)
-    (folder / release.CARD_NAME).write_text(render_card(data, release.read_row_table(folder)), encoding="utf-8")
+    write_generated(folder, data)
     return data
 
 
@@ -367,12 +368,27 @@ def test_cite_release_verifies_the_folder_and_cites_its_fingerprints(built, worl
     assert other.exit_code == 1 and "the folder holds tiny 0.0.1, but the manifest given is covid19-cxr 1.0.0" in other.output
     cited = _cli("cite", "--release", built, "--manifest", world.manifest_dir, "--format", "cff", "--workers", "1")
     assert cited.exit_code == 0, cited.output
-    assert [i["value"] for i in yaml.safe_load(cited.output)["identifiers"]] == [original["paper"], original["curated"]]
+    # stdout is the CFF alone (verify's progress bars go to stderr), so `> CITATION.cff` works
+    assert [i["value"] for i in yaml.safe_load(cited.stdout)["identifiers"]] == [original["paper"], original["curated"]]
     edit_rows(built, "curated", "test", COLUMN_EDITS["license"])
     cover_up(built)
     refused = _cli("cite", "--release", built, "--manifest", world.manifest_dir, "--workers", "1")
     assert refused.exit_code == 1 and "FAILED verification" in refused.output and original["paper"] not in refused.output.split("FAILED")[0]
 
+
+
+def test_cite_release_names_where_publish_recorded_the_release(built, world, original):
+    """A published folder records its Hub repository (hub_release): `cite --release` links it, and the
+    fingerprints it cites are unchanged by that record (`--repo-id` names another copy)."""
+    data = release.read_report(built)
+    data["card"]["hub_repo"] = "org/cxr"
+    release.write_report(built, data)
+    write_generated(built, data)
+    cited = _cli("cite", "--release", built, "--manifest", world.manifest_dir, "--workers", "1")
+    assert cited.exit_code == 0, cited.output
+    assert "howpublished={\\url{https://huggingface.co/datasets/org/cxr}}" in cited.stdout and original["paper"] in cited.stdout
+    mirror = _cli("cite", "--release", built, "--manifest", world.manifest_dir, "--workers", "1", "--repo-id", "me/copy")
+    assert "datasets/me/copy" in mirror.stdout and "datasets/org/cxr" not in mirror.stdout
 
 def test_the_report_states_schema_2(pristine):
     data = json.loads((pristine / release.REPORT_NAME).read_text(encoding="utf-8"))

@@ -5,6 +5,8 @@ No test reaches the network: the real path runs against FakeHfApi, injected with
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
 import sys
@@ -13,9 +15,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from covid19_cxr_dataset import hub, release as release_format
+from covid19_cxr_dataset import hub, hub_release, release as release_format
 from covid19_cxr_dataset.download import file_sha256
 from covid19_cxr_dataset.errors import CredentialsError, CxrDatasetError, VerificationError
+from covid19_cxr_dataset.generated import write_generated
+from covid19_cxr_dataset.release import read_row_table
+from covid19_cxr_dataset.verify import verify_release
 from release_factory import make_release, tamper_label
 
 FAKE_TOKEN = "hf_FakeTokenForTests0123456789abcdef"
@@ -115,22 +120,33 @@ def _no_ambient_token(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
 
 
-def test_dry_run_lists_every_file_with_size_and_sha256(release):
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_dry_run_lists_every_file_with_size_and_sha256_and_changes_nothing(release):
     (release / "notes.txt").write_text("not part of the release\n", encoding="utf-8")
+    before = _snapshot(release)
     plan = hub.publish_release(release, REPO, dry_run=True, api=NoNetwork())
-    expected = {"README.md", "build_report.json", *release_format.read_report(release)["shards"]}
-    assert [f.path for f in plan.files][:2] == ["README.md", "build_report.json"]
+    assert _snapshot(release) == before  # a dry run writes nothing, not even where the release would live
+    expected = {"README.md", "build_report.json", "croissant.json", *release_format.read_report(release)["shards"]}
+    assert [f.path for f in plan.files][:3] == ["README.md", "build_report.json", "croissant.json"]
     assert {f.path for f in plan.files} == expected
+    # README.md, croissant.json and build_report.json as they will be once the repository is recorded in them
+    recorded = hub_release.files_for_repo(release_format.read_report(release), read_row_table(release), REPO)
     for planned in plan.files:
-        assert planned.bytes == (release / planned.path).stat().st_size
-        assert planned.sha256 == file_sha256(release / planned.path)
+        data = recorded.get(planned.path) or (release / planned.path).read_bytes()
+        assert planned.bytes == len(data) and planned.sha256 == hashlib.sha256(data).hexdigest()
+    assert plan.rewrite == ["build_report.json", "README.md", "croissant.json"]
     assert plan.skipped == ["notes.txt"]
-    assert (plan.branch, plan.tag, plan.version) == (f"release-{VERSION}", f"v{VERSION}", VERSION)
+    assert (plan.branch, plan.tag, plan.version, plan.private) == ("main", f"v{VERSION}", VERSION, False)
     assert plan.fingerprint == release_format.read_report(release)["fingerprint"]
     text = plan.summary()
-    assert "dry run: nothing was uploaded" in text and REPO in text and f"v{VERSION}" in text
+    assert f"would commit to branch main and tag that commit v{VERSION}" in text
+    assert "dry run: nothing was uploaded" in text and REPO in text and "public dataset repository" in text
     assert all(f.path in text and f.sha256 in text for f in plan.files)
     assert f'load_dataset("{REPO}", revision="v{VERSION}")' in text
+    assert "WARNING" not in text  # a published release of CC0 images: nothing to warn about
 
 
 def test_unverified_release_is_refused_before_any_upload(release):
@@ -143,19 +159,39 @@ def test_unverified_release_is_refused_before_any_upload(release):
     assert api.calls == []
 
 
-def test_publish_uploads_to_the_version_branch_and_tags_that_commit(release):
+def test_publish_commits_to_main_and_tags_that_commit(release):
     (release / "notes.txt").write_text("local only\n", encoding="utf-8")
     api = FakeHfApi()
     plan = hub.publish_release(release, REPO, token=FAKE_TOKEN, private=True, api=api)
-    assert api.names() == ["create_repo", "list_repo_refs", "create_branch", "upload_folder", "list_repo_tree", "create_tag"]
+    assert api.names() == ["create_repo", "list_repo_refs", "upload_folder", "list_repo_tree", "create_tag"]
     assert api.kwargs("create_repo") == {"repo_id": REPO, "repo_type": "dataset", "private": True, "exist_ok": True}
     upload = api.kwargs("upload_folder")
-    assert upload["revision"] == f"release-{VERSION}" and upload["repo_type"] == "dataset"
+    assert upload["revision"] == "main" and upload["repo_type"] == "dataset"
     assert upload["allow_patterns"] == [f.path for f in plan.files] and upload["delete_patterns"] == "*"
     tag = api.kwargs("create_tag")
     assert tag["tag"] == f"v{VERSION}" and tag["revision"] == plan.commit and plan.fingerprint in tag["tag_message"]
     assert set(api.commits[plan.commit]) == {".gitattributes", *(f.path for f in plan.files)}  # no notes.txt
+    assert api.branches["main"] is api.commits[plan.commit] and api.tags[f"v{VERSION}"] == plan.commit
     assert not plan.dry_run and "published" in plan.summary() and plan.commit in plan.summary()
+
+
+def test_the_published_folder_names_its_repository_and_still_verifies(release):
+    built = release_format.read_report(release)  # the release's own citation, as a build stores it (no URL yet)
+    built["card"]["citations"] = ["@misc{covid19-cxr-test-0.0.0,\n  title={T},\n  version={0.0.0-test},\n  note={n}\n}"]
+    release_format.write_report(release, built)
+    write_generated(release, built)
+    plan = hub.publish_release(release, REPO, token=FAKE_TOKEN, api=FakeHfApi())
+    url = f"https://huggingface.co/datasets/{REPO}"
+    for planned in plan.files:  # what was uploaded is what the folder now holds
+        assert file_sha256(release / planned.path) == planned.sha256
+    card = (release / "README.md").read_text(encoding="utf-8")
+    assert f"howpublished={{\\url{{{url}}}}}" in card  # the citation names where the release lives
+    assert f'datasets.load_dataset("{REPO}", revision="v{VERSION}")' in card and f"<{url}/discussions>" in card
+    croissant = json.loads((release / "croissant.json").read_text(encoding="utf-8"))
+    assert croissant["url"] == url and url in croissant["citeAs"]
+    assert release_format.read_report(release)["card"]["hub_repo"] == REPO
+    assert verify_release(release).ok  # here, and in a download of the repository (the same bytes)
+    assert hub.publish_release(release, REPO, dry_run=True).rewrite == []  # recorded once
 
 
 def test_publish_removes_stale_files_of_an_older_release(release):
@@ -165,11 +201,11 @@ def test_publish_removes_stale_files_of_an_older_release(release):
     assert "data/train-00000-of-00009.parquet" not in api.commits[plan.commit]
 
 
-def test_revision_main_uploads_to_main_without_a_branch(release):
+def test_another_revision_is_a_branch_made_first(release):
     api = FakeHfApi()
-    plan = hub.publish_release(release, REPO, token=FAKE_TOKEN, revision="main", api=api)
-    assert "create_branch" not in api.names() and api.kwargs("upload_folder")["revision"] == "main"
-    assert plan.branch == "main" and api.tags[f"v{VERSION}"] == plan.commit
+    plan = hub.publish_release(release, REPO, token=FAKE_TOKEN, revision="staging", api=api)
+    assert api.kwargs("create_branch")["branch"] == "staging" and api.kwargs("upload_folder")["revision"] == "staging"
+    assert plan.branch == "staging" and api.tags[f"v{VERSION}"] == plan.commit
 
 
 def test_revision_named_like_the_tag_is_refused(release):
@@ -182,6 +218,15 @@ def test_an_existing_tag_is_never_moved(release):
     with pytest.raises(hub.PublishError, match="already exists; a published version is immutable"):
         hub.publish_release(release, REPO, token=FAKE_TOKEN, api=api)
     assert api.names() == ["create_repo", "list_repo_refs"]
+
+
+def test_an_older_release_never_replaces_a_newer_one_on_main(release):
+    api = FakeHfApi(tags=["v0.0.1", "v9.0.0"])
+    with pytest.raises(hub.PublishError, match="v9.0.0 is newer than 0.0.0-test; committing 0.0.0-test to main would replace it"):
+        hub.publish_release(release, REPO, token=FAKE_TOKEN, api=api)
+    assert api.names() == ["create_repo", "list_repo_refs"]
+    plan = hub.publish_release(release, REPO, token=FAKE_TOKEN, revision="v0.x", api=FakeHfApi(tags=["v9.0.0"]))
+    assert plan.branch == "v0.x" and plan.commit
 
 
 def test_a_commit_that_differs_from_the_plan_is_not_tagged(release):
@@ -256,10 +301,53 @@ def test_dry_run_and_upload_of_a_release_with_configurations(tmp_path):
     release = make_release(tmp_path / "release", per_class={"train": 4, "test": 4}, size=(32, 32), version=VERSION, configs=True)
     built = release_format.read_report(release)
     plan = hub.publish_release(release, REPO, dry_run=True, api=NoNetwork())
-    assert {f.path for f in plan.files} == {"README.md", "build_report.json", *built["shards"]}
+    assert {f.path for f in plan.files} == {"README.md", "build_report.json", "croissant.json", *built["shards"]}
     assert any(f.path.startswith("data/flagged/") for f in plan.files) and any(f.path.startswith("data/curated/") for f in plan.files)
     text = plan.summary()
     assert f"configuration paper (default): train 12, test 12 images in 4 shard(s), fingerprint {built['configs']['paper']['fingerprint']}" in text
     assert f"configuration curated: train 9, test 9 images in 2 shard(s), fingerprint {built['configs']['curated']['fingerprint']}" in text
     assert f'load_dataset("{REPO}", "curated", revision="v{VERSION}")' in text
     assert built["configs"]["curated"]["fingerprint"] in plan.tag_message and built["fingerprint"] in plan.tag_message
+
+
+def _as_variant(release: Path, version: str = f"{VERSION}+local.1") -> Path:
+    """The release as a local variant's build would write it (its card says what it is)."""
+    built = release_format.read_report(release)
+    built["version"] = version
+    built["card"]["variant"] = {"manifest_option": "--manifest variant", "local": True, "version": version, "published": None}
+    release_format.write_report(release, built)
+    write_generated(release, built)
+    return release
+
+
+def test_a_variant_is_private_by_default_and_says_it_is_not_a_release(release):
+    plan = hub.publish_release(_as_variant(release), REPO, dry_run=True, api=NoNetwork())
+    assert plan.private and plan.private_by_default
+    text = plan.summary()
+    assert "private (the default for a variant) dataset repository" in text
+    assert f"WARNING: {VERSION}+local.1 is a local variant, not a published release" in text
+    assert not hub.publish_release(release, REPO, dry_run=True, private=False).private  # --public
+    api = FakeHfApi()
+    hub.publish_release(release, REPO, token=FAKE_TOKEN, api=api)
+    assert api.kwargs("create_repo")["private"] is True
+
+
+def test_license_restricted_images_are_counted_before_publishing(tmp_path):
+    licenses = ["CC BY-NC-SA 4.0", "CC BY-NC-ND 4.0", "", "CC BY 4.0"]
+    release = make_release(tmp_path / "release", per_class={"train": 4, "test": 4}, size=(32, 32), version=VERSION,
+                           license_of=lambda split, label, index: licenses[index % 4])
+    text = hub.publish_release(release, REPO, dry_run=True, api=NoNetwork()).summary()
+    # 24 images, 6 of each license text: both NC ones count as NonCommercial, the NC-ND one also as NoDerivatives
+    assert "WARNING: license-restricted images: 12 NonCommercial, 6 NoDerivatives, 6 license not stated (of 24)" in text
+
+
+def test_publish_dry_run_command_shows_main_the_tag_and_the_warnings(release):
+    from click.testing import CliRunner
+
+    from covid19_cxr_dataset.cli import main
+
+    result = CliRunner().invoke(main, ["publish", str(_as_variant(release)), "--repo-id", REPO, "--dry-run", "-q"])
+    assert result.exit_code == 0, result.output
+    assert f"would commit to branch main and tag that commit v{VERSION}+local.1" in result.output
+    assert "WARNING: " in result.output and "private (the default for a variant)" in result.output
+    assert "dry run: nothing was uploaded" in result.output and "fingerprint (decode" not in result.output  # -q: no bars

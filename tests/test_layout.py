@@ -56,21 +56,23 @@ def test_every_subpackage_ships_in_the_wheel():
 
 LAYERS = [
     ("__init__", "errors", "interrupts"),         # names every module shares; signals and worker processes
-    ("records", "safe_load"),                     # the record table; readers for handed-in text
+    ("records", "safe_load", "progress"),         # the record table; readers for handed-in text; progress bars
     ("download",),                                # the only sockets
     ("release",),                                 # a release folder as every reader sees it
     ("staging",),                                 # the output folder (reads a release's report)
     ("archive",),                                 # safe zip extraction (renames into place through staging)
     ("sources",),                                 # SOURCES stage
     ("manifest",),                                # a release's facts, typed (its sources are sources/ objects)
-    ("filters", "split", "citation", "naming", "convert", "near_duplicates", "audit"),
-    ("counts", "missing", "shards", "convert_cache", "evidence", "locks", "anchors", "report_shape"),
+    ("filters", "split", "citation", "naming", "convert", "near_duplicates", "audit", "columns"),
+    ("counts", "missing", "shards", "convert_cache", "evidence", "locks", "anchors", "card_sections", "report_shape"),
     ("options", "card"),
-    ("plan", "report", "verify"),
+    ("croissant",),                               # croissant.json (reads the card's license words)
+    ("generated",),                               # every generated file of a release: card, croissant.json, unpinned list
+    ("plan", "report", "verify", "hub_release"),
     ("fetch", "variant", "hub"),
     ("build",),                                   # the order of the stages
     ("baseline",),                                # the optional training extra
-    ("cli_support",),                             # what the click commands share
+    ("cli_verbosity", "cli_options"),             # click helpers the commands share
     ("cli",),                                     # click commands
     ("__main__",),                                # the cxr-dataset program: signals from its first line
 ]

@@ -177,6 +177,9 @@ def test_plan_check_files_reports_unreachable_files_without_downloading(world, p
     assert "cohen      train      2   (HTTP 404 2)" in result.output
     assert "missing.csv (3 files" in result.output
     assert "cxr-dataset new-variant --from" in result.output
+    # the suggested build of the variant works as typed: the Kaggle files come from an archive
+    build_line = next(line for line in result.output.splitlines() if line.strip().startswith("cxr-dataset build --manifest"))
+    assert "--kaggle-archive ./chest-xray-pneumonia.zip" in build_line
     with open(report, newline="") as handle:
         assert {(r["source"], r["source_path"], r["status"]) for r in csv.DictReader(handle)} == {
             (s, p, "404") for s, p in ABSENT.values()}

@@ -17,15 +17,8 @@ from click.testing import CliRunner
 from covid19_cxr_dataset import CLASS_NAMES, evidence, release as release_format
 from covid19_cxr_dataset.baseline.certificate import QUICK_CHECK, SINGLE_SEED_NOTE, compare_with_reference
 from covid19_cxr_dataset.baseline.evaluate import evaluate_predictions, wilson_interval
-from covid19_cxr_dataset.baseline.probes import (
-    ProbeTable,
-    blank_centre,
-    centre_mask,
-    metadata_probe,
-    read_probe_table,
-    resolve_probes,
-    source_probe,
-)
+from covid19_cxr_dataset.baseline.linear_probes import ProbeTable, metadata_probe, read_probe_table, source_probe
+from covid19_cxr_dataset.baseline.probes import FAST_PROBE_NAMES, blank_centre, centre_mask, resolve_probes
 from covid19_cxr_dataset.release import config_fingerprint, resolve_config
 from covid19_cxr_dataset.errors import CxrDatasetError, VerificationError
 from covid19_cxr_dataset.release import shard_paths
@@ -125,8 +118,11 @@ def test_seed_spread_can_excuse_a_figure_below_its_band():
 
 
 def test_probe_names_are_checked():
-    assert resolve_probes(True) == ("border", "source", "metadata")
-    assert resolve_probes(["all"]) == ("border", "lung", "source", "metadata")
+    """The names pick DCNN probes; the fast ones run anyway, so naming them asks for nothing more."""
+    assert resolve_probes(True) == ("border", "lung")
+    assert resolve_probes(True, gpu=True) == ("border", "lung", "holdout")
+    assert resolve_probes(["all"]) == ("border", "lung", "holdout")
+    assert resolve_probes(["metadata", "lung"]) == ("lung",) and resolve_probes(["source"]) == ()
     assert resolve_probes(None) == ()
     with pytest.raises(CxrDatasetError, match="unknown probe"):
         resolve_probes(["borders"])
@@ -229,11 +225,14 @@ def test_border_probe_finds_a_label_written_into_the_border(border_run):
     certificate, out, lines = border_run
     probe = certificate["probes"]["border"]
     assert probe["status"] == "ran" and probe["accuracy"] >= 0.9 and probe["flagged"] is True
+    assert {"COVID-19", "Normal"} <= set(probe["separated_classes"])  # the two classes with a corner square
+    assert probe["model_kind"] == "dcnn" and probe["accuracy_rule"]["flagged"] is True  # balanced classes: both rules see it
     assert probe["blanked"]["shape"] == "box" and probe["epochs"] == probe["recipe_epochs"] == 4
     assert set(probe["per_class_recall"]) == set(CLASS_NAMES)
     summary = (out / "certificate.md").read_text(encoding="utf-8")
-    assert "## Shortcut evidence" in summary and "**yes: shortcut**" in summary
-    assert "borders, burned-in text, markers and collimation carry the label" in summary
+    row = next(line for line in summary.splitlines() if line.startswith("| border | DCNN |"))
+    assert "## Shortcut evidence" in summary and "**yes: COVID-19" in row
+    assert "With the centre of every film blanked, the DCNN still tells COVID-19" in summary
     assert json.loads((out / "certificate.json").read_text(encoding="utf-8"))["probes"]["border"]["flagged"] is True
     epoch_lines = [line for line in lines if line.startswith("epoch ")]
     assert len(epoch_lines) == 4 + 4 and all("images/s" in line and "ETA" in line for line in epoch_lines)
@@ -247,7 +246,9 @@ def test_border_probe_stays_near_chance_when_the_border_carries_nothing(tmp_path
     assert certificate["metrics"]["accuracy"] >= 0.8  # the label is there, in the centre
     assert probe["flagged"] is False and probe["accuracy"] < 0.6
     assert probe["epochs"] == 3 and probe["recipe_epochs"] == 4  # a CPU's cheap default: at most 3 epochs
-    assert "**yes: shortcut**" not in (out / "certificate.md").read_text(encoding="utf-8")
+    assert probe["separated_classes"] == [] and certificate["probes"]["linear-border"]["flagged"] is False
+    summary = (out / "certificate.md").read_text(encoding="utf-8")
+    assert next(line for line in summary.splitlines() if line.startswith("| border | DCNN")).endswith("| no |")
 
 
 def test_certificate_records_config_tables_and_a_place_for_the_training_path(border_run):
@@ -271,7 +272,7 @@ def test_card_section_shows_a_committed_certificate_whose_fingerprint_matches(bo
     (root / "0.0.0-test" / "tiny-test" / "certificate.json").write_text(json.dumps(certificate), encoding="utf-8")
     fingerprint = certificate["dataset"]["fingerprint"]
     section = evidence.card_section({"fingerprint": fingerprint}, root)
-    assert section.startswith("## Shortcut evidence") and "**yes: shortcut**" in section
+    assert section.startswith("## Shortcut evidence") and "**yes: COVID-19" in section
     assert "`certificates/0.0.0-test/tiny-test`" in section and fingerprint in section and str(tmp_path) not in section
     other = evidence.card_section({"fingerprint": "0" * 64}, root)
     assert "No shortcut-probe certificate has been made yet for configuration `paper`" in other
@@ -279,7 +280,7 @@ def test_card_section_shows_a_committed_certificate_whose_fingerprint_matches(bo
         "paper": {"default": True, "fingerprint": fingerprint}, "curated": {"default": False, "fingerprint": "1" * 64}}},
         root)
     paper, curated = both.split("### Configuration `curated`")
-    assert "### Configuration `paper`" in paper and "**yes: shortcut**" in paper
+    assert "### Configuration `paper`" in paper and "**yes: COVID-19" in paper
     assert "No shortcut-probe certificate has been made yet for configuration `curated`" in curated
     assert "--config curated --probes" in curated
 
@@ -311,7 +312,9 @@ def test_quick_check_exits_zero_and_says_it_certifies_nothing(tmp_path):
                                        "--recipe", str(recipe), "--epochs", "1", "--probes"])
     assert result.exit_code == 0, result.output
     assert "verdict: quick-check" in result.output and "certifies nothing" in result.output
-    assert "probe border: accuracy" in result.output and "probe source: not run" in result.output
+    assert "probe border (dcnn): " in result.output and "probe lung (dcnn): " in result.output
+    assert "probe linear-film (linear): reference (AUC COVID-19 " in result.output
+    assert "probe source (linear): not run (the train split's COVID-19 images come from 1 source(s)" in result.output
     certificate = json.loads((tmp_path / "out" / "certificate.json").read_text(encoding="utf-8"))
     assert certificate["verdict"] == "quick-check"
     assert "certifies nothing" in (tmp_path / "out" / "certificate.md").read_text(encoding="utf-8")
@@ -363,7 +366,7 @@ def test_build_then_baseline_with_probes_through_the_cli(world, tmp_path):
                                        "--recipe", str(recipe), "--probes", "--quiet"])
     assert result.exit_code in (0, 3), result.output
     certificate = json.loads((tmp_path / "cert" / "certificate.json").read_text(encoding="utf-8"))
-    assert set(certificate["probes"]) == {"border", "source", "metadata"}
+    assert set(certificate["probes"]) == {"border", "lung", *FAST_PROBE_NAMES}
     assert certificate["dataset"]["fingerprint"] == release_format.read_report(tmp_path / "release")["fingerprint"]
     root = tmp_path / "manifest" / "certificates"
     (root / "tiny").mkdir(parents=True)

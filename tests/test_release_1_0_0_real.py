@@ -8,19 +8,27 @@
 
 from __future__ import annotations
 
+import collections
 import csv
+import io
 import json
 import shutil
 import zipfile
 from pathlib import Path
 
 import datasets
+import mlcroissant
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
-from covid19_cxr_dataset import manifest as manifest_module, split
+from covid19_cxr_dataset import CLASS_NAMES, card, evidence, manifest as manifest_module, release as release_format, report as report_module, shards, split
 from covid19_cxr_dataset.build import Options, build, check_counts, plan
+from covid19_cxr_dataset.plan import absent_from_release
 from covid19_cxr_dataset.counts import exclusion_summary, flag_summary
+from covid19_cxr_dataset.generated import write_generated
+from covid19_cxr_dataset.records import SPLITS
 from covid19_cxr_dataset.verify import verify_release
 
 from loopback import LoopbackServer, github_raw_path
@@ -184,16 +192,23 @@ def fixture_variant(real_fixtures, release, tmp_path_factory):
 FIXTURE_COUNTS = {"train": {"COVID-19": 9, "Normal": 5, "Pneumonia": 9}, "test": {"COVID-19": 4, "Normal": 8, "Pneumonia": 8}}
 
 
-def test_build_from_the_real_images(fixture_variant, server, tmp_path):
+@pytest.fixture(scope="module")
+def fixture_build(fixture_variant, server, tmp_path_factory):
+    """The fixture variant built from the real images: (release folder, build report)."""
     folder, archive = fixture_variant
-    options = Options(cache_dir=tmp_path / "cache", mirror=server.base_url, workers=2, progress=False, kaggle_archive=archive)
-    report = build(manifest_module.load(folder), tmp_path / "out", options)
+    root = tmp_path_factory.mktemp("fixture-build")
+    options = Options(cache_dir=root / "cache", mirror=server.base_url, workers=2, progress=False, kaggle_archive=archive)
+    return root / "out", build(manifest_module.load(folder), root / "out", options)
+
+
+def test_build_from_the_real_images(fixture_build):
+    out, report = fixture_build
     assert report["checks"]["unverified_files"] == 0  # GitHub files by blob id, Kaggle files by sha256
     assert report["checks"]["near_duplicate_pairs_across_splits"] == []
     assert {name: c["counts"] for name, c in report["configs"].items()} == {"paper": FIXTURE_COUNTS, "curated": FIXTURE_COUNTS}
-    assert verify_release(tmp_path / "out").ok
-    loaded = datasets.load_dataset(str(tmp_path / "out"))
-    curated = datasets.load_dataset(str(tmp_path / "out"), "curated")
+    assert verify_release(out).ok
+    loaded = datasets.load_dataset(str(out))
+    curated = datasets.load_dataset(str(out), "curated")
     # no fixture image carries a flag in the real decisions, so curated holds the same rows here
     assert {s: sorted(curated[s]["source_path"]) for s in curated} == {s: sorted(loaded[s]["source_path"]) for s in loaded}
     rows = {r["source_path"]: r for split in loaded for r in loaded[split]}
@@ -202,6 +217,85 @@ def test_build_from_the_real_images(fixture_variant, server, tmp_path):
     assert palette["image"].mode == rgba["image"].mode == "L"
     assert palette["license"] == "" and rows["images/COVID-00001.jpg"]["patient_id"] == "figure1:COVID-00001"
     assert {r["source"] for r in rows.values()} == {"cohen", "figure1", "actualmed", "kaggle"}
+    # croissant.json: mlcroissant reads every configuration back, split by split, class by class
+    assert croissant_counts(out, ["paper", "curated"]) == {"paper": FIXTURE_COUNTS, "curated": FIXTURE_COUNTS}
+
+
+def croissant_counts(out: Path, configs: list[str]) -> dict[str, dict[str, dict[str, int]]]:
+    """{configuration: {split: {class: records}}} as mlcroissant reads them from out/croissant.json."""
+    dataset = mlcroissant.Dataset(jsonld=str(out / "croissant.json"))
+    assert not dataset.metadata.ctx.issues.errors, dataset.metadata.ctx.issues.report()
+    found = {}
+    for name in configs:
+        counted = collections.Counter((r[f"{name}/split"].decode(), CLASS_NAMES[r[f"{name}/label"]])
+                                      for r in dataset.records(record_set=name))
+        found[name] = {s: {c: counted[(s, c)] for c in CLASS_NAMES} for s in sorted({s for s, _ in counted}, reverse=True)}
+    return found
+
+
+@pytest.fixture(scope="module")
+def real_size_release(planned, release, tmp_path_factory) -> Path:
+    """Release 1.0.0 as its real plan would build it (every row, flag, exclusion and unpinned Kaggle file),
+    written with the build's own writers and report, each image an 8x8 placeholder: the real size of
+    everything but the pixels."""
+    out = tmp_path_factory.mktemp("real-size") / "out"
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 8), 128, np.uint8)).save(buffer, "JPEG")
+    kept = planned.kept.assign(sha256=planned.kept["sha256_expected"])
+    writers = {}
+    for folder in shards.partitions(release.configs):
+        (out / "data" / folder).mkdir(parents=True)
+        writers.update({(folder, s): shards.SplitShardWriter(out / "data" / folder, s) for s in SPLITS})
+    for record in kept.to_dict("records"):
+        writers[(shards.partition_of(record["flags"], release.configs), record["split"])].add(
+            shards.publish_row(record, buffer.getvalue(), "lossless-jpeg"))
+    for writer in writers.values():
+        writer.close()
+    unverified = sorted(kept.loc[kept["sha256_expected"].eq("") & kept["git_blob_sha1"].eq(""), "record_id"])
+    built = report_module.assemble(release, planned.candidates, kept, planned.excluded, out, unverified=unverified, workers=2,
+                                   card_inputs=card.card_inputs(release), absent=absent_from_release(planned))
+    # as the build does: the shortcut evidence joins the card's inputs once the report has the fingerprints
+    built["card"]["extra_sections"].append(evidence.card_extra_section(built, release.folder / evidence.CERTIFICATES_FOLDER))
+    write_generated(out, built)
+    release_format.write_report(out, built)
+    return out
+
+
+def test_the_card_of_release_1_0_0_is_small_and_links_its_unpinned_files(real_size_release):
+    out = real_size_release
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert len(card.encode("utf-8")) < 50_000  # it was 389 kB with every unpinned Kaggle file listed in it
+    assert verify_release(out).ok
+    unpinned = (out / "unpinned-files.csv").read_text().splitlines()[1:]
+    assert len(unpinned) == 4_264 and all(line.startswith("kaggle,chest_xray/") for line in unpinned)
+    assert "4,264 file(s) were used without a recorded sha256" in card and "(unpinned-files.csv)" in card
+    for section in ("## Use it with PyTorch / TensorFlow / JAX", "## Personal and sensitive information", "## Point of contact"):
+        assert section in card
+    assert "Kermany et al. describe paediatric patients" in card  # what the sources did, from the manifest
+    assert croissant_counts(out, ["paper", "curated"]) == {
+        name: manifest_module.load(RELEASE).config(name).expected_counts for name in ("paper", "curated")}
+
+
+def test_fast_probes_on_the_real_images(fixture_build):
+    """The fast shortcut probes read real pixels and real file formats; with 4 COVID-19 and 8 Normal and
+    Pneumonia test films no probe may flag anything, and the card says why, whatever the AUC."""
+    from covid19_cxr_dataset.baseline.linear_probes import fast_probes, read_probe_table
+    from covid19_cxr_dataset.evidence import shortcut_markdown
+    from covid19_cxr_dataset.release import shard_paths
+
+    out, _ = fixture_build
+    train, test = (read_probe_table(shard_paths(out / "data", split)) for split in ("train", "test"))
+    results = fast_probes(train, test, seed=42)
+    metadata = results["metadata"]["feature_groups"]
+    assert metadata["file format"]["features"] == ["format=jpeg", "format=png"]  # Cohen's PNGs beside the JPEGs
+    assert {"conversion=lossless-jpeg", "conversion=normalized-png"} <= set(metadata["bit depth and encoding"]["features"])
+    for name in ("linear-film", "linear-border", "linear-lung", "linear-corners", "metadata"):
+        support = {cls: row["support"] for cls, row in results[name]["per_class"]["classes"].items()}
+        assert support == FIXTURE_COUNTS["test"], name
+        assert results[name]["separated_classes"] == [], name
+    assert set(results["linear-holdout"]["sources"]) == {"actualmed", "cohen", "figure1"}
+    section = shortcut_markdown({"dataset": {"fingerprint": "real-fixtures"}, "metrics": {}, "probes": results})
+    assert "Too few test images to flag COVID-19 (4), Normal (8), Pneumonia (8): at least 10 on each side" in section
 
 
 def test_plan_command_prints_both_configurations_matching(server, tmp_path):

@@ -176,6 +176,8 @@ def test_missing_files_error_from_the_library_is_one_exception(bundled, world, p
         build(bundled, tmp_path / "out", options)
     assert len(error.value.missing) == 2
     assert "--version 0.0.1 --name tiny" in str(error.value)
+    # a bundled release is named as a release, not by a path inside site-packages
+    assert str(error.value).startswith("release 0.0.1 (bundled): 2 of ") and str(bundled.path) not in str(error.value)
 
 
 @pytest.mark.real

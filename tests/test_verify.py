@@ -79,8 +79,9 @@ def test_edited_label_is_caught_even_when_the_shard_hashes_were_rewritten(releas
     tamper_label(release, "test", row=1)
     refresh_shard_hashes(release)
     result = verify_release(release)
-    # the card's counts table is generated from the shards, so it no longer matches either
-    assert checks(result) == {("data/test-*.parquet", "counts"), ("data/*.parquet", "fingerprint"), ("README.md", "card-generated")}
+    # the card's counts table and croissant.json's shard sha256 are generated, so they no longer match either
+    assert checks(result) == {("data/test-*.parquet", "counts"), ("data/*.parquet", "fingerprint"), ("README.md", "card-generated"),
+                              ("croissant.json", "generated")}
 
 
 def test_reencoded_image_is_caught(release):
@@ -94,8 +95,8 @@ def test_reencoded_image_is_caught(release):
     assert ("data/train-00000-of-00001.parquet", "shard-sha256") in checks(verify_release(release))
     refresh_shard_hashes(release)
     result = verify_release(release)
-    # counts are unchanged, the pixels are not (and the card states the shard's new size)
-    assert checks(result) == {("data/*.parquet", "fingerprint"), ("README.md", "card-generated")}
+    # counts are unchanged, the pixels are not (and the card and croissant.json state the shard's new size)
+    assert checks(result) == {("data/*.parquet", "fingerprint"), ("README.md", "card-generated"), ("croissant.json", "generated")}
     assert "the rows (pixels or any column)" in next(p for p in result.problems if p.check == "fingerprint").actual
 
 

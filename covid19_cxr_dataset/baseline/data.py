@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from .. import CLASS_NAMES
+from .. import progress as progress_bars
 from ..errors import CxrDatasetError, VerificationError
 from ..records import SPLITS
 from ..release import DATA_DIR, REPORT_NAME, read_report, shard_paths
@@ -153,7 +154,11 @@ def decode_split(
         .batch(DECODE_BATCH)
         .prefetch(2)
     )
-    batches = [batch.numpy() for batch in dataset]
+    batches = []
+    with progress_bars.bar(None, desc=f"decode the {split} images (once: every epoch reuses them)", unit="img") as shown:
+        for batch in dataset:
+            batches.append(batch.numpy())
+            shown.update(len(batches[-1]))
     images = np.concatenate(batches) if batches else np.zeros((0, size, size, 3), np.uint8)
     if np.array_equal(images[..., 0], images[..., 1]) and np.array_equal(images[..., 0], images[..., 2]):
         images = np.ascontiguousarray(images[..., :1])

@@ -3,58 +3,71 @@
 This release joins adult COVID-19 films from many hospitals and papers with paediatric Normal and
 Pneumonia films from one hospital; DeGrave et al. (Nature Machine Intelligence 2021) showed that
 models trained on such composites learn the source, not the disease. Each probe trains or fits a
-model on one thing that should not tell the disease and reports its test accuracy against the
-majority-class rate (always answering the train split's most common class):
+model on one thing that should not tell the disease. Two kinds (every result says which, ``model_kind``):
 
-- ``border``: the recipe's DCNN trained and tested with the centre of every image blanked (a centred
-  box of ``CENTRE_FRACTION`` of each side set to the mean of what remains), so only borders, burned-in
-  text, markers and collimation are left;
-- ``lung``: the same with a centred ellipse of that size (opt-in: it keeps the corners too; run it
-  when the box's result needs a second opinion);
-- ``source``: within COVID-19 only, a linear model on 24 x 24 thumbnails predicting the source
-  (Cohen / Figure1 / Actualmed), a lower bound on what a CNN could do;
-- ``metadata``: a logistic regression on image metadata alone (width, height, aspect, pixel count,
-  file format of the source file, the conversion path when the release records it, mean and
-  standard deviation of intensity) predicting the label. Seconds on a CPU.
+- ``linear`` (``linear_probes.py``, on every certificate, seconds on a CPU): logistic regression on
+  thumbnails of the whole film (the reference), of the border only, of the film with the lung region
+  blanked and of its corners; on metadata; on COVID-19 thumbnails predicting the source; and the
+  source hold-out's linear twin (``holdout.py``);
+- ``dcnn`` (opt-in, ``--probes``): the recipe's DCNN trained and tested with the centre of every image
+  blanked, ``border`` (a centred box of ``CENTRE_FRACTION`` of each side set to the mean of what
+  remains: only borders, burned-in text, markers and collimation are left) and ``lung`` (a centred
+  ellipse of that size), and ``holdout``, the source hold-out with the DCNN (by default on a GPU only).
 
-A probe is ``flagged`` when the lower end of its accuracy's 95% Wilson interval is more than
-``FLAG_MARGIN`` above the majority-class rate: the shortcut alone beats guessing by a margin that
-sampling noise does not explain. The blanking works on the decoded uint8 arrays (``SplitArrays``)
-before they enter the training pipeline: the same fraction of every decoded image, so a train image
-(at ``data.train_resize``) is blanked before its random crop, and a crop shows the box a few pixels
-off centre, as it shows the film. Everything here but the DCNN training is numpy and Pillow.
+Every probe's numbers come from ``probe_result``: per class the one-vs-rest AUC with a bootstrap
+interval, the recall, and the balanced accuracy (``class_evidence.py``); the share of the full model's
+AUC (and the linear reference's) it reaches per class. A probe is ``flagged`` when, for some class, the
+lower end of its AUC interval clears 0.5 by ``FLAG_MARGIN``: the probe tells that class from the others
+by a margin that sampling noise does not explain. The older rule (overall accuracy against the
+majority-class rate) is kept beside it (``accuracy_rule``): it cannot see a shortcut that only a
+minority class uses. The blanking works on the decoded uint8 arrays (``SplitArrays``) before they enter
+the training pipeline: the same fraction of every decoded image, so a train image (at
+``data.train_resize``) is blanked before its random crop, and a crop shows the box a few pixels off
+centre, as it shows the film.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
-import os
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from .. import CLASS_NAMES
 from ..errors import CxrDatasetError
-from ..evidence import FLAG_MARGIN
-from .evaluate import COVID19, confusion_matrix, per_class_metrics, wilson_interval
+from ..evidence import FLAG_MARGIN, MIN_FLAG_SUPPORT
+from .class_evidence import BOOTSTRAP_RESAMPLES, class_evidence, flagged_classes, recovery
+from .evaluate import wilson_interval
 
-PROBE_NAMES = ("border", "lung", "source", "metadata")
-DEFAULT_PROBES = ("border", "source", "metadata")
-IMAGE_PROBES = ("border", "lung")  # the ones that train the recipe's DCNN
+IMAGE_PROBES = ("border", "lung")  # the DCNN probes that blank the image
+DCNN_PROBES = ("border", "lung", "holdout")
+PROBE_NAMES = DCNN_PROBES
+DEFAULT_PROBES = ("border", "lung")
+"""``--probes``: the DCNN probes on any device; on a GPU the DCNN hold-out too."""
+FAST_PROBE_NAMES = ("linear-film", "linear-border", "linear-lung", "linear-corners", "source", "metadata",
+                    "linear-holdout")
+"""Run on every certificate (``linear_probes.fast_probes``); naming one of them asks for nothing more."""
 CENTRE_FRACTION = 0.7
 CPU_PROBE_EPOCHS = 3
 """Epochs of an image probe when no GPU is there and none are asked for (the recipe's own on a GPU)."""
-THUMBNAIL = 24
 
 PROBE_TITLES = {
     "border": "border only (centre box blanked)",
     "lung": "lungs blanked (centre ellipse)",
+    "holdout": "source hold-out, COVID-19",
+    "linear-film": "whole film (the linear reference)",
+    "linear-border": "border only (centre box blanked)",
+    "linear-lung": "lungs blanked (centre ellipse)",
+    "linear-corners": "corners only (burned-in text and markers)",
+    "linear-holdout": "source hold-out, COVID-19",
     "source": "source, within COVID-19 (thumbnails)",
-    "metadata": "size, format and intensity metadata",
+    "metadata": "size, format, bit depth and intensity metadata",
 }
+ACCURACY_RULE = (f"overall accuracy's 95% Wilson interval's lower end above the majority-class rate by more than "
+                 f"{100 * FLAG_MARGIN:.0f} percentage points")
+FLAG_RULE = (f"flagged when, for some class, the lower end of its one-vs-rest AUC's 95% bootstrap interval exceeds "
+             f"{0.5 + FLAG_MARGIN:.2f} (0.5 + {FLAG_MARGIN:.2f}), with at least {MIN_FLAG_SUPPORT} test images in and "
+             "out of that class")
 
 
 # --- blanking ------------------------------------------------------------------------------------
@@ -93,150 +106,6 @@ def blank_arrays(arrays: dict[str, Any], shape: str, fraction: float = CENTRE_FR
             for split, split_arrays in arrays.items()}
 
 
-# --- a small softmax regression (numpy), for the cheap probes --------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class SoftmaxRegression:
-    weights: np.ndarray
-    bias: np.ndarray
-    mean: np.ndarray
-    scale: np.ndarray
-
-    def probabilities(self, features: np.ndarray) -> np.ndarray:
-        logits = ((np.asarray(features, np.float64) - self.mean) / self.scale) @ self.weights + self.bias
-        logits -= logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits)
-        return exp / exp.sum(axis=1, keepdims=True)
-
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        return np.argmax(self.probabilities(features), axis=1)
-
-
-def fit_softmax_regression(features: np.ndarray, labels: np.ndarray, classes: int, *,
-                           l2: float = 1e-3, steps: int = 400) -> SoftmaxRegression:
-    """Multinomial logistic regression on standardized features, by accelerated gradient descent (deterministic)."""
-    x = np.asarray(features, np.float64)
-    mean = x.mean(axis=0)
-    scale = x.std(axis=0)
-    scale[scale == 0] = 1.0
-    z = (x - mean) / scale
-    n, d = z.shape
-    target = np.eye(classes)[np.asarray(labels, np.int64)]
-    step = 1.0 / (0.5 * (np.linalg.norm(z, 2) ** 2 / max(n, 1) + 1.0) + l2)  # 1 / Lipschitz constant
-    weights, bias = np.zeros((d, classes)), np.zeros(classes)
-    previous_w, previous_b = weights, bias
-    for iteration in range(1, steps + 1):
-        momentum = (iteration - 1) / (iteration + 2)
-        look_w = weights + momentum * (weights - previous_w)
-        look_b = bias + momentum * (bias - previous_b)
-        logits = z @ look_w + look_b
-        logits -= logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits)
-        probs /= probs.sum(axis=1, keepdims=True)
-        error = (probs - target) / n
-        previous_w, previous_b = weights, bias
-        weights = look_w - step * (z.T @ error + l2 * look_w)
-        bias = look_b - step * error.sum(axis=0)
-    return SoftmaxRegression(weights, bias, mean, scale)
-
-
-# --- reading what the cheap probes need ------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ProbeTable:
-    """Per image of one split: label, source, stored size, source file format, conversion, intensity, thumbnail."""
-
-    labels: np.ndarray
-    sources: tuple[str, ...]
-    widths: np.ndarray
-    heights: np.ndarray
-    formats: tuple[str, ...]
-    conversions: tuple[str, ...] | None
-    means: np.ndarray
-    stds: np.ndarray
-    thumbnails: np.ndarray  # (n, THUMBNAIL, THUMBNAIL) float32 in [0, 1]
-
-
-def _describe_image(jpeg: bytes) -> tuple[int, int, float, float, np.ndarray]:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(jpeg)) as image:
-        width, height = image.size
-        image.draft("L", (THUMBNAIL * 8, THUMBNAIL * 8))  # JPEG DCT scaling: a fast, reduced decode
-        gray = image.convert("L")
-        pixels = np.asarray(gray, np.float32)
-        thumbnail = np.asarray(gray.resize((THUMBNAIL, THUMBNAIL), Image.BILINEAR), np.float32) / 255.0
-    return width, height, float(pixels.mean()), float(pixels.std()), thumbnail
-
-
-def source_format(source_path: str) -> str:
-    """The file format of the source file, from its name (``jpeg``, ``png``, ``dcm``, ...)."""
-    suffix = Path(source_path).suffix.lower().lstrip(".")
-    return {"jpg": "jpeg", "dicom": "dcm"}.get(suffix, suffix or "none")
-
-
-def read_probe_table(shards: Sequence[Path], *, workers: int | None = None) -> ProbeTable:
-    """Everything the cheap probes need from one split's shards, in row order."""
-    import pyarrow.parquet as pq
-
-    jpegs: list[bytes] = []
-    labels: list[int] = []
-    sources: list[str] = []
-    formats: list[str] = []
-    conversions: list[str] | None = []
-    for path in shards:
-        parquet = pq.ParquetFile(path)
-        has_conversion = "conversion" in parquet.schema_arrow.names
-        if not has_conversion:
-            conversions = None
-        columns = ["image", "label", "source", "source_path"] + (["conversion"] if has_conversion else [])
-        for group in range(parquet.num_row_groups):
-            table = parquet.read_row_group(group, columns=columns)
-            jpegs += table.column("image").combine_chunks().field("bytes").to_pylist()
-            labels += table.column("label").to_pylist()
-            sources += table.column("source").to_pylist()
-            formats += [source_format(p) for p in table.column("source_path").to_pylist()]
-            if conversions is not None and has_conversion:
-                conversions += [str(value) for value in table.column("conversion").to_pylist()]
-    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:  # Pillow releases the GIL while decoding
-        described = list(pool.map(_describe_image, jpegs, chunksize=32))
-    n = len(described)
-    return ProbeTable(
-        labels=np.asarray(labels, np.int64),
-        sources=tuple(sources),
-        widths=np.asarray([d[0] for d in described], np.float64),
-        heights=np.asarray([d[1] for d in described], np.float64),
-        formats=tuple(formats),
-        conversions=tuple(conversions) if conversions is not None else None,
-        means=np.asarray([d[2] for d in described], np.float64),
-        stds=np.asarray([d[3] for d in described], np.float64),
-        thumbnails=np.stack([d[4] for d in described]) if n else np.zeros((0, THUMBNAIL, THUMBNAIL), np.float32),
-    )
-
-
-def metadata_features(train: ProbeTable, test: ProbeTable) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """The metadata probe's design matrices (train, test) and the feature names."""
-    def categories(values_train: Iterable[str] | None) -> list[str]:
-        return sorted(set(values_train)) if values_train is not None else []
-
-    format_names = categories(train.formats)
-    conversion_names = categories(train.conversions) if train.conversions is not None and test.conversions is not None else []
-    names = ["width", "height", "aspect", "log_pixels", "mean_intensity", "std_intensity"]
-    names += [f"format={name}" for name in format_names] + [f"conversion={name}" for name in conversion_names]
-
-    def design(table: ProbeTable) -> np.ndarray:
-        numeric = [table.widths, table.heights, table.widths / np.maximum(table.heights, 1),
-                   np.log(np.maximum(table.widths * table.heights, 1)), table.means, table.stds]
-        onehot = [np.asarray([value == name for value in table.formats], np.float64) for name in format_names]
-        if conversion_names:
-            onehot += [np.asarray([value == name for value in table.conversions], np.float64) for name in conversion_names]
-        return np.stack(numeric + onehot, axis=1) if len(table.labels) else np.zeros((0, len(names)))
-
-    return design(train), design(test), names
-
-
 # --- results ---------------------------------------------------------------------------------------
 
 
@@ -250,80 +119,65 @@ def majority_rate(train_labels: np.ndarray, test_labels: np.ndarray) -> tuple[in
     return majority, float(np.mean(test_labels == majority))
 
 
-def probe_result(name: str, y_true: np.ndarray, y_pred: np.ndarray, *, train_labels: np.ndarray,
-                 class_names: Sequence[str], confidence: float = 0.95, **details: Any) -> dict[str, Any]:
-    """A probe's numbers: accuracy with its Wilson interval, per-class recall, majority-class rate, flag."""
-    y_true, y_pred = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
+def probe_result(name: str, y_true: np.ndarray, probs: np.ndarray, *, train_labels: np.ndarray,
+                 class_names: Sequence[str], model_kind: str, confidence: float = 0.95, seed: int = 0, role: str = "probe",
+                 references: dict[str, dict[str, Any] | None] | None = None, **details: Any) -> dict[str, Any]:
+    """A probe's numbers from its test probabilities ``probs`` (n, classes).
+
+    Per class: AUC [bootstrap], recall [Wilson] (``per_class``); the classes whose AUC clears chance by
+    the flag's margin (``separated_classes``); ``flagged`` unless ``role`` is ``"reference"`` (a model
+    meant to see the lungs, which separates the classes by design). ``references``: {name: per-class
+    evidence of another model} (the full model, the linear whole-film reference), for ``recovery``: the
+    share of their AUC this probe reaches. The accuracy against the majority-class rate is kept with the
+    old rule's verdict (``accuracy_rule``).
+    """
+    y_true, probs = np.asarray(y_true, np.int64), np.asarray(probs, np.float64)
+    y_pred = np.argmax(probs, axis=1) if len(probs) else np.zeros(0, np.int64)
     n = int(y_true.size)
     correct = int((y_true == y_pred).sum())
     majority, rate = majority_rate(train_labels, y_true)
     interval = wilson_interval(correct, n, confidence)
-    per_class = per_class_metrics(confusion_matrix(y_true, y_pred, len(class_names)), class_names)
-    flagged = bool(n and interval["low"] is not None and interval["low"] > rate + FLAG_MARGIN)
+    evidence = class_evidence(y_true, probs, class_names, resamples=BOOTSTRAP_RESAMPLES, confidence=confidence,
+                              seed=seed)
+    separated = flagged_classes(evidence)
     return {
         "probe": name,
         "status": "ran",
+        "model_kind": model_kind,
+        "role": role,
         "title": PROBE_TITLES.get(name, name),
         "n_test": n,
         "accuracy": correct / n if n else None,
         "accuracy_interval": {**interval, "method": "Wilson score", "confidence": confidence},
-        "per_class_recall": {cls: row["recall"] for cls, row in per_class.items() if row["support"]},
+        "per_class_recall": {cls: row["recall"] for cls, row in evidence["classes"].items() if row["support"]},
+        "per_class": evidence,
+        "balanced_accuracy": evidence["balanced_accuracy"],
         "classes": list(class_names),
         "majority_class": class_names[majority] if n else None,
         "majority_rate": rate,
-        "flag_rule": f"flagged when the interval's lower end exceeds the majority-class rate by more than "
-                     f"{100 * FLAG_MARGIN:.0f} percentage points",
-        "flagged": flagged,
+        "separated_classes": separated,
+        "flagged": bool(separated) and role != "reference",
+        "flag_rule": FLAG_RULE,
+        "accuracy_rule": {"rule": ACCURACY_RULE,
+                          "flagged": bool(n and interval["low"] is not None and interval["low"] > rate + FLAG_MARGIN)},
+        "recovery": {ref: recovery(evidence, other) for ref, other in (references or {}).items() if other},
         **details,
     }
 
 
-def skipped(name: str, reason: str) -> dict[str, Any]:
-    return {"probe": name, "status": "skipped", "title": PROBE_TITLES.get(name, name), "reason": reason, "flagged": False}
-
-
-def metadata_probe(train: ProbeTable, test: ProbeTable, *, confidence: float = 0.95) -> dict[str, Any]:
-    """Logistic regression on image metadata alone, predicting the label."""
-    if len(set(train.labels.tolist())) < 2 or not len(test.labels):
-        return skipped("metadata", "the train split has fewer than two classes or the test split is empty")
-    x_train, x_test, names = metadata_features(train, test)
-    model = fit_softmax_regression(x_train, train.labels, len(CLASS_NAMES))
-    return probe_result("metadata", test.labels, model.predict(x_test), train_labels=train.labels,
-                        class_names=CLASS_NAMES, confidence=confidence, model="multinomial logistic regression",
-                        features=names)
-
-
-def source_probe(train: ProbeTable, test: ProbeTable, *, confidence: float = 0.95) -> dict[str, Any]:
-    """Within COVID-19 images only: a linear model on thumbnails predicting the source."""
-    train_mask, test_mask = train.labels == COVID19, test.labels == COVID19
-    train_sources = [s for s, keep in zip(train.sources, train_mask) if keep]
-    test_sources = [s for s, keep in zip(test.sources, test_mask) if keep]
-    names = sorted(set(train_sources))
-    if len(names) < 2:
-        return skipped("source", f"the train split's COVID-19 images come from {len(names)} source(s); "
-                                 "the probe needs at least two")
-    known = [s in names for s in test_sources]
-    if not any(known):
-        return skipped("source", "no COVID-19 test image comes from a source of the train split")
-    index = {name: i for i, name in enumerate(names)}
-    y_train = np.asarray([index[s] for s in train_sources], np.int64)
-    y_test = np.asarray([index[s] for s, k in zip(test_sources, known) if k], np.int64)
-    x_train = train.thumbnails[train_mask].reshape(int(train_mask.sum()), -1)
-    x_test = test.thumbnails[test_mask].reshape(int(test_mask.sum()), -1)[np.asarray(known)]
-    model = fit_softmax_regression(x_train, y_train, len(names), l2=1e-2)
-    return probe_result("source", y_test, model.predict(x_test), train_labels=y_train, class_names=names,
-                        confidence=confidence, model=f"multinomial logistic regression on {THUMBNAIL}x{THUMBNAIL} "
-                                                     "thumbnails (a linear lower bound on what a CNN can learn)",
-                        test_images_of_unseen_sources=int(len(known) - sum(known)))
+def skipped(name: str, reason: str, model_kind: str = "linear") -> dict[str, Any]:
+    return {"probe": name, "status": "skipped", "model_kind": model_kind, "title": PROBE_TITLES.get(name, name), "reason": reason,
+            "flagged": False}
 
 
 def image_probe_result(name: str, shape: str, y_true: np.ndarray, probs: np.ndarray, *, train_labels: np.ndarray,
-                       epochs: int, recipe_epochs: int, confidence: float = 0.95) -> dict[str, Any]:
-    """The border or lung probe's numbers from the probe model's test probabilities."""
-    return probe_result(name, y_true, np.argmax(probs, axis=1), train_labels=train_labels, class_names=CLASS_NAMES,
-                        confidence=confidence, model="the recipe's DCNN", blanked={"shape": shape,
-                                                                                   "fraction": CENTRE_FRACTION,
-                                                                                   "fill": "mean of the image's own border"},
+                       epochs: int, recipe_epochs: int, full_model: dict[str, Any] | None = None,
+                       confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """The DCNN border or lung probe's numbers from the probe model's test probabilities."""
+    return probe_result(name, y_true, probs, train_labels=train_labels, class_names=CLASS_NAMES, model_kind="dcnn",
+                        confidence=confidence, seed=seed, references={"full model": full_model},
+                        model="the recipe's DCNN", blanked={"shape": shape, "fraction": CENTRE_FRACTION,
+                                                            "fill": "mean of the image's own border"},
                         epochs=epochs, recipe_epochs=recipe_epochs)
 
 
@@ -337,16 +191,19 @@ def share_of_gain(probe: dict[str, Any], model_accuracy: float | None) -> float 
     return float(min(1.0, max(0.0, (probe["accuracy"] - probe["majority_rate"]) / gain)))
 
 
-def resolve_probes(probes: bool | Iterable[str] | None) -> tuple[str, ...]:
-    """``True`` -> the default probes; names -> those, checked; ``"all"`` -> every probe; falsy -> none."""
+def resolve_probes(probes: bool | Iterable[str] | None, *, gpu: bool = False) -> tuple[str, ...]:
+    """Which DCNN probes to train (the fast ones always run): ``True`` -> ``DEFAULT_PROBES`` (and the
+    hold-out on a GPU); names -> those, checked (fast probe names ask for nothing more); ``"all"`` -> every
+    DCNN probe; falsy -> none."""
     if not probes:
         return ()
     if probes is True:
-        return DEFAULT_PROBES
+        return DEFAULT_PROBES + (("holdout",) if gpu else ())
     names = [probes] if isinstance(probes, str) else list(probes)
     if "all" in names:
-        return PROBE_NAMES
-    unknown = [name for name in names if name not in PROBE_NAMES]
+        return DCNN_PROBES
+    unknown = [name for name in names if name not in DCNN_PROBES + FAST_PROBE_NAMES]
     if unknown:
-        raise CxrDatasetError(f"unknown probe(s) {', '.join(unknown)}; known: {', '.join(PROBE_NAMES)}, all")
-    return tuple(name for name in PROBE_NAMES if name in names)
+        raise CxrDatasetError(f"unknown probe(s) {', '.join(unknown)}; known: {', '.join(DCNN_PROBES)}, all "
+                              f"(the fast probes {', '.join(FAST_PROBE_NAMES)} run on every certificate)")
+    return tuple(name for name in DCNN_PROBES if name in names)

@@ -1,5 +1,5 @@
 """``run_baseline``: verify a release, train the recipe's DCNN on it (one or more seeds), run the
-shortcut probes, evaluate, write a certificate."""
+shortcut probes (the fast linear ones always, the DCNN ones when asked), evaluate, write a certificate."""
 
 from __future__ import annotations
 
@@ -8,25 +8,28 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from .. import CLASS_NAMES
+from .. import progress as progress_bars
 from ..errors import CxrDatasetError
 from ..release import require_splits
 from ..staging import check_writable_folder
 from ..release import resolve_config, verify_config_fingerprint
 from .certificate import build_certificate, write_run_outputs
 from .data import load_release, make_pipelines, read_release_report, verify_counts
+from .class_evidence import BOOTSTRAP_RESAMPLES, class_evidence
 from .evaluate import evaluate_predictions
+from .holdout import dcnn_holdout_entry, holdout_result, holdout_sources, holdout_train_mask, subset_split
+from .linear_probes import fast_probes, read_probe_table
 from .model import build_model_from_recipe
 from .probes import (
     CPU_PROBE_EPOCHS,
-    FLAG_MARGIN,
+    FLAG_RULE,
     IMAGE_PROBES,
     blank_arrays,
     image_probe_result,
-    metadata_probe,
-    read_probe_table,
     resolve_probes,
     share_of_gain,
-    source_probe,
+    skipped,
 )
 from .recipe import Recipe, load_recipe, with_overrides
 from .train import (
@@ -119,6 +122,7 @@ def _train_once(arrays: dict[str, Any], recipe: Recipe, *, seed: int, policy: st
     return {"history": history, "probs": probs, "loss": loss, "train_seconds": train_seconds, "run_info": run_info}
 
 
+@progress_bars.follows("progress")  # progress=False silences the bars too (decode, epochs)
 def run_baseline(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -145,10 +149,11 @@ def run_baseline(
     path; ``epochs``, ``batch_size`` and ``image_size`` override it and are recorded as overrides (the
     verdict is then ``quick-check``). ``config`` names the release configuration (``paper``,
     ``curated``; default: the release's default). ``seeds`` trains that many models, seeds ``seed``,
-    ``seed + 1``, ...; the verdict weighs their spread. ``probes``: True for the default shortcut
-    probes (border, source, metadata), or names from ``probes.PROBE_NAMES`` (``"all"``);
-    ``probe_epochs`` sets the image probes' epochs (default: the recipe's on a GPU,
-    ``min(3, recipe)`` on a CPU). The configuration's fingerprint is recomputed first and a mismatch
+    ``seed + 1``, ...; the verdict weighs their spread. The fast linear shortcut probes
+    (``linear_probes.fast_probes``) run on every call; ``probes`` adds the DCNN probes: True for
+    ``probes.DEFAULT_PROBES`` (border, lung; and the source hold-out on a GPU), or names from
+    ``probes.DCNN_PROBES`` (``"all"``); ``probe_epochs`` sets their epochs (default: the recipe's on a
+    GPU, ``min(3, recipe)`` on a CPU). The configuration's fingerprint is recomputed first and a mismatch
     with build_report.json raises ``errors.VerificationError`` (``verify_fingerprint=False`` skips
     that; the certificate says so). ``deterministic`` enables TensorFlow's op determinism
     (process-wide). ``progress``: True prints one line per stage and epoch (with images/s and the
@@ -169,7 +174,7 @@ def run_baseline(
     if seeds < 1:
         raise CxrDatasetError(f"seeds={seeds}: expected at least 1")
     resolved = with_overrides(load_recipe(recipe), epochs=epochs, batch_size=batch_size, image_size=image_size)
-    probe_names = resolve_probes(probes)
+    resolve_probes(probes)  # unknown names fail before the long steps
     import_tensorflow()  # fail before the long steps if the extra is missing
     configure_devices()  # before any op runs: GPU memory growth can only be set then
     check_run_options(pipeline=pipeline, jit_compile=jit_compile, deterministic=deterministic)  # fail early
@@ -196,15 +201,18 @@ def run_baseline(
     policy = mixed_precision_policy(mixed_precision)
     hardware = describe_hardware(policy)
     recipe_epochs = resolved["training"]["epochs"]
+    probe_names = resolve_probes(probes, gpu=hardware["device"] == "GPU")
     image_probes = [name for name in probe_names if name in IMAGE_PROBES]
+    held_out = holdout_sources(arrays["train"].labels, arrays["train"].sources) if "holdout" in probe_names else []
     if probe_epochs is None:
         probe_epochs = recipe_epochs if hardware["device"] == "GPU" else min(CPU_PROBE_EPOCHS, recipe_epochs)
     probe_recipe = resolved if probe_epochs == recipe_epochs else with_overrides(resolved, epochs=probe_epochs)
-    clock = RunClock(seeds * recipe_epochs + len(image_probes) * probe_epochs, len(arrays["train"]), say)
+    dcnn_trainings = [*image_probes, *(f"holdout {source}" for source in held_out)]
+    clock = RunClock(seeds * recipe_epochs + len(dcnn_trainings) * probe_epochs, len(arrays["train"]), say)
     if say:
         say(f"training on {hardware['name']} ({hardware['device']}, {hardware['dtype_policy']}): "
             f"{seeds} seed(s) x {recipe_epochs} epochs" +
-            (f", probes {', '.join(image_probes)} x {probe_epochs} epochs" if image_probes else ""))
+            (f", probes {', '.join(dcnn_trainings)} x {probe_epochs} epochs" if dcnn_trainings else ""))
 
     evaluation = resolved["evaluation"]
     smoothing = resolved["training"]["label_smoothing"]
@@ -220,39 +228,52 @@ def run_baseline(
             bootstrap_resamples=evaluation["bootstrap_resamples"], seed=run_seed, label_smoothing=smoothing,
         )
         metrics["loss"] = trained["loss"]
+        metrics["per_class_evidence"] = class_evidence(test.labels, trained["probs"], CLASS_NAMES,
+                                                       resamples=BOOTSTRAP_RESAMPLES, confidence=evaluation["confidence"], seed=run_seed)
         runs.append({"seed": run_seed, "metrics": metrics, "history": trained["history"]})
         if first is None:
             first, run_info = trained, trained["run_info"]
     timing["train_seconds"] = time.perf_counter() - mark
 
     probe_results: dict[str, Any] = {}
-    if probe_names:
-        mark = time.perf_counter()
-        model_accuracy = runs[0]["metrics"]["accuracy"]
-        for name in image_probes:
-            trained = _train_once(blank_arrays(arrays, PROBE_SHAPES[name]), probe_recipe, seed=seed, policy=policy,
-                                  deterministic=deterministic, clock=clock, label=f"{name} probe")
-            probe_results[name] = image_probe_result(
-                name, PROBE_SHAPES[name], test.labels, trained["probs"], train_labels=arrays["train"].labels,
-                epochs=probe_epochs, recipe_epochs=recipe_epochs, confidence=evaluation["confidence"])
-        cheap = [name for name in probe_names if name not in IMAGE_PROBES]
-        if cheap:
-            if say:
-                say(f"reading image metadata and thumbnails for the {', '.join(cheap)} probe(s) ...")
-            tables = {split: read_probe_table(paths) for split, paths in shards.items()}
-            if "source" in cheap:
-                probe_results["source"] = source_probe(tables["train"], tables["test"],
-                                                       confidence=evaluation["confidence"])
-            if "metadata" in cheap:
-                probe_results["metadata"] = metadata_probe(tables["train"], tables["test"],
-                                                           confidence=evaluation["confidence"])
-        for name, result in probe_results.items():
-            if name != "source":
-                result["share_of_model_gain"] = share_of_gain(result, model_accuracy)
-            if say and result["status"] == "ran":
-                say(f"{name} probe: accuracy {result['accuracy']:.4f} (majority-class rate "
-                    f"{result['majority_rate']:.4f}){'  FLAGGED' if result['flagged'] else ''}")
-        timing["probes_seconds"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    model_accuracy = runs[0]["metrics"]["accuracy"]
+    full_model = runs[0]["metrics"]["per_class_evidence"]
+    confidence = evaluation["confidence"]
+    for name in image_probes:
+        trained = _train_once(blank_arrays(arrays, PROBE_SHAPES[name]), probe_recipe, seed=seed, policy=policy,
+                              deterministic=deterministic, clock=clock, label=f"{name} probe")
+        probe_results[name] = image_probe_result(
+            name, PROBE_SHAPES[name], test.labels, trained["probs"], train_labels=arrays["train"].labels,
+            epochs=probe_epochs, recipe_epochs=recipe_epochs, full_model=full_model, confidence=confidence, seed=seed)
+    if "holdout" in probe_names:
+        entries = {}
+        for source in held_out:
+            keep = holdout_train_mask(arrays["train"].labels, arrays["train"].sources, source)
+            trained = _train_once({**arrays, "train": subset_split(arrays["train"], keep)}, probe_recipe, seed=seed,
+                                  policy=policy, deterministic=deterministic, clock=clock, label=f"holdout {source}")
+            entries[source] = dcnn_holdout_entry(source, test.labels, test.sources, trained["probs"], first["probs"],
+                                                 confidence)
+        if entries:
+            probe_results["holdout"] = holdout_result(
+                "holdout", "dcnn", entries, model="the recipe's DCNN", epochs=probe_epochs, recipe_epochs=recipe_epochs,
+                held_out_films="the held-out source's COVID-19 test films")
+        else:
+            probe_results["holdout"] = skipped("holdout", "the train split's COVID-19 films come from fewer than two "
+                                                          "sources", model_kind="dcnn")
+    if say:
+        say("reading thumbnails and metadata for the fast linear probes ...")
+    tables = {split: read_probe_table(paths) for split, paths in shards.items()}
+    probe_results.update(fast_probes(tables["train"], tables["test"], full_model=full_model, confidence=confidence,
+                                     seed=seed))
+    for name, result in probe_results.items():
+        if "accuracy" in result and name != "source":
+            result["share_of_model_gain"] = share_of_gain(result, model_accuracy)
+        if say and result["status"] == "ran":
+            flagged = result.get("separated_classes") if "separated_classes" in result else result.get("flagged_sources")
+            say(f"{name} probe ({result['model_kind']}): " + (f"FLAGGED ({', '.join(flagged)})" if result["flagged"]
+                                                       else "not flagged"))
+    timing["probes_seconds"] = time.perf_counter() - mark
     timing["total_seconds"] = time.perf_counter() - started
 
     certificate = build_certificate(
@@ -260,9 +281,9 @@ def run_baseline(
         counts={split: a.counts() for split, a in arrays.items()}, recipe=resolved, seed=seed,
         deterministic=deterministic, hardware=hardware, timing=timing, history=runs[0]["history"],
         metrics=runs[0]["metrics"], runs=runs, config=release_config.describe(), probes=probe_results,
-        probes_info={"requested": list(probe_names), "image_probe_epochs": probe_epochs if image_probes else None,
-                     "flag_rule": f"a probe is flagged when the lower end of its accuracy's 95% Wilson interval "
-                                  f"exceeds the majority-class rate by more than {100 * FLAG_MARGIN:.0f} percentage points"},
+        probes_info={"requested": list(probe_names), "dcnn_probes": list(probe_names),
+                     "fast_probes": [name for name, r in probe_results.items() if r.get("model_kind") == "linear"],
+                     "image_probe_epochs": probe_epochs if dcnn_trainings else None, "flag_rule": FLAG_RULE},
         run_info=run_info,
     )
     path = write_run_outputs(out_dir, certificate, sources=test.sources, source_paths=test.source_paths,

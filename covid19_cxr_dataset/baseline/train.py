@@ -22,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import CLASS_NAMES
+from .. import progress as progress_bars
 from ._backend import import_keras, import_tensorflow
 from ..errors import CxrDatasetError
 from .data import Pipelines, ResidentPipelines, resolve_pipeline_path
@@ -180,13 +181,16 @@ class ResidentTrainer:
     def _metrics(self) -> dict[str, float]:
         return {name: float(value) for name, value in self.model.get_metrics_result().items()}
 
-    def fit_epoch(self, epoch: int) -> dict[str, float]:
-        """Train 0-based ``epoch`` at the optimizer's current learning rate; the epoch's train metrics."""
+    def fit_epoch(self, epoch: int, on_batch: Callable[[], Any] | None = None) -> dict[str, float]:
+        """Train 0-based ``epoch`` at the optimizer's current learning rate; the epoch's train metrics.
+        ``on_batch()`` is called after each batch is dispatched (a progress bar)."""
         tf = import_tensorflow()
         self.model.reset_metrics()
         with tf.device(self.pipelines.device):
             for index, counter in self.pipelines.epoch_batches(epoch):
                 self.train_step(index, counter)
+                if on_batch is not None:
+                    on_batch()
         return self._metrics()  # reading them waits for the device to finish the epoch
 
     def evaluate(self) -> dict[str, float]:
@@ -218,8 +222,11 @@ def train(model: Any, pipelines: Pipelines, recipe: Any, *, progress: Progress |
         model.optimizer.learning_rate = learning_rate
         started = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch + 1, "learning_rate": learning_rate}
+        # A CPU epoch takes minutes: a bar over its batches, gone once the epoch's line is printed.
+        bar = progress_bars.bar(pipelines.batches_per_epoch, desc=f"epoch {epoch + 1}/{epochs}: train", unit="batch",
+                                enabled=progress is not None, leave=False)
         if resident:
-            row.update(resident.fit_epoch(epoch))
+            row.update(resident.fit_epoch(epoch, on_batch=bar.update))
             if training["validate_each_epoch"]:
                 row.update({f"val_{name}": value for name, value in resident.evaluate().items()})
         else:
@@ -231,13 +238,26 @@ def train(model: Any, pipelines: Pipelines, recipe: Any, *, progress: Progress |
                 validation_data=validation,
                 shuffle=False,  # the epoch's dataset is already in its seeded order
                 verbose=0,
+                callbacks=[_batch_callback(bar)],
             )
             row.update({name: float(values[-1]) for name, values in result.history.items()})
+        bar.close()
         row["seconds"] = time.perf_counter() - started
         history.append(row)
         if progress:
             progress(format_epoch(row, epochs))
     return history
+
+
+def _batch_callback(bar: Any) -> Any:
+    """A Keras callback that moves ``bar`` on by one after each training batch."""
+    keras = import_keras()
+
+    class BatchBar(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            bar.update()
+
+    return BatchBar()
 
 
 def describe_run(model: Any, pipelines: Pipelines, *, dtype_policy: str | None, jit_compile: bool) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
     from .spec import FileSpec
@@ -73,16 +73,19 @@ def hash_file(path: Path) -> FileHashes:
     return FileHashes(size=size, sha256=sha256.hexdigest(), git_blob_sha1=blob.hexdigest())
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path, on_bytes: Callable[[int], Any] | None = None) -> str:
     """The sha256 (lower-case hex) of the bytes of ``path``, read in 1 MiB chunks.
 
     Exactly ``hashlib.sha256(Path(path).read_bytes()).hexdigest()``, without loading the file whole.
     Use :func:`hash_file` instead when the size or git blob id is needed too (one pass for all three).
+    ``on_bytes(n)`` is called after each chunk (a progress bar's ``update``).
     """
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(HASH_CHUNK):
             digest.update(block)
+            if on_bytes is not None:
+                on_bytes(len(block))
     return digest.hexdigest()
 
 

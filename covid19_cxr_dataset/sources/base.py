@@ -164,6 +164,11 @@ class Source(Mapping):
     def card_pin(self) -> str:
         return f"`{self.name}` version -"
 
+    def build_option_example(self) -> str:
+        """A ``build`` option this source's files come through, as suggested commands show it (e.g.
+        ``--kaggle-archive ./chest-xray-pneumonia.zip``), or "" when it needs none."""
+        return ""
+
     def decision_path(self, path: str) -> str:
         """A decision file's path of one of this source's files, in the record's ``source_path`` form."""
         return path

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import pandas as pd
 from filelock import FileLock
 
-from .. import archive, safe_load
+from .. import archive, progress, safe_load
 from ..download import Downloader, FileSpec, fetch_kaggle_archive, file_sha256, kaggle_archive_spec
 from ..errors import ArchiveError, ChecksumMismatch, CxrDatasetError, ManifestError
 from ..records import new_record_table
@@ -112,7 +112,7 @@ class KaggleSource(Source):
         pinned = self.archive_sha256
         if inputs.kaggle_archive:
             archive_path = archive.check_regular_file(Path(inputs.kaggle_archive))
-            digest = file_sha256(archive_path)
+            digest = _archive_sha256(archive_path, inputs.progress)
             if pinned and digest != pinned:
                 raise ChecksumMismatch(
                     f"--kaggle-archive {archive_path}: sha256 {digest}, but the manifest pins archive_sha256 {pinned} for "
@@ -127,7 +127,7 @@ class KaggleSource(Source):
                 discard_cached=attempt == 2,
             ))
             if zipfile.is_zipfile(archive_path):
-                return archive_path, file_sha256(archive_path)
+                return archive_path, _archive_sha256(archive_path, inputs.progress)
             try:
                 archive.list_members(archive_path, root=None)  # the error that says what the file is instead
             except ArchiveError as error:
@@ -179,8 +179,18 @@ class KaggleSource(Source):
     def card_pin(self) -> str:
         return f"`{self.dataset}` version {self.dataset_version}"
 
+    def build_option_example(self) -> str:
+        return f"--kaggle-archive ./{self.dataset.rsplit('/', 1)[-1]}.zip"  # or KAGGLE_USERNAME/KAGGLE_KEY instead
+
     def unpinned_files(self, manifest: "Manifest") -> int:
         return int(self.read_files(manifest)["sha256"].eq("").sum())
+
+
+def _archive_sha256(path: Path, shown: bool = True) -> str:
+    """The archive's sha256 (it names the extraction and checks the pin), with a bar: a gigabyte takes seconds."""
+    with progress.bar(path.stat().st_size, desc="hash the Kaggle archive (sha256: its pin, its extraction)", unit="B",
+                      enabled=shown) as bar:
+        return file_sha256(path, on_bytes=bar.update)
 
 
 def read_kaggle_files(path: Path) -> pd.DataFrame:

@@ -1,20 +1,23 @@
-"""What the ``cxr-dataset`` commands share: one line and an exit code instead of a traceback, the manifest
-a command line names, the checks a command makes before its work (files it will write, the baseline's
-release and folder), and ``plan --check-files``'s report.
-
-A command's own errors (``CxrDatasetError``) end it with ``error: ...`` and exit code 1; Ctrl-C,
-SIGTERM and SIGHUP (``interrupts``) with one line and 128 + the signal's number.
+"""Click helpers every ``cxr-dataset`` command shares (``cli.py`` holds the commands): one readable
+line and exit code 1 for the project's own errors, and one line and 128 + the signal's number for
+Ctrl-C, SIGTERM and SIGHUP (``fail_cleanly``; ``interrupts``), the manifest a command line names
+(``load_manifest``), the options of every command that reads a manifest and its sources
+(``release_options``, ``command_options``), ``--fingerprint`` values checked before any work
+(``FINGERPRINT_OPTION``), and the checks a command makes before its work: the files it will write
+(``output_file``), the baseline's release and folder (``check_baseline_inputs``); ``plan
+--check-files``'s report (``check_files``). ``-v``/``-q`` anywhere on the line is ``cli_verbosity``.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 
 import click
 
-from . import interrupts
+from . import interrupts, progress
 from .errors import CxrDatasetError
 
 
@@ -39,8 +42,8 @@ def fail_cleanly(command):
     return wrapper
 
 
-def manifest_from(version: str | None, manifest_path: Path | None, name: str):
-    """The manifest ``--version``/``--manifest``/``--name`` name (default: the newest bundled release)."""
+def load_manifest(version: str | None, manifest_path: Path | None, name: str):
+    """The manifest ``--version``/``--manifest``/``--name`` name (no version: the newest bundled release)."""
     from . import manifest
 
     if manifest_path is not None:
@@ -66,6 +69,51 @@ def manifest_from(version: str | None, manifest_path: Path | None, name: str):
             raise
         raise CxrDatasetError(f"{error} {version} is a local version: a variant lives in its own folder; pass "
                               "--manifest DIR (the folder `cxr-dataset new-variant` wrote).") from None
+
+
+def command_options(cache_dir, mirror, offline, workers, quiet, kaggle_archive=None, overwrite=False):
+    """The library's ``Options`` from the shared command-line options (``-q`` anywhere silences the bars)."""
+    from .options import Options
+
+    return Options(
+        cache_dir=cache_dir, mirror=mirror, offline=offline, workers=workers or (os.cpu_count() or 1),
+        progress=not quiet and progress.is_enabled(), kaggle_archive=kaggle_archive, overwrite=overwrite,
+    )
+
+
+def release_options(command):
+    """The options every command that reads a manifest and its sources shares."""
+    decorators = [
+        click.option("--version", "version", metavar="VERSION", help="Release to use (see `cxr-dataset manifests`); default: the newest."),
+        click.option("--manifest", "manifest_path", type=click.Path(exists=True, path_type=Path),
+                     help="A manifest folder (or its manifest.yaml) instead of a bundled release: for your own variants."),
+        click.option("--name", default="covid19-cxr", show_default=True, help="Dataset name under builder_manifests/."),
+        click.option("--cache-dir", type=click.Path(path_type=Path), envvar="COVID19_CXR_CACHE",
+                     help="Download cache. [default: $COVID19_CXR_CACHE or ~/.cache/covid19-cxr-dataset]"),
+        click.option("--mirror", metavar="URL", help="Base URL replacing https://raw.githubusercontent.com (institutional mirror; same <owner>/<repo>/<commit>/<path> layout)."),
+        click.option("--offline", is_flag=True, help="Use only the cache; fail listing every file that is missing."),
+        click.option("--workers", type=click.IntRange(1, 256), help="Parallel workers for download and conversion. [default: all cores]"),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bars or progress messages."),
+    ]
+    for decorator in reversed(decorators):
+        command = decorator(command)
+    return command
+
+
+def _anchors(ctx, param, values):
+    """``--fingerprint [CONFIG=]HEX`` values, checked before any work (a malformed one is a usage error)."""
+    from .anchors import parse
+
+    try:
+        return [parse(value) for value in values]
+    except CxrDatasetError as error:
+        raise click.BadParameter(str(error).removeprefix("--fingerprint "), ctx=ctx, param=param) from None
+
+
+FINGERPRINT_OPTION = click.option(
+    "--fingerprint", "fingerprints", multiple=True, metavar="[CONFIG=]HEX", callback=_anchors,
+    help="A fingerprint from outside the folder (a paper, a citation, the Hub tag message) that it must match: "
+         "CONFIG=HEX for one configuration, HEX for any of them; at least 16 hex digits. Repeatable.")
 
 
 def pin_status(loaded) -> str:

@@ -31,7 +31,6 @@ import os
 import re
 import shutil
 import stat
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -39,7 +38,7 @@ from pathlib import Path
 from . import progress as progress_bars
 from .download import file_sha256
 from .errors import ArchiveError
-from .staging import replace_folder
+from .staging import make_hidden_folder, replace_folder, short_name
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +80,9 @@ def extract_zip(
     with _open_zip(zip_path) as archive:
         plan = _plan(archive, zip_path, root, max_total_bytes, max_ratio)
         dest_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.", suffix=".partial", dir=dest_dir.parent))
+        # Not mkdtemp (0700): the tree is renamed into the cache as it is, and a shared cache must stay
+        # readable by the other users the umask lets in.
+        staging = make_hidden_folder(dest_dir.parent, f".{short_name(dest_dir.name)}.", ".partial")
         try:
             written = {name: _extract_entry(archive, zip_path, info, name, staging) for info, name in progress_bars.track(
                 plan, desc=f"extract {zip_path.name} into the cache (once per archive)", unit="file")}

@@ -25,7 +25,6 @@ decision in ``decisions/annotations.csv``.
 
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -33,6 +32,8 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 from PIL import Image
+
+from .interrupts import worker_pool
 
 WORK_SIDE = 768
 RESIDUAL_THRESHOLD = 45.0  # chroma residual, 0-255 scale
@@ -303,7 +304,7 @@ def audit_paths(paths: Iterable[str | Path], workers: int = 1) -> pd.DataFrame:
     """One row per image: path, score, flags (";"-joined), proposed reason code, boxes."""
     paths = [str(p) for p in paths]
     if workers > 1 and len(paths) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with worker_pool(workers) as pool:  # a Ctrl-C ends the workers at once (interrupts.worker_pool)
             rows = list(pool.map(_audit_row, paths, chunksize=4))
     else:
         rows = [_audit_row(p) for p in paths]

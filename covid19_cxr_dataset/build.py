@@ -15,6 +15,7 @@ change the selection, which is then made again and the shards rewritten from the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -159,13 +160,15 @@ def convert_and_write_shards(
     records = kept.to_dict("records")
     results = []
     bar = progress.bar(len(records), desc=desc, unit="img", enabled=options.progress)
-    for record, result in zip(records, convert_cache.conversions(kept, options.cache, settings, options.workers)):
-        target = result[0]
-        if target:
-            folder = shards.partition_of(record["flags"], configs) if configs else ""
-            writers[(folder, record["split"])].add(shards.publish_row(record, Path(target).read_bytes(), convert_cache.conversion_of(target)))
-        results.append(result)
-        bar.update()
+    # closing: a stop (Ctrl-C, SIGTERM, an error) ends the workers at once instead of waiting for every queued image
+    with contextlib.closing(convert_cache.conversions(kept, options.cache, settings, options.workers)) as converted:
+        for record, result in zip(records, converted):
+            target = result[0]
+            if target:
+                folder = shards.partition_of(record["flags"], configs) if configs else ""
+                writers[(folder, record["split"])].add(shards.publish_row(record, Path(target).read_bytes(), convert_cache.conversion_of(target)))
+            results.append(result)
+            bar.update()
     bar.close()
     sizes = {}
     for key, writer in writers.items():

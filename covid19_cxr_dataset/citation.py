@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from . import __version__
-from .errors import CxrDatasetError
+from .errors import CxrDatasetError, ManifestError
 from .manifest import Manifest
 
 PACKAGE_NAME = "covid19-cxr-dataset"
@@ -146,7 +146,12 @@ def format_citations(manifest: Manifest, fmt: str = "bibtex", config: str | None
 
     ``config`` names the configuration used (the release entry then says which); ``url`` where the
     release lives (e.g. its Hugging Face repository), when known. ``fingerprints``: {configuration:
-    fingerprint} of a verified folder; default: the ones the manifest records."""
+    fingerprint} of a verified folder; default: the ones the manifest records. A ``config`` neither the
+    manifest nor ``fingerprints`` knows is refused (ManifestError), however many it has."""
+    known = [c.name for c in manifest.configs] + [name for name in fingerprints or {} if name not in {c.name for c in manifest.configs}]
+    if config is not None and config not in known:
+        raise ManifestError(f"{manifest.path}: --config {config}: no configuration named {config!r} in {manifest.name} "
+                            f"{manifest.version}; it has {', '.join(known)}. Pass one of them, or leave --config out")
     entries = citations(manifest, config, url, fingerprints=fingerprints)
     cited = cited_fingerprints(manifest, config, fingerprints)
     if fmt == "bibtex":

@@ -14,7 +14,10 @@ from pathlib import Path
 import click
 
 from . import __version__, cli_verbosity, progress
-from .cli_options import FINGERPRINT_OPTION, command_options, fail_cleanly, load_manifest, release_options, sigint_ignored
+from .cli_options import (
+    FINGERPRINT_OPTION, check_baseline_inputs, check_files as check_files_report, command_options, default_missing_report,
+    fail_cleanly, load_manifest, output_file, pin_status, release_options,
+)
 from .errors import CxrDatasetError
 
 
@@ -52,18 +55,16 @@ def manifests():
         except CxrDatasetError as error:
             click.echo(f"{name} {version}\tdoes not load: {error}")
             continue
-        click.echo(f"{name} {version}\t{loaded.title}\t{_pin_status(loaded)}")
+        if (loaded.name, loaded.version) != (name, version):
+            click.echo(f"{name} {version}\tskipped: {loaded.path} describes {loaded.name} {loaded.version}; a folder under "
+                       f"{manifest.manifests_root()} is <name>/<version> of the release it holds. Move it out and pass it "
+                       "with --manifest DIR")
+            continue
+        click.echo(f"{name} {version}\t{loaded.title}\t{pin_status(loaded)}")
         for config in loaded.configs:
             total = {split: sum(per_class.values()) for split, per_class in config.expected_counts.items()}
             click.echo(f"  {config.name}{' (default)' if config.default else ''}\t"
                        + ", ".join(f"{s} {n:,}" for s, n in total.items()))
-
-
-def _pin_status(loaded) -> str:
-    unpinned = sum(source.unpinned_files(loaded) for source in loaded.sources)
-    if unpinned:
-        return f"builds as pinned (GitHub by commit and blob id); {unpinned:,} Kaggle file(s) without a recorded sha256"
-    return "builds as pinned (every file by checksum)"
 
 
 @main.command()
@@ -86,8 +87,9 @@ def build(version, manifest_path, name, cache_dir, mirror, offline, workers, qui
     manifest = load_manifest(version, manifest_path, name)
     options = command_options(cache_dir, mirror, offline, workers, quiet, kaggle_archive, overwrite)
     result = run_build(manifest, out, options)
-    # The release is in place: a Ctrl-C from here on undoes nothing, so it must not fail the command.
-    with contextlib.suppress(KeyboardInterrupt), sigint_ignored():
+    # The release is in place: a Ctrl-C from here on undoes nothing, so it must not fail the command (the
+    # program's handlers ignore signals from now on: interrupts.work_complete; this covers library use).
+    with contextlib.suppress(KeyboardInterrupt):
         click.echo(report_summary(result))
         click.echo(f"wrote {out}  (load it with datasets.load_dataset({str(out)!r}))")
 
@@ -112,43 +114,27 @@ def plan(version, manifest_path, name, cache_dir, mirror, offline, workers, quie
     files the server (or --mirror) holds, and writes the list of the others for
     `cxr-dataset new-variant --exclude-missing`. Exit code 2: the counts differ, or files are unreachable.
     """
+    from .naming import shown_path
     from .plan import plan as run_plan, plan_document, summary_lines
+    from .staging import write_output_file
 
     manifest = load_manifest(version, manifest_path, name)
     options = command_options(cache_dir, mirror, offline, workers, quiet)
+    # The files it will write are checked before the work (never inside a manifest folder or the cache).
+    json_path = output_file(json_path, "--json", manifest, options) if json_path else None
+    report_path = output_file(missing_report or default_missing_report(manifest), "--missing-report", manifest, options) \
+        if check_files else None
     resolution = run_plan(manifest, options)
     lines, all_problems = summary_lines(resolution)
     for line in lines:
         click.echo(line)
     if json_path:
         plan_json = plan_document(resolution)
-        json_path.write_text(json.dumps(plan_json, indent=1) + "\n", encoding="utf-8")
-        click.echo(f"wrote {json_path} ({len(plan_json['files']):,} files)")
-    unreachable = _check_files(manifest, resolution, options, missing_report, check_deadline) if check_files else []
+        write_output_file(json_path, json.dumps(plan_json, indent=1) + "\n", option="--json")
+        click.echo(f"wrote {shown_path(json_path)} ({len(plan_json['files']):,} files)")
+    unreachable = check_files_report(manifest, resolution, options, report_path, check_deadline) if check_files else []
     if all_problems or unreachable:
         sys.exit(2)
-
-
-def _check_files(manifest, resolution, options, missing_report: Path | None, deadline: float) -> list[dict]:
-    """plan --check-files: HEAD every file, print what is unreachable, write the missing-files report."""
-    from . import missing
-    from .fetch import check_files
-    from .naming import shown_path
-
-    checked, unreachable = check_files(resolution, options, deadline=deadline)
-    where = options.mirror or "raw.githubusercontent.com"
-    click.echo(f"  files: {checked - len(unreachable):,} of {checked:,} reachable on {where} (HEAD requests; nothing downloaded;"
-               " Kaggle files come from the archive and are not checked)")
-    if not unreachable:
-        return []
-    click.echo("  unreachable per source and split (split: where the file would go):")
-    for line in missing.missing_table(unreachable):
-        click.echo("  " + line)
-    target = missing_report or Path(f"{manifest.name}-{manifest.version}.missing-files.csv")
-    missing.write_missing_report(target, unreachable)
-    click.echo(f"  wrote {shown_path(target)} ({len(unreachable):,} files: source, path, split, label, HTTP status, URL)")
-    click.echo(missing.missing_files_advice(manifest, target, mirror=options.mirror, cache_dir=options.cache_dir))
-    return unreachable
 
 
 @main.command("new-variant")
@@ -264,18 +250,24 @@ def baseline(data_dir, out, recipe, epochs, batch_size, image_size, seed, seeds,
     Exit code 0 when the verdict is pass, review, no-reference or quick-check (--epochs,
     --batch-size or --image-size: a run that certifies nothing); 3 when it is fail.
     """
+    from .errors import FingerprintMismatch
+
+    check_baseline_inputs(data_dir, out, config)  # before TensorFlow loads and training starts
     from .baseline import DEFAULT_SEED, run_baseline
     from .baseline._backend import select_backend
     from .baseline.class_evidence import probe_line
 
     select_backend(backend)  # before anything imports Keras
     probes = list(probe_names) if probe_names else probes_flag
-    certificate = run_baseline(
-        data_dir, out, recipe=recipe, epochs=epochs, batch_size=batch_size, image_size=image_size,
-        seed=DEFAULT_SEED if seed is None else seed, seeds=seeds, config=config, probes=probes,
-        probe_epochs=probe_epochs, mixed_precision=mixed_precision, verify_fingerprint=not no_verify,
-        progress=not quiet and progress.is_enabled(), backend=backend, jit_compile=True if jit_compile else None,
-    )
+    try:
+        certificate = run_baseline(
+            data_dir, out, recipe=recipe, epochs=epochs, batch_size=batch_size, image_size=image_size,
+            seed=DEFAULT_SEED if seed is None else seed, seeds=seeds, config=config, probes=probes,
+            probe_epochs=probe_epochs, mixed_precision=mixed_precision, verify_fingerprint=not no_verify,
+            progress=not quiet and progress.is_enabled(), backend=backend, jit_compile=True if jit_compile else None,
+        )
+    except FingerprintMismatch as error:
+        raise error.skipped_by("--no-verify") from None
     accuracy = certificate.get("metrics", {}).get("accuracy")
     verdict = certificate.get("verdict")
     click.echo(f"accuracy {accuracy:.4f}" if isinstance(accuracy, float) else "accuracy: see certificate.json")
@@ -498,4 +490,10 @@ def lock_kaggle(manifest_path, kaggle_archive, replace_pins):
 
 
 if __name__ == "__main__":  # python -m covid19_cxr_dataset.cli
-    main()
+    from . import interrupts
+
+    interrupts.install()
+    try:
+        main()
+    finally:
+        interrupts.exiting()

@@ -17,7 +17,6 @@ import errno
 import hashlib
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -26,6 +25,7 @@ import pandas as pd
 from . import convert
 from .convert import CONVERSIONS, SUFFIXES, library_versions
 from .errors import ConversionError, CxrDatasetError
+from .interrupts import worker_pool
 from .records import exclude
 
 
@@ -93,7 +93,11 @@ def _convert_one(task: tuple[str, str, convert.ConvertSettings]) -> tuple[str, s
 
 def conversions(kept: pd.DataFrame, cache: Path, settings: convert.ConvertSettings, workers: int) -> Iterator[tuple[str, str]]:
     """(converted path or "", error) for each row of ``kept`` (``local_path``, ``sha256``), in row
-    order, from ``workers`` processes (in this one when ``workers <= 1``)."""
+    order, from ``workers`` processes (in this one when ``workers <= 1``).
+
+    Close the generator when you stop early (``contextlib.closing``): the worker processes are then
+    terminated at once, pending images dropped (``interrupts.worker_pool``), so Ctrl-C or SIGTERM does
+    not wait for every queued conversion and no worker outlives the command."""
     folder = cache_folder(cache, settings)
     try:
         for prefix in {s[:2] for s in kept["sha256"]}:  # once here, not once per image in the workers
@@ -109,7 +113,7 @@ def conversions(kept: pd.DataFrame, cache: Path, settings: convert.ConvertSettin
     if workers <= 1:
         yield from map(_convert_one, tasks)
         return
-    with ProcessPoolExecutor(workers) as pool:
+    with worker_pool(workers) as pool:
         yield from pool.map(_convert_one, tasks, chunksize=4)
 
 

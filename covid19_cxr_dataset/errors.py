@@ -72,5 +72,19 @@ class VerificationError(CxrDatasetError):
     """A built release differs from its build report."""
 
 
+class FingerprintMismatch(VerificationError):
+    """A configuration's shards no longer give the fingerprint its build report states. The message ends
+    with how to go on anyway: ``skip`` names the option where it was called from (the library argument
+    ``verify_fingerprint=False``; the command line's ``--no-verify``, ``skipped_by``)."""
+
+    def __init__(self, message: str, skip: str = "verify_fingerprint=False"):
+        super().__init__(f"{message} (or pass {skip} to train on it anyway)")
+        self.detail, self.skip = message, skip
+
+    def skipped_by(self, option: str) -> "FingerprintMismatch":
+        """The same error, naming ``option`` as the way to skip the check."""
+        return FingerprintMismatch(self.detail, option)
+
+
 class PublishError(CxrDatasetError):
     """The Hub refused or failed a step of publishing (the message never holds the token)."""

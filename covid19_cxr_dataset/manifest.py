@@ -9,6 +9,7 @@ names the file, the key and the fix.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from . import CLASS_NAMES
 from . import safe_load, sources
 from .download import file_sha256
 from .errors import ManifestError
+
+log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.yaml"
 DEFAULT_NAME = "covid19-cxr"
@@ -371,15 +374,35 @@ def manifests_root() -> Path:
     return here.parent / "builder_manifests"
 
 
+VERSION_PATTERN = r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$"
+"""A release's version (the manifest schema's ``version``), and so the name of its folder under the root."""
+
+
 def available(root: Path | None = None) -> list[tuple[str, str, Path]]:
-    """Every (name, version, folder) with a manifest.yaml under the manifests root, sorted."""
+    """Every (name, version, folder) with a manifest.yaml under the manifests root, oldest version first.
+
+    A folder there is named by its release's version (``1.0.0``, ``1.0.0+local.1``); one named otherwise
+    (``my-variant``) is skipped with a warning naming it, so it cannot break every later command."""
     root = root or manifests_root()
-    found = [(p.parent.parent.name, p.parent.name, p.parent) for p in root.glob(f"*/*/{MANIFEST_FILE}")]
-    return sorted(found, key=lambda item: (item[0], _version_key(item[1])))
+    found = []
+    for path in root.glob(f"*/*/{MANIFEST_FILE}"):
+        name, version, folder = path.parent.parent.name, path.parent.name, path.parent
+        if not re.match(VERSION_PATTERN, version):
+            log.warning("skipped %s: a folder under the manifests root %s is named by its release's version (N.N.N, "
+                        "e.g. 1.0.0 or 1.0.0+local.1), not %r. Move it out of there and pass it with --manifest DIR",
+                        folder, root, version)
+            continue
+        found.append((name, version, folder))
+    return sorted(found, key=lambda item: (item[0], version_key(item[1])))
 
 
-def _version_key(version: str) -> tuple:
-    return tuple(int(x) if x.isdigit() else x for x in re.split(r"[.+-]", version))
+def version_key(version: str) -> tuple:
+    """An order of versions that never compares a number with a word: public part (numbers), a
+    pre-release (``-rc1``) before its release, then the local label's parts (``+local.2``)."""
+    public, _, local = version.partition("+")
+    release, dash, pre = public.partition("-")
+    parts = lambda text: tuple((0, int(x), "") if x.isdigit() else (1, 0, x) for x in re.split(r"[.\-_]", text) if x)  # noqa: E731
+    return parts(release), (0 if dash else 1), parts(pre), parts(local)
 
 
 def find(version: str, name: str = DEFAULT_NAME, root: Path | None = None) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
@@ -21,6 +20,7 @@ from . import safe_load
 from .errors import CxrDatasetError, MissingUpstreamFiles
 from .manifest import Manifest
 from .naming import manifest_option, from_argument, next_local_version, shown_path
+from .staging import NAME_LIMIT_BYTES, short_name, write_output_file
 
 if TYPE_CHECKING:
     from .options import Options
@@ -60,7 +60,7 @@ def missing_files_error(
             continue
         rows.append({"source": row.source, "source_path": row.source_path, "split": planned.get(row.record_id, ""),
                      "label": row.label, "status": status, "url": url, "detail": detail, **hashes})
-    target = Path(out).with_name(Path(out).name + MISSING_REPORT_SUFFIX) if out is not None else \
+    target = missing_report_path(Path(out)) if out is not None else \
         options.cache / "missing-files" / f"{manifest.name}-{manifest.version}.csv"
     write_missing_report(target, rows)
     where = f"; nothing was written to {out}" if out is not None else ""
@@ -86,6 +86,13 @@ def missing_files_error(
     return MissingUpstreamFiles(message, rows, report_path=target)
 
 
+def missing_report_path(out: Path) -> Path:
+    """``<out>.missing-files.csv`` beside ``out`` (``out``'s name shortened when the whole would pass the
+    file system's 255 bytes: ``staging.short_name``)."""
+    limit = NAME_LIMIT_BYTES - len(MISSING_REPORT_SUFFIX.encode())
+    return out.with_name(short_name(out.name, limit) + MISSING_REPORT_SUFFIX)
+
+
 MISSING_COLUMNS = ("source", "source_path", "split", "label", "status", "url", "detail", "sha256_expected", "sha256_actual")
 """Columns of the missing-files report: ``split`` is where the file would have gone (planned split),
 ``status`` the HTTP status (``404``...), ``checksum`` (a download with other bytes than pinned),
@@ -96,31 +103,31 @@ MISSING_COLUMNS = ("source", "source_path", "split", "label", "status", "url", "
 MISMATCH_STATUS = "sha256-mismatch"
 
 
-def write_missing_report(path: Path, rows: list[dict]) -> Path:
-    """Write the missing-files CSV (atomically); returns ``path``."""
+def write_missing_report(path: Path, rows: list[dict], *, option: str = "the missing-files report") -> Path:
+    """Write the missing-files CSV (atomically, ``staging.write_output_file``; ``option`` names it in an
+    error); returns ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CxrDatasetError(f"{option} {path}: cannot create {path.parent} ({error.strerror or error}); choose a "
+                              "folder you can write") from None
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(MISSING_COLUMNS), lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for row in sorted(rows, key=lambda r: (r.get("source", ""), r.get("split", ""), r.get("source_path", ""))):
         writer.writerow({c: row.get(c, "") for c in MISSING_COLUMNS})
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(buffer.getvalue(), encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    return write_output_file(path, buffer.getvalue(), option=option)
 
 
 def read_missing_report(path: Path) -> list[dict]:
-    """The rows of a missing-files report; refused unless it is a regular file of at most
-    ``MAX_MISSING_REPORT_BYTES`` (a FIFO would hang the reader, ``/dev/zero`` never end)."""
+    """The rows of a missing-files report (UTF-8, a BOM allowed), each with its source, path and status;
+    refused unless it is a regular file of at most ``MAX_MISSING_REPORT_BYTES`` (a FIFO would hang the
+    reader, ``/dev/zero`` never end); a CxrDatasetError naming the file, the line and the fix otherwise."""
     path = Path(path)
     try:
         with safe_load.open_regular(path, max_bytes=MAX_MISSING_REPORT_BYTES, what="the missing-files report") as raw, \
-                io.TextIOWrapper(raw, encoding="utf-8", newline="") as handle:
+                io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as handle:
             reader = csv.DictReader(handle)
             absent = {"source", "source_path", "status"} - set(reader.fieldnames or [])
             if absent:
@@ -128,9 +135,35 @@ def read_missing_report(path: Path) -> list[dict]:
                     f"{path}: not a missing-files report (columns {sorted(absent)} absent); expected the CSV that "
                     f"`cxr-dataset build` or `cxr-dataset plan --check-files` writes: {','.join(MISSING_COLUMNS)}"
                 )
-            return [dict(row) for row in reader]
+            return _complete_rows(path, reader)
     except OSError as error:
         raise CxrDatasetError(f"cannot read the missing-files report {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise CxrDatasetError(
+            f"{path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}); a missing-files "
+            "report is the UTF-8 CSV `cxr-dataset build` or `plan --check-files` writes: pass that file, or save this "
+            "one as UTF-8") from None
+    except csv.Error as error:
+        raise CxrDatasetError(f"{path}: not valid CSV ({error}); pass the report `cxr-dataset build` or `plan "
+                              "--check-files` wrote") from None
+
+
+_REQUIRED = ("source", "source_path", "status")
+
+
+def _complete_rows(path: Path, reader: csv.DictReader) -> list[dict]:
+    """Every row of ``reader`` as a dict of strings, if each has a source, a path and a status (and no
+    cell beyond the header's columns)."""
+    rows = []
+    for row in reader:
+        empty = [column for column in _REQUIRED if not (row.get(column) or "").strip()]
+        if empty or None in row:
+            problem = f"no {', '.join(empty)}" if empty else f"{len(row[None])} cell(s) beyond the header's columns"
+            raise CxrDatasetError(
+                f"{path}, line {reader.line_num}: {problem}; every row of a missing-files report names a file "
+                f"(source, source_path) and its status. Fix or remove that row, or pass the report as written")
+        rows.append({key: value or "" for key, value in row.items()})
+    return rows
 
 
 def missing_table(rows: Iterable[dict]) -> list[str]:

@@ -29,14 +29,14 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator
 
 from PIL import Image
 
 from . import CLASS_NAMES, progress, safe_load
 from .download.hashes import file_sha256
-from .errors import CxrDatasetError, VerificationError
+from .errors import CxrDatasetError, FingerprintMismatch, VerificationError
 from .records import SPLITS, split_rank
 
 if TYPE_CHECKING:
@@ -80,13 +80,27 @@ def shard_paths(data_dir: Path, split: str | None = None, folders: list[str] | N
     """A release's shards under ``data_dir`` (every shard folder, or only ``folders``), sorted.
 
     Without ``folders`` this is every shard: the default configuration (and the flat ``data/``
-    layout of releases written before configurations).
+    layout of releases written before configurations). A folder that is not a plain relative path
+    (``inside_folder``: no ``..``, not absolute) gives nothing: a report never makes this read elsewhere.
     """
     pattern = f"{split}-*-of-*.parquet" if split else "*-*-of-*.parquet"
     data_dir = Path(data_dir)
     if folders is not None:
-        return sorted(p for folder in folders for p in (data_dir / folder).glob(pattern))
+        return sorted(p for folder in folders if isinstance(folder, str) and (folder == "" or inside_folder(folder))
+                      for p in (data_dir / folder).glob(pattern))
     return sorted(data_dir.rglob(pattern))
+
+
+def inside_folder(relpath: str, first: str | None = None) -> bool:
+    """True when ``relpath`` (as a report or card writes it) names a place inside the folder it is relative
+    to: relative, POSIX, no ``..`` or ``.`` part, no NUL or backslash; with ``first``, under that folder
+    (``data``). What keeps a hostile report or card from making a reader look outside a release."""
+    if not isinstance(relpath, str) or not relpath or "\0" in relpath or "\\" in relpath:
+        return False
+    path = PurePosixPath(relpath)
+    if path.is_absolute() or any(part in ("..", ".") for part in relpath.split("/")) or relpath.startswith("~"):
+        return False
+    return first is None or (len(path.parts) >= 2 and path.parts[0] == first)
 
 
 def split_of(shard: str | Path) -> str:
@@ -105,7 +119,7 @@ def config_shard_paths(out_dir: Path, config: str | None = None, split: str | No
         return shard_paths(out_dir / DATA_DIR, split)
     if config not in configs:
         raise CxrDatasetError(f"{out_dir}: no configuration {config!r}; build_report.json lists {sorted(configs)}")
-    listed = [out_dir / p for p in configs[config]["shards"]]
+    listed = [out_dir / p for p in _config_shards(out_dir, config, configs[config])]
     return sorted(p for p in listed if split is None or p.name.startswith(f"{split}-"))
 
 
@@ -274,19 +288,27 @@ class ReleaseConfig:
                 "fingerprint_definition": self.definition, "declared_in_report": self.shards is not None}
 
 
-def _shard_names(entries: Any) -> tuple[str, ...]:
-    names = []
-    for entry in entries or []:
-        names.append(entry["path"] if isinstance(entry, dict) else str(entry))
+def _config_shards(data_dir: Path, name: str, entry: dict[str, Any]) -> tuple[str, ...]:
+    """A configuration's shard paths as its report entry lists them, each inside the release's ``data/``
+    (``inside_folder``); anything else is a VerificationError naming the report and the entry."""
+    listed = entry.get("shards")
+    names = [item.get("path") if isinstance(item, dict) else item for item in listed] if isinstance(listed, list) else None
+    bad = [n for n in names or [] if not inside_folder(n, DATA_DIR)]
+    if names is None or bad:
+        found = f"{bad[0]!r}" if bad else f"a {type(listed).__name__}"
+        raise VerificationError(
+            f"{Path(data_dir) / REPORT_NAME}: configuration {name!r} must list its shards as paths under {DATA_DIR}/ "
+            f"inside the release folder; found {found}. The report was edited or damaged: rebuild the release or "
+            "download it again")
     return tuple(names)
 
 
 def available_configs(report: dict[str, Any]) -> list[str]:
     """Configuration names of a build report (the default first); ``[LEGACY_CONFIG]`` when it has none."""
     configs = report.get("configs") or {}
-    if not configs:
+    if not configs or not isinstance(configs, dict):
         return [LEGACY_CONFIG]
-    return sorted(configs, key=lambda name: (not configs[name].get("default", False), name))
+    return sorted(configs, key=lambda name: (not (isinstance(configs[name], dict) and configs[name].get("default", False)), name))
 
 
 def resolve_config(data_dir: Path, report: dict[str, Any], name: str | None = None, *, stated: bool = True) -> ReleaseConfig:
@@ -295,6 +317,9 @@ def resolve_config(data_dir: Path, report: dict[str, Any], name: str | None = No
     path = Path(data_dir) / REPORT_NAME
     configs = report.get("configs") or {}
     definition = fingerprint_definition(report)
+    if not isinstance(configs, dict):
+        raise VerificationError(f"{path}: 'configs' is a {type(configs).__name__}, not an object; the report was edited "
+                                "or damaged: rebuild the release or download it again")
     if not configs:
         if name not in (None, LEGACY_CONFIG):
             raise VerificationError(
@@ -309,10 +334,13 @@ def resolve_config(data_dir: Path, report: dict[str, Any], name: str | None = No
     if name not in configs:
         raise VerificationError(f"{path}: no configuration {name!r}; it has {', '.join(available_configs(report))}")
     entry = configs[name]
+    if not isinstance(entry, dict):
+        raise VerificationError(f"{path}: configuration {name!r} is a {type(entry).__name__}, not an object; the report was "
+                                "edited or damaged: rebuild the release or download it again")
     fingerprint = entry.get("fingerprint") or (report.get("fingerprint") if entry.get("default") else None)
     if not fingerprint and stated:
         raise VerificationError(f"{path}: configuration {name!r} has no fingerprint; rebuild the release")
-    shards = _shard_names(entry["shards"]) if isinstance(entry.get("shards"), list) else None
+    shards = _config_shards(data_dir, name, entry) if "shards" in entry else None
     return ReleaseConfig(name, bool(entry.get("default")), str(fingerprint or ""), entry.get("counts", report.get("counts", {})),
                          shards, definition)
 
@@ -322,12 +350,41 @@ def release_configs(data_dir: Path, report: dict[str, Any]) -> list[ReleaseConfi
     return [resolve_config(data_dir, report, name, stated=False) for name in available_configs(report)]
 
 
+def require_splits(out_dir: Path, config: str | None = None, *, splits: Iterable[str] = ("train", "test"),
+                   option: str = "data_dir") -> ReleaseConfig:
+    """The configuration ``config`` (None: the default) of the release in ``out_dir``, if it has shards of
+    every split in ``splits``; else a CxrDatasetError naming the folder, the missing split and the fix.
+    What a reader that needs both sides (the baseline trains on train, evaluates on test) checks first."""
+    out_dir = Path(out_dir)
+    try:
+        report = read_report(out_dir)
+    except FileNotFoundError:
+        raise CxrDatasetError(f"{option} {out_dir}: no {REPORT_NAME}, so not a release folder; pass the folder "
+                              "`cxr-dataset build` wrote") from None
+    except (OSError, ValueError) as error:
+        raise VerificationError(f"{out_dir / REPORT_NAME}: cannot be read ({type(error).__name__}: {error}); rebuild the "
+                                "release or download it again") from None
+    if not isinstance(report, dict):
+        raise VerificationError(f"{out_dir / REPORT_NAME}: a JSON {type(report).__name__}, not a build report; rebuild "
+                                "the release or download it again")
+    chosen = resolve_config(out_dir, report, config, stated=False)
+    absent = [split for split in splits if not chosen.shard_paths(out_dir, split)]
+    if absent:
+        held = [split for split in SPLITS if chosen.shard_paths(out_dir, split)]
+        raise CxrDatasetError(
+            f"{option} {out_dir}: configuration {chosen.name!r} has no {' or '.join(absent)} split (no "
+            f"{' or '.join(f'{s}-*.parquet' for s in absent)} shard; it holds {', '.join(held) or 'no split'}). It needs "
+            f"{' and '.join(splits)}: pass a release with both (built from a manifest whose split rules give each a share)")
+    return chosen
+
+
 def stated_fingerprints(report: dict[str, Any]) -> dict[str, str]:
     """{configuration: fingerprint} a build report states, the default first (legacy: ``LEGACY_CONFIG``)."""
     configs = report.get("configs") or {}
-    if not configs:
+    if not configs or not isinstance(configs, dict):
         return {LEGACY_CONFIG: report["fingerprint"]} if report.get("fingerprint") else {}
-    return {name: configs[name]["fingerprint"] for name in available_configs(report) if configs[name].get("fingerprint")}
+    return {name: configs[name]["fingerprint"] for name in available_configs(report)
+            if isinstance(configs[name], dict) and configs[name].get("fingerprint")}
 
 
 # ---- rows ----------------------------------------------------------------------------------------
@@ -511,9 +568,9 @@ def verify_config_fingerprint(data_dir: Path, config: ReleaseConfig, *, workers:
     actual = config_fingerprint(data_dir, config, workers=workers)
     if actual != config.fingerprint:
         covered = "images or labels" if config.definition == 1 else "images, labels, other columns or the configuration's data files"
-        raise VerificationError(
+        raise FingerprintMismatch(
             f"{Path(data_dir) / REPORT_NAME}: configuration {config.name!r} has fingerprint {config.fingerprint}, "
             f"but its shards give {actual}; {covered} changed after the build. Rebuild the release or "
-            "fetch it again (or pass verify_fingerprint=False to train on it anyway)"
+            "fetch it again"
         )
     return actual

@@ -13,14 +13,22 @@ into place only when the whole release is written.
   clear error; any failure removes the folder, so nothing half-written is left.
 * ``replace_folder`` — the rename into place: an existing folder is moved aside first and restored if
   the second rename fails (also used for the extracted Kaggle archive).
+* ``check_output_file`` / ``write_output_file`` — a file a command writes where the user says (``plan
+  --json``, ``--missing-report``): refused inside a protected folder (a manifest folder, the cache) and
+  where it cannot be written, checked before the work, written atomically (a temporary file renamed).
+* ``short_name`` — the names of the lock, staging and moved-aside folders beside ``out`` (and of the
+  missing-files report), kept under the file system's 255-byte limit whatever the length of ``out``'s name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import glob
+import hashlib
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,6 +36,7 @@ from typing import Iterator
 
 from filelock import FileLock, Timeout
 
+from . import interrupts
 from .errors import CxrDatasetError
 from .release import REPORT_NAME, read_report
 
@@ -35,6 +44,49 @@ log = logging.getLogger(__name__)
 
 STAGING_MARKER = ".cxr-dataset-staging"
 """File in every staging folder until the card is written: what makes a ``.partial-*`` folder ours."""
+
+NAME_LIMIT_BYTES = 255
+"""The longest file or folder name most file systems accept (ext4, XFS, APFS, NTFS in characters)."""
+
+SHORT_NAME_BYTES = 180
+"""The longest name kept as it is in the names made from it (``short_name``): room for ``.`` and a
+suffix such as ``.partial-<pid>-<random>`` within the 255 bytes a file name may have."""
+
+
+def short_name(name: str, limit: int = SHORT_NAME_BYTES) -> str:
+    """``name`` if it fits in ``limit`` bytes, else its first characters and a hash of the whole name
+    (the same name always gives the same result, so a lock or staging folder is found again)."""
+    if len(name.encode()) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    head = name.encode()[:limit - len(digest) - 1].decode(errors="ignore")
+    return f"{head}~{digest}"
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux); 0o022 when it cannot be read."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def make_hidden_folder(parent: Path, prefix: str, suffix: str = "") -> Path:
+    """A new, uniquely named folder in ``parent`` (like ``tempfile.mkdtemp``) with the permissions the
+    umask gives a new folder, not mkdtemp's 0700: what is renamed into a shared cache or a release stays
+    readable by the others the umask lets in."""
+    for _ in range(100):
+        folder = parent / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            folder.mkdir(mode=0o777)
+        except FileExistsError:
+            continue
+        return folder
+    raise FileExistsError(f"no free name for a new folder {prefix}*{suffix} in {parent}")
 
 
 def check_output_folder(out: Path, *, suggestion: str, protected: list[tuple[str, Path]], overwrite: bool) -> Path:
@@ -59,6 +111,11 @@ def check_output_folder(out: Path, *, suggestion: str, protected: list[tuple[str
                     "another --out"
                 )
             break
+    if len(out.name.encode()) > NAME_LIMIT_BYTES:
+        raise CxrDatasetError(
+            f"--out {given}: the folder name is {len(out.name.encode())} bytes long; file systems allow {NAME_LIMIT_BYTES}. "
+            "Choose a shorter --out"
+        )
     resolved = out.resolve()
     for label, path in protected:
         path = Path(os.path.expanduser(path)).resolve()
@@ -98,16 +155,21 @@ def not_a_release(out: Path) -> str:
     return ""
 
 
+def lock_path(out: Path) -> Path:
+    """The output lock of ``out``: ``<parent>/.<name>.lock``."""
+    return out.parent / f".{short_name(out.name)}.lock"
+
+
 @contextlib.contextmanager
 def output_lock(out: Path) -> Iterator[None]:
     """Hold ``<parent>/.<name>.lock`` for the whole build: one build per output folder at a time."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(out.parent / f".{out.name}.lock"))
+        lock = FileLock(str(lock_path(out)))
         lock.acquire(timeout=0)
     except Timeout:
         raise CxrDatasetError(
-            f"another build is writing {out} right now (it holds {out.parent / f'.{out.name}.lock'}); wait for it to "
+            f"another build is writing {out} right now (it holds {lock_path(out)}); wait for it to "
             "finish, or choose another --out"
         ) from None
     except OSError as error:
@@ -125,12 +187,13 @@ class Staging:
 
     def __init__(self, out: Path):
         self.out = out
-        self.folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
+        self.folder = Path(tempfile.mkdtemp(prefix=f".{short_name(out.name)}.partial-{os.getpid()}-", dir=out.parent))
         (self.folder / STAGING_MARKER).write_text(f"staging folder of a cxr-dataset build of {out}\n", encoding="utf-8")
 
     def commit(self) -> None:
         (self.folder / STAGING_MARKER).unlink()
         move_into_place(self.folder, self.out)
+        interrupts.work_complete()  # the release is in place: the program ignores Ctrl-C/SIGTERM from now on
 
     @property
     def in_place(self) -> bool:
@@ -184,10 +247,10 @@ def remove_stale_staging(out: Path) -> None:
     leftover, whatever its PID says (a PID from another PID namespace, or PID 1, tells nothing).
     Folders without the marker, links and files are left alone.
     """
-    for folder in out.parent.glob(f".{out.name}.partial-*"):
+    for folder in out.parent.glob(f".{glob.escape(short_name(out.name))}.partial-*"):
         if folder.is_dir() and not folder.is_symlink() and (folder / STAGING_MARKER).is_file():
             shutil.rmtree(folder, ignore_errors=True)
-    for folder in out.parent.glob(f".{out.name}.old-*"):
+    for folder in out.parent.glob(f".{glob.escape(short_name(out.name))}.old-*"):
         # A release moved aside by a build that died between its two renames: restore it if out is missing.
         moved = folder / "release"
         if folder.is_dir() and not folder.is_symlink() and moved.is_dir() and not not_a_release(moved):
@@ -198,7 +261,7 @@ def remove_stale_staging(out: Path) -> None:
 
 def move_into_place(staging: Path, out: Path) -> None:
     """Rename the finished release ``staging`` to ``out``, replacing an older release there."""
-    os.chmod(staging, 0o755)  # mkdtemp makes 0700 folders
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; a release is for others to read too
     if out.exists() and not_a_release(out):  # it changed since the checks (the lock keeps builds out, not people)
         raise CxrDatasetError(f"{out} changed during the build and is no longer a release folder; nothing was replaced")
     replace_folder(staging, out)
@@ -210,7 +273,7 @@ def replace_folder(new: Path, dest: Path) -> None:
     if not dest.exists():
         os.replace(new, dest)
         return
-    aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+    aside = Path(tempfile.mkdtemp(prefix=f".{short_name(dest.name)}.old-", dir=dest.parent))
     os.replace(dest, aside / "release")
     try:
         os.replace(new, dest)
@@ -219,3 +282,88 @@ def replace_folder(new: Path, dest: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
         raise
     shutil.rmtree(aside, ignore_errors=True)
+
+
+# ---- output files ----------------------------------------------------------------------------------
+
+def check_output_file(path: Path, *, option: str, protected: list[tuple[str, Path]]) -> Path:
+    """``path`` as an absolute path, if a command may write the file there; else a CxrDatasetError naming
+    ``option``, the path, why, and the fix. ``protected``: (label, folder) of places no output may land
+    in (a manifest folder, the manifests root, the cache), checked with every link resolved."""
+    given = path
+    path = Path(os.path.abspath(os.path.expanduser(path)))
+    resolved = path.resolve()
+    for label, folder in protected:
+        folder = Path(os.path.expanduser(folder)).resolve()
+        if resolved == folder or folder in resolved.parents:
+            raise CxrDatasetError(
+                f"{option} {given} is inside {label} {folder}; writing it there would change files this package "
+                f"reads (or a manifest's checksum). Choose a path outside it, e.g. {option} ./{path.name}"
+            )
+    if path.is_dir():
+        raise CxrDatasetError(f"{option} {given} is a folder; pass a file name, e.g. {option} {given / path.name}")
+    if path.exists() and not path.is_file():
+        raise CxrDatasetError(f"{option} {given} is a device, pipe or socket, not a regular file; pass a file name")
+    parent = path.parent
+    for ancestor in (parent, *parent.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise CxrDatasetError(f"{option} {given}: {ancestor} is a file, not a folder, so nothing can be written "
+                                      f"under it; choose another {option}")
+            break
+    if len(path.name.encode()) > NAME_LIMIT_BYTES:
+        raise CxrDatasetError(f"{option} {given}: the file name is {len(path.name.encode())} bytes; file systems allow "
+                              f"{NAME_LIMIT_BYTES}. Choose a shorter name")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=parent, prefix=".cxr-dataset-probe-", delete=True)
+        probe.close()
+    except OSError as error:
+        raise CxrDatasetError(f"{option} {given}: cannot write into {parent} ({error.strerror or error}); choose a "
+                              f"{option} in a folder you can write") from None
+    return path
+
+
+def write_output_file(path: Path, text: str, *, option: str) -> Path:
+    """Write ``text`` to ``path`` atomically (a temporary file beside it, renamed over it): a reader sees
+    the old file or the new one, never half of it, and a failure leaves the old one as it was."""
+    path = Path(path)
+    temporary = None
+    try:
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", newline="", dir=path.parent, prefix=f".{short_name(path.name)}.",
+                                         delete=False) as handle:
+            temporary = Path(handle.name)
+            handle.write(text)
+        os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, path)
+    except OSError as error:
+        raise CxrDatasetError(f"{option} {path}: cannot write it ({error.strerror or error}); nothing was changed there. "
+                              f"Free some space or choose another {option}") from None
+    finally:
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
+    return path
+
+
+def check_writable_folder(folder: Path, *, option: str, protected: list[tuple[str, Path]] = ()) -> Path:
+    """``folder`` as an absolute path, if a command can write files into it (creating it if needed); else a
+    CxrDatasetError naming ``option``, the folder, why and the fix. Checked by writing (and removing) a
+    probe in it or, when it does not exist yet, in its first existing parent: nothing is left behind."""
+    given = folder
+    folder = Path(os.path.abspath(os.path.expanduser(folder)))
+    resolved = folder.resolve()
+    for label, path in protected:
+        path = Path(os.path.expanduser(path)).resolve()
+        if resolved == path or path in resolved.parents:
+            raise CxrDatasetError(f"{option} {given} is inside {label} {path}; choose a folder of its own, outside it")
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())
+    if not existing.is_dir():
+        where = "is a file" if existing == folder else f"is under {existing}, a file"
+        raise CxrDatasetError(f"{option} {given} {where}, not a folder; choose another {option}")
+    try:
+        probe = tempfile.mkdtemp(prefix=".cxr-dataset-probe-", dir=existing)
+        os.rmdir(probe)
+    except OSError as error:
+        raise CxrDatasetError(f"{option} {given}: cannot write into {existing} ({error.strerror or error}); choose an "
+                              f"{option} in a folder you can write") from None
+    return folder

@@ -17,22 +17,22 @@ import io
 import os
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from . import manifest as manifest_module
+from . import interrupts, manifest as manifest_module
 from . import CLASS_NAMES
 from .counts import expected_by_config
 from .errors import CxrDatasetError
 from .manifest import Manifest
 from .missing import MISMATCH_STATUS, read_missing_report, status_words
-from .naming import next_local_version, public_version
+from .naming import is_local, next_local_version, public_version
 from .options import Options
 from .plan import plan, recorded_assignment
+from .staging import make_hidden_folder, short_name
 
 MISSING_REASON = "upstream-missing"
 
@@ -60,9 +60,14 @@ def new_variant(
     (``options``: the download options for the metadata). Nothing is left in ``folder`` when any step fails.
     """
     folder = Path(folder)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+    try:
+        taken_folder = folder.exists() and (not folder.is_dir() or any(folder.iterdir()))
+    except OSError as error:
+        raise CxrDatasetError(f"{folder}: cannot be read ({error.strerror or error}); choose a new folder for the variant") from None
+    if taken_folder:
         raise CxrDatasetError(f"{folder} already exists and is not empty; choose a new folder for the variant")
     version = version or next_local_version(base.version)
+    _check_variant_version(base, version)
     accepted = [r for r in read_missing_report(accept_hashes) if r.get("status") == MISMATCH_STATUS] if accept_hashes else []
     if accept_hashes is not None and not accepted:
         raise CxrDatasetError(f"{accept_hashes}: lists no file whose sha256 differs from its pin (status {MISMATCH_STATUS}); "
@@ -70,8 +75,7 @@ def new_variant(
     taken = {f"{r['source']}:{r['source_path']}" for r in accepted}
     missing = [r for r in read_missing_report(exclude_missing) if f"{r['source']}:{r['source_path']}" not in taken] \
         if exclude_missing is not None else []
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    staging = _variant_staging(folder)
     try:
         shutil.copytree(base.folder, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", ".*"))
         data = dict(base.data)
@@ -93,14 +97,57 @@ def new_variant(
             data["expected_counts"] = derived[None]
         _write_manifest_yaml(staging, base, data)
         resolution = plan(manifest_module.load(staging), options)
-        if folder.exists():
-            folder.rmdir()
-        os.chmod(staging, 0o755)  # mkdtemp makes 0700 folders
-        os.replace(staging, folder)
+        try:
+            if folder.exists():
+                folder.rmdir()
+            os.replace(staging, folder)
+            interrupts.work_complete()  # the variant is in place: the program ignores Ctrl-C from now on
+        except OSError as error:
+            raise CxrDatasetError(f"{folder}: cannot put the variant there ({error.strerror or error}); nothing was "
+                                  "written. Choose a new, empty folder") from None
+    except OSError as error:  # copying the release's files (a full disk, a file it cannot read)
+        shutil.rmtree(staging, ignore_errors=True)
+        where = f" ({error.filename})" if error.filename else ""
+        raise CxrDatasetError(f"{folder}: writing the variant failed: {error.strerror or error}{where}; nothing was "
+                              "written. Free some space or choose another DIR") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest_module.load(folder), resolution
+
+
+def _check_variant_version(base: Manifest, version: str) -> None:
+    """A variant's version is its release's with a PEP 440 local label (``1.0.0+local.1``): a version
+    without one names a release (maybe a published one, maybe the base itself), and a version of another
+    release would make the variant claim to derive from that one."""
+    suggestion = next_local_version(base.version)
+    rule = (f"a variant's version is the version of the release it derives from ({public_version(base.version)}) with "
+            f"a local label, e.g. {suggestion}. Pass --new-version {suggestion}, or leave it out for that")
+    if not re.match(manifest_module.VERSION_PATTERN, version) or not is_local(version):
+        bundled = manifest_module.manifests_root() / base.name / version
+        named = ("the published release " if (bundled / manifest_module.MANIFEST_FILE).is_file() else "a release ") \
+            if re.match(manifest_module.VERSION_PATTERN, version) else "no version "
+        raise CxrDatasetError(f"--new-version {version} names {named}{base.name} {version}, not a local variant: {rule}")
+    if public_version(version) != public_version(base.version):
+        raise CxrDatasetError(f"--new-version {version} would make the variant derive from release {public_version(version)}, "
+                              f"but it is made from {base.version}: {rule}")
+
+
+def _variant_staging(folder: Path) -> Path:
+    """A new hidden folder beside ``folder`` to write the variant in (renamed into place at the end);
+    a clear error when ``folder``'s parent cannot hold one (a file, /proc, a read-only disk)."""
+    for ancestor in (folder.parent, *folder.parent.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise CxrDatasetError(f"{folder}: {ancestor} is a file, not a folder, so no variant can be written under "
+                                      "it; choose another DIR")
+            break
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        return make_hidden_folder(folder.parent, f".{short_name(folder.name)}.partial-")
+    except OSError as error:
+        raise CxrDatasetError(f"{folder}: cannot create the variant's folder in {folder.parent} ({error.strerror or error}); "
+                              "choose a DIR in a folder you can write") from None
 
 
 def derived_counts(base: Manifest, left_out: set[str], options: Options) -> dict[str | None, dict[str, dict[str, int]]]:

@@ -47,7 +47,7 @@ import yaml
 
 from . import CLASS_NAMES
 from . import anchors as anchors_module
-from . import progress, safe_load
+from . import progress, report_shape, safe_load
 from .card_sections import release_url
 from .anchors import Anchor
 from .citation import format_citations
@@ -140,6 +140,7 @@ def verify_release(out_dir: Path | str, *, workers: int = 1, fingerprints: Itera
                    "no such folder" if not out_dir.exists() else "a file")
         return result
     report = _read_report(out_dir, result)
+    sound = not result.problems  # a report that failed its shape check cannot generate the card to compare
     result.dataset, result.version = str(report.get("dataset", "")), str(report.get("version", ""))
     if "shards" in report:
         _check_shard_files(out_dir, report["shards"], result, workers)
@@ -158,7 +159,7 @@ def verify_release(out_dir: Path | str, *, workers: int = 1, fingerprints: Itera
     header = _check_card(out_dir, result, label_names)
     if header is not None and configs:
         _check_card_configs(out_dir, header, configs, result)
-    if report:  # README.md, croissant.json, unpinned-files.csv
+    if report and sound:  # README.md, croissant.json, unpinned-files.csv (not from a report that failed its shape check)
         _check_generated(out_dir, report, readable, result, card=header is not None)
     return result
 
@@ -193,10 +194,13 @@ def _read_report(out_dir: Path, result: VerifyResult) -> dict[str, Any]:
         result.add(REPORT_NAME, "report", "a JSON object", type(report).__name__)
         return {}
     for key, kind in (("shards", dict), ("fingerprint", str), ("counts", dict)):
-        if not isinstance(report.get(key), kind):
-            result.add(REPORT_NAME, "report", f"key {key!r} ({kind.__name__})",
-                       "missing" if key not in report else type(report[key]).__name__)
-            report.pop(key, None)
+        if key not in report:
+            result.add(REPORT_NAME, "report", f"key {key!r} ({kind.__name__})", "missing")
+    # Types and paths before anything acts on them: a hostile report names no file outside the folder.
+    report, problems = report_shape.checked_report(report)
+    for where, expected, actual in problems:
+        result.add(REPORT_NAME, "report", f"{where}: {expected}", actual,
+                   hint="the report was edited or damaged; rebuild the release or download it again")
     return report
 
 
@@ -432,11 +436,15 @@ def card_label_names(header: dict[str, Any]) -> list[list[str]]:
     for info in _dataset_infos(header):
         for feature in info.get("features") or []:
             if isinstance(feature, dict) and feature.get("name") == "label":
-                names = ((feature.get("dtype") or {}).get("class_label") or {}).get("names") or {}
-                if isinstance(names, dict):
+                dtype = feature.get("dtype") if isinstance(feature.get("dtype"), dict) else {}
+                class_label = dtype.get("class_label") if isinstance(dtype.get("class_label"), dict) else {}
+                names = class_label.get("names") or {}
+                if isinstance(names, dict) and names and all(str(k).isdigit() for k in names):
                     found.append([str(names[k]) for k in sorted(names, key=lambda k: int(k))])
-                else:
+                elif isinstance(names, list) and names:
                     found.append([str(n) for n in names])
+                else:
+                    found.append([f"<{report_shape.found(names)}: not a list of names or {{index: name}}>"])
     return found
 
 
@@ -472,6 +480,10 @@ def _check_card(out_dir: Path, result: VerifyResult, embedded: list[str] | None)
             if not isinstance(split, dict):
                 continue
             name, stated = split.get("name"), split.get("num_examples")
+            if not isinstance(name, str) or not isinstance(info.get("config_name", ""), str):
+                result.add(CARD_NAME, "card-splits", "dataset_info entries naming their configuration and splits by name",
+                           f"{report_shape.found(info.get('config_name'))}, split {report_shape.found(name)}")
+                continue
             counts = result.configs.get(info.get("config_name"), result.counts) if info.get("config_name") else result.counts
             if name in counts and stated != sum(counts[name].values()):
                 where = f" of configuration {info['config_name']!r}" if info.get("config_name") else ""
@@ -482,11 +494,16 @@ def _check_card(out_dir: Path, result: VerifyResult, embedded: list[str] | None)
 
 def _check_card_configs(out_dir: Path, header: dict[str, Any], configs: dict[str, Any], result: VerifyResult) -> None:
     """The card's configs resolve, per configuration and split, to exactly that configuration's shards."""
-    stated = {c.get("config_name"): c for c in header.get("configs") or [] if isinstance(c, dict)}
+    entries = [c for c in header.get("configs") or [] if isinstance(c, dict)] if isinstance(header.get("configs"), list) else []
+    for entry in entries:
+        if not isinstance(entry.get("config_name"), str):
+            result.add(CARD_NAME, "card-configs", "configs entries each with a config_name (a string)",
+                       report_shape.found(entry.get("config_name")))
+    stated = {c.get("config_name"): c for c in entries if isinstance(c.get("config_name"), str)}
     for name in sorted(set(stated) - set(configs), key=str):
         result.add(CARD_NAME, "card-configs", f"only the configurations build_report.json lists ({sorted(configs)})",
                    f"configuration {name!r}")
-    infos = {info.get("config_name"): info for info in _dataset_infos(header)}
+    infos = {info.get("config_name"): info for info in _dataset_infos(header) if isinstance(info.get("config_name"), (str, type(None)))}
     for name, config in configs.items():
         entry = stated.get(name)
         if entry is None:
@@ -497,11 +514,23 @@ def _check_card_configs(out_dir: Path, header: dict[str, Any], configs: dict[str
                        f"default: {entry.get('default', False)}")
         shards = [p for p in config.get("shards", []) if isinstance(p, str)]
         splits = sorted({PurePosixPath(p).name.split("-", 1)[0] for p in shards}, key=_split_order)
-        files = {e.get("split"): e.get("path") for e in entry.get("data_files") or [] if isinstance(e, dict)}
+        listed = entry.get("data_files") if isinstance(entry.get("data_files"), list) else []
+        for e in listed:
+            if not (isinstance(e, dict) and isinstance(e.get("split"), str)):
+                result.add(CARD_NAME, "card-data-files", f"configuration {name!r}: data_files entries naming a split (a "
+                           "string) and its path", report_shape.found(e), hint="the card is generated: rebuild instead of editing it")
+        files = {e.get("split"): e.get("path") for e in listed if isinstance(e, dict) and isinstance(e.get("split"), str)}
         for split in sorted(set(files) | set(splits), key=lambda s: _split_order(str(s))):
             want = sorted(p for p in shards if PurePosixPath(p).name.startswith(f"{split}-"))
             patterns = files.get(split)
-            patterns = [patterns] if isinstance(patterns, str) else [str(p) for p in patterns or []]
+            patterns = [] if patterns is None else [patterns] if isinstance(patterns, str) else \
+                patterns if isinstance(patterns, list) else [patterns]
+            refused = [why for why in map(report_shape.data_file_problem, patterns) if why]
+            if refused:  # never globbed: a card must not make verify list files outside the release
+                result.add(CARD_NAME, "card-data-files", f"configuration {name!r}, split {split!r}: data_files paths that are "
+                           f"relative globs under {DATA_DIR}/ inside the release folder", "; ".join(refused),
+                           hint="the card is generated: rebuild instead of editing it")
+                continue
             got = sorted({p.relative_to(out_dir).as_posix() for pattern in patterns for p in out_dir.glob(pattern) if p.is_file()})
             if got != want:
                 result.add(CARD_NAME, "card-data-files",

@@ -55,7 +55,7 @@ def test_every_subpackage_ships_in_the_wheel():
 # ---- imports point one way: down the layers ------------------------------------------------------
 
 LAYERS = [
-    ("__init__", "errors"),                       # names every module shares
+    ("__init__", "errors", "interrupts"),         # names every module shares; signals and worker processes
     ("records", "safe_load", "progress"),         # the record table; readers for handed-in text; progress bars
     ("download",),                                # the only sockets
     ("release",),                                 # a release folder as every reader sees it
@@ -64,7 +64,7 @@ LAYERS = [
     ("sources",),                                 # SOURCES stage
     ("manifest",),                                # a release's facts, typed (its sources are sources/ objects)
     ("filters", "split", "citation", "naming", "convert", "near_duplicates", "audit", "columns"),
-    ("counts", "missing", "shards", "convert_cache", "evidence", "locks", "anchors", "card_sections"),
+    ("counts", "missing", "shards", "convert_cache", "evidence", "locks", "anchors", "card_sections", "report_shape"),
     ("options", "card"),
     ("croissant",),                               # croissant.json (reads the card's license words)
     ("generated",),                               # every generated file of a release: card, croissant.json, unpinned list
@@ -74,6 +74,7 @@ LAYERS = [
     ("baseline",),                                # the optional training extra
     ("cli_verbosity", "cli_options"),             # click helpers the commands share
     ("cli",),                                     # click commands
+    ("__main__",),                                # the cxr-dataset program: signals from its first line
 ]
 """Bottom to top: a module imports only from layers below its own (never beside or above it), so the
 package has no import cycle. A subpackage is one unit; imports inside it are its own business."""

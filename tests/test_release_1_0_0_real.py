@@ -303,8 +303,8 @@ def test_plan_command_prints_both_configurations_matching(server, tmp_path):
 
     from covid19_cxr_dataset.cli import main
 
-    result = CliRunner().invoke(main, ["plan", "--version", "1.0.0", "--mirror", server.base_url, "--cache-dir", str(tmp_path),
-                                       "-q", "--json", str(tmp_path / "plan.json")])
+    result = CliRunner().invoke(main, ["plan", "--version", "1.0.0", "--mirror", server.base_url, "--cache-dir",
+                                       str(tmp_path / "cache"), "-q", "--json", str(tmp_path / "plan.json")])
     assert result.exit_code == 0, result.output
     assert "configuration paper (default): 6,354 images, " in result.output
     assert "  train        398       1,341       3,875    5,614   expected 398 / 1,341 / 3,875" in result.output

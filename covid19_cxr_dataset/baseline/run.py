@@ -11,6 +11,8 @@ from typing import Any, Callable, Iterable
 from .. import CLASS_NAMES
 from .. import progress as progress_bars
 from ..errors import CxrDatasetError
+from ..release import require_splits
+from ..staging import check_writable_folder
 from ..release import resolve_config, verify_config_fingerprint
 from .certificate import build_certificate, write_run_outputs
 from .data import load_release, read_release_report, verify_counts
@@ -166,6 +168,8 @@ def run_baseline(
     started = time.perf_counter()
     say = _stderr if progress is True else (progress or None)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
+    require_splits(data_dir, config, option="data_dir")  # before any training: train and test, a writable out_dir
+    check_writable_folder(out_dir, option="out_dir", protected=[("the release folder", data_dir)])
     if seeds < 1:
         raise CxrDatasetError(f"seeds={seeds}: expected at least 1")
     resolved = with_overrides(load_recipe(recipe), epochs=epochs, batch_size=batch_size, image_size=image_size)

@@ -298,41 +298,68 @@ def _fetch_concurrently(
     progress: bool,
     keep_going: bool,
 ) -> tuple[dict[str, Path], list[dict]]:
-    """Run ``fetch_one(spec, cancel, on_bytes)`` for every spec on a thread pool behind one progress bar.
+    """Run ``fetch_one(spec, cancel, on_bytes)`` for every spec on ``workers`` threads behind one progress bar.
 
     Returns ``({cache_key: path}, absent)``: ``absent`` lists, as :func:`_absent_entry` records, the
     files that ``keep_going`` let fail (a file-level failure, see :func:`~.transport.file_level`).
-    Any other failure is raised at once: the ``cancel`` event then tells running workers to stop at
-    their next chunk, work not yet started is dropped, and the pool is waited for before raising.
+    Any other failure, and Ctrl-C, is raised at once: the ``cancel`` event then tells running workers to
+    stop at their next chunk (a ``.part`` is kept for a later resume), work not yet started is dropped,
+    and the workers are waited for at most ``STOP_WAIT_SECONDS``. They are daemon threads: one blocked on
+    a silent server does not hold the program open after the error (Python joins every
+    ``ThreadPoolExecutor`` thread at exit, for as long as a read timeout and its retries take).
     The bar counts bytes, with a total only when every size is pinned.
     """
     sizes = [s.size for s in unique.values()]
     total = sum(sizes) if all(size >= 0 for size in sizes) else None
     bar_lock = threading.Lock()
     cancel = threading.Event()
+    todo: queue.SimpleQueue[str] = queue.SimpleQueue()
+    done: queue.SimpleQueue[tuple[str, Path | None, BaseException | None]] = queue.SimpleQueue()
+    for key in unique:
+        todo.put(key)
     with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=not progress) as bar:
 
         def advance(count: int) -> None:
             with bar_lock:
                 bar.update(count)
 
+        def work() -> None:
+            while not cancel.is_set():
+                try:
+                    key = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    done.put((key, fetch_one(unique[key], cancel, advance), None))
+                except BaseException as exc:  # handed to the main thread, which decides
+                    done.put((key, None, exc))
+
+        threads = [threading.Thread(target=work, name=f"download-{n}", daemon=True) for n in range(min(workers, len(unique)))]
         results: dict[str, Path] = {}
         absent: list[dict] = []
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(workers, len(unique)))
         try:
-            futures = {pool.submit(fetch_one, spec, cancel, advance): key for key, spec in unique.items()}
-            for future in concurrent.futures.as_completed(futures):
-                try:
-                    results[futures[future]] = future.result()
-                except (_HTTPStatusError, errors.ChecksumMismatch) as exc:
-                    if not keep_going or not file_level(exc):
-                        raise
-                    absent.append(_absent_entry(unique[futures[future]], exc))
+            for thread in threads:
+                thread.start()
+            for _ in range(len(unique)):
+                key, path, exc = done.get()
+                if exc is None:
+                    results[key] = path
+                elif keep_going and isinstance(exc, (_HTTPStatusError, errors.ChecksumMismatch)) and file_level(exc):
+                    absent.append(_absent_entry(unique[key], exc))
+                else:
+                    raise exc
         finally:
-            # Reached with an error (or Ctrl-C) in flight: stop the rest, wait for running workers.
+            # Reached with an error (or Ctrl-C) in flight: stop the rest, wait a little for running workers.
             cancel.set()
-            pool.shutdown(wait=True, cancel_futures=True)
+            deadline = time.monotonic() + STOP_WAIT_SECONDS
+            for thread in threads:
+                if thread.ident is not None:  # a Ctrl-C may arrive while the threads are being started
+                    thread.join(max(0.0, deadline - time.monotonic()))
     return results, absent
+
+
+STOP_WAIT_SECONDS = 5.0
+"""How long a failed or interrupted ``fetch_all`` waits for transfers to stop at their next chunk."""
 
 
 def _fetch_offline(

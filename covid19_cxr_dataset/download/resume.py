@@ -31,17 +31,19 @@ as the announced length differs or the body passes that size. A file without one
 (default :data:`DEFAULT_MAX_UNPINNED_BYTES`); a larger announced length is refused before
 the body, a longer body as soon as it passes the cap. Either way the ``.part`` is deleted.
 
-Every byte written goes through :func:`_write_chunk` (the seam tests use to simulate a full disk);
-a failure to open or write the ``.part`` becomes the caller's ``write_error(exc)``.
+Every byte written goes through :func:`_write_chunk` and the ``.part`` is closed by :func:`_close_part`
+(the seams tests use to simulate a full disk); a failure to open, write or close the ``.part`` (closing
+writes its last buffered bytes) becomes the caller's ``write_error(exc)``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import requests
 import urllib3
@@ -71,6 +73,28 @@ def size_cap(spec: FileSpec, max_unpinned_bytes: int) -> int:
 def _write_chunk(handle, data: bytes) -> None:
     # One seam for every byte written to a .part, so tests can simulate a full disk.
     handle.write(data)
+
+
+@contextlib.contextmanager
+def _open_part(handle, write_error: Callable[[OSError], errors.DownloadError]) -> Iterator[None]:
+    """The open ``.part`` while the body is written; closing it writes its last buffered bytes, which can
+    fail as a write does (a disk that fills just then): that is ``write_error`` too, never a raw OSError.
+    When the body itself failed, that failure is the one raised."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            handle.close()
+        raise
+    try:
+        _close_part(handle)
+    except OSError as exc:
+        raise write_error(exc) from None
+
+
+def _close_part(handle) -> None:
+    # The seam tests use to simulate a disk that fills while the .part is closed.
+    handle.close()
 
 
 def _body_chunks(response: requests.Response) -> Iterable[bytes]:
@@ -182,7 +206,7 @@ def transfer(
             except OSError as exc:
                 raise write_error(exc) from None
             try:
-                with handle:
+                with _open_part(handle, write_error):
                     for chunk in _body_chunks(response):
                         if cancel is not None and cancel.is_set():
                             raise _Cancelled()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import safe_load
 from .release import DATA_DIR, inside_folder
 
 Problem = tuple[str, str, str]  # (where, e.g. "configs.curated.folders"; expected; found)
@@ -120,3 +121,44 @@ def data_file_problem(pattern: Any) -> str:
     if not inside_folder(pattern, DATA_DIR):
         return f"{pattern!r}, a path outside the release's {DATA_DIR}/ folder"
     return ""
+
+
+# ---- the dataset card's YAML header (verify reads a card that may come from anyone) ----
+
+def card_header(text: str) -> dict[str, Any]:
+    """The YAML header of a dataset card (between the leading ``---`` lines); ValueError if none."""
+    if not text.startswith("---\n"):
+        raise ValueError("no YAML header (the file does not start with a '---' line)")
+    end = text.find("\n---\n", 4)
+    if end < 0 and text.endswith("\n---"):
+        end = len(text) - 4
+    if end < 0:
+        raise ValueError("the YAML header is not closed by a '---' line")
+    header = safe_load.yaml_load(text[4:end + 1])  # no aliases: a card may come from anyone
+    if not isinstance(header, dict):
+        raise ValueError(f"the YAML header is a {type(header).__name__}, not a mapping")
+    return header
+
+
+def card_label_names(header: dict[str, Any]) -> list[list[str]]:
+    """The class_label names of every ``label`` feature in the card's ``dataset_info`` (one list per config)."""
+    found = []
+    for info in dataset_infos(header):
+        for feature in info.get("features") or []:
+            if isinstance(feature, dict) and feature.get("name") == "label":
+                dtype = feature.get("dtype") if isinstance(feature.get("dtype"), dict) else {}
+                class_label = dtype.get("class_label") if isinstance(dtype.get("class_label"), dict) else {}
+                names = class_label.get("names") or {}
+                if isinstance(names, dict) and names and all(str(k).isdigit() for k in names):
+                    found.append([str(names[k]) for k in sorted(names, key=lambda k: int(k))])
+                elif isinstance(names, list) and names:
+                    found.append([str(n) for n in names])
+                else:
+                    found.append([f"<{found(names)}: not a list of names or {{index: name}}>"])
+    return found
+
+
+def dataset_infos(header: dict[str, Any]) -> list[dict[str, Any]]:
+    infos = header.get("dataset_info")
+    infos = infos if isinstance(infos, list) else [infos]
+    return [info for info in infos if isinstance(info, dict)]

@@ -48,6 +48,7 @@ import yaml
 from . import CLASS_NAMES
 from . import anchors as anchors_module
 from . import progress, report_shape, safe_load
+from .report_shape import card_header, card_label_names, dataset_infos as _dataset_infos  # noqa: F401 (public here too)
 from .card_sections import release_url
 from .anchors import Anchor
 from .citation import format_citations
@@ -413,45 +414,6 @@ MAX_CARD_BYTES = 64 * 2**20
 def _card_text(out_dir: Path) -> str:
     """README.md, refused unless a regular file of at most ``MAX_CARD_BYTES`` (``NotARegularFile``)."""
     return safe_load.read_regular(out_dir / CARD_NAME, max_bytes=MAX_CARD_BYTES, what="the dataset card").decode("utf-8")
-
-
-def card_header(text: str) -> dict[str, Any]:
-    """The YAML header of a dataset card (between the leading ``---`` lines); ValueError if none."""
-    if not text.startswith("---\n"):
-        raise ValueError("no YAML header (the file does not start with a '---' line)")
-    end = text.find("\n---\n", 4)
-    if end < 0 and text.endswith("\n---"):
-        end = len(text) - 4
-    if end < 0:
-        raise ValueError("the YAML header is not closed by a '---' line")
-    header = safe_load.yaml_load(text[4:end + 1])  # no aliases: a card may come from anyone
-    if not isinstance(header, dict):
-        raise ValueError(f"the YAML header is a {type(header).__name__}, not a mapping")
-    return header
-
-
-def card_label_names(header: dict[str, Any]) -> list[list[str]]:
-    """The class_label names of every ``label`` feature in the card's ``dataset_info`` (one list per config)."""
-    found = []
-    for info in _dataset_infos(header):
-        for feature in info.get("features") or []:
-            if isinstance(feature, dict) and feature.get("name") == "label":
-                dtype = feature.get("dtype") if isinstance(feature.get("dtype"), dict) else {}
-                class_label = dtype.get("class_label") if isinstance(dtype.get("class_label"), dict) else {}
-                names = class_label.get("names") or {}
-                if isinstance(names, dict) and names and all(str(k).isdigit() for k in names):
-                    found.append([str(names[k]) for k in sorted(names, key=lambda k: int(k))])
-                elif isinstance(names, list) and names:
-                    found.append([str(n) for n in names])
-                else:
-                    found.append([f"<{report_shape.found(names)}: not a list of names or {{index: name}}>"])
-    return found
-
-
-def _dataset_infos(header: dict[str, Any]) -> list[dict[str, Any]]:
-    infos = header.get("dataset_info")
-    infos = infos if isinstance(infos, list) else [infos]
-    return [info for info in infos if isinstance(info, dict)]
 
 
 def _check_card(out_dir: Path, result: VerifyResult, embedded: list[str] | None) -> dict[str, Any] | None:

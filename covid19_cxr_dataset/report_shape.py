@@ -142,7 +142,7 @@ def card_header(text: str) -> dict[str, Any]:
 
 def card_label_names(header: dict[str, Any]) -> list[list[str]]:
     """The class_label names of every ``label`` feature in the card's ``dataset_info`` (one list per config)."""
-    found = []
+    names_per_config = []
     for info in dataset_infos(header):
         for feature in info.get("features") or []:
             if isinstance(feature, dict) and feature.get("name") == "label":
@@ -150,12 +150,12 @@ def card_label_names(header: dict[str, Any]) -> list[list[str]]:
                 class_label = dtype.get("class_label") if isinstance(dtype.get("class_label"), dict) else {}
                 names = class_label.get("names") or {}
                 if isinstance(names, dict) and names and all(str(k).isdigit() for k in names):
-                    found.append([str(names[k]) for k in sorted(names, key=lambda k: int(k))])
+                    names_per_config.append([str(names[k]) for k in sorted(names, key=lambda k: int(k))])
                 elif isinstance(names, list) and names:
-                    found.append([str(n) for n in names])
+                    names_per_config.append([str(n) for n in names])
                 else:
-                    found.append([f"<{found(names)}: not a list of names or {{index: name}}>"])
-    return found
+                    names_per_config.append([f"<{found(names)}: not a list of names or {{index: name}}>"])
+    return names_per_config
 
 
 def dataset_infos(header: dict[str, Any]) -> list[dict[str, Any]]:

@@ -286,6 +286,15 @@ def replace_folder(new: Path, dest: Path) -> None:
 
 # ---- output files ----------------------------------------------------------------------------------
 
+def _protected_folder_holding(resolved: Path, protected) -> tuple[str, Path] | None:
+    """(label, folder) of the first ``protected`` folder that is or holds ``resolved`` (links resolved), else None."""
+    for label, folder in protected:
+        folder = Path(os.path.expanduser(folder)).resolve()
+        if resolved == folder or folder in resolved.parents:
+            return label, folder
+    return None
+
+
 def check_output_file(path: Path, *, option: str, protected: list[tuple[str, Path]]) -> Path:
     """``path`` as an absolute path, if a command may write the file there; else a CxrDatasetError naming
     ``option``, the path, why, and the fix. ``protected``: (label, folder) of places no output may land
@@ -293,13 +302,13 @@ def check_output_file(path: Path, *, option: str, protected: list[tuple[str, Pat
     given = path
     path = Path(os.path.abspath(os.path.expanduser(path)))
     resolved = path.resolve()
-    for label, folder in protected:
-        folder = Path(os.path.expanduser(folder)).resolve()
-        if resolved == folder or folder in resolved.parents:
-            raise CxrDatasetError(
-                f"{option} {given} is inside {label} {folder}; writing it there would change files this package "
-                f"reads (or a manifest's checksum). Choose a path outside it, e.g. {option} ./{path.name}"
-            )
+    inside = _protected_folder_holding(resolved, protected)
+    if inside is not None:
+        label, folder = inside
+        raise CxrDatasetError(
+            f"{option} {given} is inside {label} {folder}; writing it there would change files this package "
+            f"reads (or a manifest's checksum). Choose a path outside it, e.g. {option} ./{path.name}"
+        )
     if path.is_dir():
         raise CxrDatasetError(f"{option} {given} is a folder; pass a file name, e.g. {option} {given / path.name}")
     if path.exists() and not path.is_file():
@@ -351,11 +360,10 @@ def check_writable_folder(folder: Path, *, option: str, protected: list[tuple[st
     probe in it or, when it does not exist yet, in its first existing parent: nothing is left behind."""
     given = folder
     folder = Path(os.path.abspath(os.path.expanduser(folder)))
-    resolved = folder.resolve()
-    for label, path in protected:
-        path = Path(os.path.expanduser(path)).resolve()
-        if resolved == path or path in resolved.parents:
-            raise CxrDatasetError(f"{option} {given} is inside {label} {path}; choose a folder of its own, outside it")
+    inside = _protected_folder_holding(folder.resolve(), protected)
+    if inside is not None:
+        label, path = inside
+        raise CxrDatasetError(f"{option} {given} is inside {label} {path}; choose a folder of its own, outside it")
     existing = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())
     if not existing.is_dir():
         where = "is a file" if existing == folder else f"is under {existing}, a file"
